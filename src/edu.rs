@@ -1,0 +1,1 @@
+//! QEMU's edu device as a vfio-user device model.

@@ -1,0 +1,3 @@
+//! vfio-user: the wire protocol, a client backend, and a device server.
+
+pub mod server;

@@ -1,0 +1,66 @@
+//! The trait a device implements to be served over vfio-user.
+
+use crate::device::{DeviceInfo, IrqInfo, RegionInfo};
+use crate::error::Result;
+
+/// What a device model may do to the outside world while it handles a request:
+/// DMA into the client's memory and raising interrupts.
+pub trait DeviceContext {
+    /// Reads client memory at DMA address `iova` (through the mapped fd, or a
+    /// DMA_READ message when the client gave none).
+    fn dma_read(&mut self, iova: u64, buf: &mut [u8]) -> Result<()>;
+
+    /// Writes client memory at DMA address `iova`.
+    fn dma_write(&mut self, iova: u64, buf: &[u8]) -> Result<()>;
+
+    /// Whether the client has attached a trigger eventfd to vector `vector` of
+    /// IRQ index `index` (for PCI: MSI in use when index 1 has one).
+    fn irq_enabled(&self, index: u32, vector: u32) -> bool;
+
+    /// Raises vector `vector` of IRQ index `index`. Returns whether an eventfd
+    /// was signalled (false when none is attached or the vector is masked).
+    fn trigger_irq(&mut self, index: u32, vector: u32) -> bool;
+
+    /// Drives an INTx-style level line: asserted signals (unless masked); with
+    /// AUTOMASKED it stays masked until the client unmasks, and re-fires on
+    /// unmask while still asserted.
+    fn set_irq_level(&mut self, index: u32, vector: u32, asserted: bool);
+}
+
+/// A device served by [`crate::user::server::Server`]. Regions and IRQs follow
+/// vfio-pci's layout (see [`crate::device::pci_region`], [`crate::device::pci_irq`]).
+///
+/// The server calls the model from one thread, one request at a time, in the
+/// order the client sent them. A panic inside a callback becomes an `EIO` reply.
+pub trait DeviceModel: Send {
+    /// Device flags and counts.
+    fn device_info(&self) -> DeviceInfo;
+
+    /// Info of region `index` (`fd` is ignored here: see `region_fd`).
+    /// `None` for an index past `num_regions`.
+    fn region_info(&self, index: u32) -> Option<RegionInfo>;
+
+    /// Info of IRQ index `index`; `None` past `num_irqs`.
+    fn irq_info(&self, index: u32) -> Option<IrqInfo>;
+
+    /// Reads `data.len()` bytes at `offset` of region `index`. The server has
+    /// already checked the range against the region's size and READ flag.
+    fn region_read(&mut self, ctx: &mut dyn DeviceContext, index: u32, offset: u64, data: &mut [u8])
+        -> Result<()>;
+
+    /// Writes `data` at `offset` of region `index` (range and WRITE flag checked).
+    fn region_write(&mut self, ctx: &mut dyn DeviceContext, index: u32, offset: u64, data: &[u8])
+        -> Result<()>;
+
+    /// Resets the device.
+    fn reset(&mut self, ctx: &mut dyn DeviceContext) -> Result<()>;
+
+    /// `VFIO_USER_DEVICE_FEATURE`: returns the reply's data. Default: no features.
+    fn device_feature(&mut self, flags: u32, data: &[u8]) -> Result<Vec<u8>> {
+        let _ = (flags, data);
+        Err(crate::error::Error::Unsupported("device feature"))
+    }
+
+    /// Called when the client disconnects; the model keeps its state.
+    fn client_disconnected(&mut self) {}
+}
