@@ -1,5 +1,185 @@
-//! The device side of vfio-user.
+//! The device side of vfio-user: serves a [`DeviceModel`] to one client at a
+//! time on a listening UNIX socket, and the next one after a disconnect.
 
+mod dma;
+mod irq;
 mod model;
+mod session;
 
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use dma::{DmaRegion, DmaSpace};
+pub use irq::IrqState;
 pub use model::{DeviceContext, DeviceModel};
+
+use crate::error::{Error, Result};
+use crate::user::version::{VersionCaps, DEFAULT_MAX_DATA_XFER};
+
+/// Limits and features the server offers.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Largest data count of one read/write message (and of DMA messages sent).
+    pub max_data_xfer_size: u32,
+    /// Most fds the server accepts in one message.
+    pub max_msg_fds: u32,
+    /// Most simultaneous DMA mappings per client.
+    pub max_dma_maps: u32,
+    /// Offer twin-socket mode (server-to-client commands on their own socket).
+    pub twin_socket: bool,
+    /// Accept REGION_WRITE_MULTI.
+    pub write_multiple: bool,
+    /// How long a send to, or a DMA reply from, the client may take.
+    pub timeout: Duration,
+    /// Most client commands buffered while waiting for a DMA reply on the main socket.
+    pub max_queued: usize,
+    /// Log every command received at `info` level (target `vfio_io::server`).
+    pub trace: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_data_xfer_size: DEFAULT_MAX_DATA_XFER,
+            max_msg_fds: 16,
+            max_dma_maps: 1024,
+            twin_socket: true,
+            write_multiple: true,
+            timeout: Duration::from_secs(5),
+            max_queued: 256,
+            trace: false,
+        }
+    }
+}
+
+impl ServerConfig {
+    fn version_caps(&self) -> VersionCaps {
+        VersionCaps {
+            max_msg_fds: self.max_msg_fds,
+            max_data_xfer_size: self.max_data_xfer_size,
+            max_dma_maps: self.max_dma_maps,
+            pgsizes: 4096,
+            write_multiple: self.write_multiple,
+            migration: None,
+            twin_socket: self.twin_socket,
+            twin_fd_index: None,
+        }
+    }
+}
+
+/// Stops a running [`Server`] from another thread or a signal handler thread.
+#[derive(Debug, Clone)]
+pub struct ServerStopper {
+    stop: Arc<AtomicBool>,
+    listener_fd: i32,
+    active_fd: Arc<AtomicI32>,
+}
+
+impl ServerStopper {
+    /// Asks the server to stop: the accept and the current session end promptly.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // shutdown() wakes threads blocked in accept()/recvmsg() on these fds;
+        // the fds stay open (owned by the server) so no fd can be reused under us.
+        let _ = nix::sys::socket::shutdown(self.listener_fd, nix::sys::socket::Shutdown::Both);
+        let fd = self.active_fd.load(Ordering::SeqCst);
+        if fd >= 0 {
+            let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
+        }
+    }
+}
+
+/// How one client session ended.
+#[derive(Debug)]
+pub enum SessionEnd {
+    /// The client closed the connection.
+    Disconnected,
+    /// The client broke the protocol or a limit; the connection was closed.
+    Dropped(Error),
+    /// The server was asked to stop.
+    Stopped,
+}
+
+/// A vfio-user server for one device model.
+pub struct Server<M: DeviceModel> {
+    listener: UnixListener,
+    model: M,
+    config: ServerConfig,
+    stop: Arc<AtomicBool>,
+    active_fd: Arc<AtomicI32>,
+}
+
+impl<M: DeviceModel> Server<M> {
+    /// Listens on `path` (which must not exist).
+    pub fn bind(path: impl AsRef<Path>, model: M, config: ServerConfig) -> Result<Self> {
+        let listener = UnixListener::bind(path).map_err(|e| Error::io("bind vfio-user socket", &e))?;
+        Ok(Self::from_listener(listener, model, config))
+    }
+
+    /// Serves on an already listening socket.
+    pub fn from_listener(listener: UnixListener, model: M, config: ServerConfig) -> Self {
+        Server {
+            listener,
+            model,
+            config,
+            stop: Arc::new(AtomicBool::new(false)),
+            active_fd: Arc::new(AtomicI32::new(-1)),
+        }
+    }
+
+    /// A handle that stops this server.
+    pub fn stopper(&self) -> ServerStopper {
+        ServerStopper {
+            stop: self.stop.clone(),
+            listener_fd: self.listener.as_raw_fd(),
+            active_fd: self.active_fd.clone(),
+        }
+    }
+
+    /// The device model.
+    pub fn model(&self) -> &M {
+        &self.model
+    }
+
+    /// Accepts one client and serves it until it leaves.
+    pub fn serve_one(&mut self) -> Result<SessionEnd> {
+        let (stream, _) = loop {
+            if self.stop.load(Ordering::SeqCst) {
+                return Ok(SessionEnd::Stopped);
+            }
+            match self.listener.accept() {
+                Ok(s) => break s,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) if self.stop.load(Ordering::SeqCst) => return Ok(SessionEnd::Stopped),
+                Err(e) => return Err(Error::io("accept", &e)),
+            }
+        };
+        let sock: OwnedFd = stream.into();
+        self.active_fd.store(sock.as_raw_fd(), Ordering::SeqCst);
+        if self.stop.load(Ordering::SeqCst) {
+            let _ = nix::sys::socket::shutdown(sock.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+        }
+        let end = session::Session::new(sock.as_fd(), &mut self.model, &self.config).run();
+        self.active_fd.store(-1, Ordering::SeqCst);
+        self.model.client_disconnected();
+        if self.stop.load(Ordering::SeqCst) {
+            return Ok(SessionEnd::Stopped);
+        }
+        Ok(end)
+    }
+
+    /// Serves clients one after another until stopped.
+    pub fn serve(&mut self) -> Result<()> {
+        loop {
+            match self.serve_one()? {
+                SessionEnd::Stopped => return Ok(()),
+                SessionEnd::Disconnected => log::debug!(target: "vfio_io::server", "client disconnected"),
+                SessionEnd::Dropped(e) => log::warn!(target: "vfio_io::server", "client dropped: {e}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,734 @@
+//! The vfio-user client: a [`DeviceIo`] backend over a UNIX socket.
+//!
+//! Many threads may issue requests at once. Each request takes a slot whose
+//! index and generation form the message id. Whichever waiting thread finds
+//! the socket unowned becomes its reader: it reads messages, files replies
+//! into their slots and wakes their owners, and answers the server's
+//! DMA_READ/DMA_WRITE. So a lone caller reads its own reply with no thread
+//! hand-off, and no background thread sits on the main socket.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::caps::Capabilities;
+use crate::device::{
+    DeviceInfo, DeviceIo, DmaMap, IrqData, IrqInfo, IrqSet, RegionInfo, VFIO_DEVICE_FLAGS_RESET,
+};
+use crate::error::{Error, Result};
+use crate::user::proto::{
+    self, cmd, DmaAccess, DmaMapMsg, DmaUnmapMsg, Header, IrqSetMsg, RegionAccess, DMA_MAP_READ,
+    DMA_MAP_WRITE, FLAG_NO_REPLY,
+};
+use crate::user::version::{self, VersionCaps};
+use crate::user::wire::{send_msg, set_timeouts, Receiver};
+use vfio_bindings::bindings::vfio::{
+    VFIO_DEVICE_FEATURE_DMA_LOGGING_START, VFIO_DEVICE_FEATURE_GET, VFIO_DEVICE_FEATURE_MIGRATION,
+    VFIO_DEVICE_FEATURE_PROBE, VFIO_DEVICE_FEATURE_SET,
+};
+
+/// Most regions a server may declare.
+pub const MAX_REGIONS: u32 = 256;
+/// Most IRQ indices a server may declare.
+pub const MAX_IRQS: u32 = 64;
+/// Largest region info reply accepted (capability chain included).
+pub const MAX_REGION_INFO: u32 = 64 * 1024;
+const SLOT_BITS: u32 = 6;
+/// Most requests in flight at once on one client (the last slot id is kept
+/// for posted writes, which get no reply).
+pub const MAX_OUTSTANDING: usize = (1 << SLOT_BITS) - 1;
+const POSTED_ID: u16 = (1 << SLOT_BITS) - 1;
+
+/// What the capability mask of every vfio-user device may contain.
+pub const BACKEND_CAPABILITIES: Capabilities = Capabilities::MIGRATION
+    .union(Capabilities::DIRTY_TRACKING)
+    .union(Capabilities::REGION_MMAP)
+    .union(Capabilities::REGION_FDS)
+    .union(Capabilities::POSTED_WRITES)
+    .union(Capabilities::RESET)
+    .union(Capabilities::WRITE_MULTI)
+    .union(Capabilities::DMA_MESSAGES);
+
+/// Client settings.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// How long one request may wait for its reply (and a send for the socket).
+    pub timeout: Duration,
+    /// Largest data count per message this client accepts.
+    pub max_data_xfer_size: u32,
+    /// Propose twin-socket mode, so DMA requests from the server are served
+    /// by a thread of their own even while no request is in flight.
+    pub twin_socket: bool,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig { timeout: Duration::from_secs(5), max_data_xfer_size: version::DEFAULT_MAX_DATA_XFER, twin_socket: true }
+    }
+}
+
+#[derive(Default)]
+struct Slot {
+    gen: u16,
+    busy: bool,
+    done: bool,
+    header: Header,
+    payload: Vec<u8>,
+    fds: Vec<OwnedFd>,
+}
+
+struct State {
+    slots: Vec<Slot>,
+    free: Vec<usize>,
+    reader_busy: bool,
+    dead: Option<&'static str>,
+}
+
+#[derive(Clone, Copy)]
+struct DmaEntry {
+    iova: u64,
+    size: u64,
+    vaddr: u64,
+    readable: bool,
+    writable: bool,
+}
+
+struct Inner {
+    sock: OwnedFd,
+    send_lock: Mutex<()>,
+    state: Mutex<State>,
+    cond: Condvar,
+    reader: Mutex<Receiver>,
+    dma: RwLock<Vec<DmaEntry>>,
+    timeout: Duration,
+    closed: AtomicBool,
+}
+
+/// A connected vfio-user device.
+pub struct Client {
+    inner: Arc<Inner>,
+    server: VersionCaps,
+    info: DeviceInfo,
+    regions: Vec<RegionInfo>,
+    caps: Capabilities,
+    max_xfer: usize,
+    twin: Mutex<Option<(OwnedFd, JoinHandle<()>)>>,
+}
+
+/// A reply, as filed in its slot.
+struct Reply<'a> {
+    payload: &'a [u8],
+    fds: &'a mut Vec<OwnedFd>,
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn kill(&self, st: &mut State, why: &'static str) {
+        if st.dead.is_none() {
+            st.dead = Some(why);
+            let _ = nix::sys::socket::shutdown(self.sock.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+        }
+        self.cond.notify_all();
+    }
+
+    fn send(&self, parts: &[&[u8]], fds: &[RawFd]) -> Result<()> {
+        let _g = self.send_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let r = send_msg(self.sock.as_fd(), parts, fds);
+        if r.is_err() {
+            // A partial message would desynchronise the stream: the link is gone.
+            let mut st = self.lock();
+            self.kill(&mut st, "send failed");
+        }
+        r
+    }
+
+    /// Sends a command and runs `f` on its reply. Error replies become
+    /// `Error::Remote`; `f` validates the payload.
+    fn request<T>(
+        &self,
+        command: u16,
+        parts: &[&[u8]],
+        fds: &[RawFd],
+        f: impl FnOnce(Reply<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let deadline = Instant::now() + self.timeout;
+        let (slot, id) = {
+            let mut st = self.lock();
+            loop {
+                if st.dead.is_some() {
+                    return Err(Error::Disconnected);
+                }
+                if let Some(i) = st.free.pop() {
+                    let s = &mut st.slots[i];
+                    s.gen = s.gen.wrapping_add(1) & ((1 << (16 - SLOT_BITS)) - 1);
+                    s.busy = true;
+                    s.done = false;
+                    break (i, (s.gen << SLOT_BITS) | i as u16);
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(Error::Timeout);
+                }
+                st = self.cond.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0;
+            }
+        };
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let hdr = Header::command(id, command, len).encode();
+        let mut iov: [&[u8]; 4] = [&hdr, &[], &[], &[]];
+        for (i, p) in parts.iter().take(3).enumerate() {
+            iov[i + 1] = p;
+        }
+        if let Err(e) = self.send(&iov[..1 + parts.len().min(3)], fds) {
+            self.release(slot);
+            return Err(e);
+        }
+        self.wait(slot, command, deadline, f)
+    }
+
+    fn release(&self, slot: usize) {
+        let mut st = self.lock();
+        let s = &mut st.slots[slot];
+        s.busy = false;
+        s.done = false;
+        s.fds.clear();
+        st.free.push(slot);
+        self.cond.notify_all();
+    }
+
+    fn wait<T>(&self, slot: usize, command: u16, deadline: Instant, f: impl FnOnce(Reply<'_>) -> Result<T>) -> Result<T> {
+        let mut st = self.lock();
+        loop {
+            if st.slots[slot].done {
+                let s = &mut st.slots[slot];
+                let result = if s.header.command != command {
+                    Err(Error::Protocol(format!(
+                        "reply to {} carries command {}",
+                        cmd::name(command),
+                        s.header.command
+                    )))
+                } else if let Some(errno) = s.header.error_errno() {
+                    Err(Error::Remote { command, errno })
+                } else {
+                    f(Reply { payload: &s.payload, fds: &mut s.fds })
+                };
+                drop(st);
+                self.release(slot);
+                return result;
+            }
+            if st.dead.is_some() {
+                drop(st);
+                self.release(slot);
+                return Err(Error::Disconnected);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                drop(st);
+                self.release(slot);
+                return Err(Error::Timeout);
+            }
+            if !st.reader_busy {
+                st.reader_busy = true;
+                drop(st);
+                let r = self.read_one();
+                st = self.lock();
+                st.reader_busy = false;
+                self.cond.notify_all();
+                if let Err(e) = r {
+                    match e {
+                        Error::Timeout => {}
+                        _ => self.kill(&mut st, "connection lost"),
+                    }
+                }
+                continue;
+            }
+            st = self.cond.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
+
+    /// Reads one message as the socket's reader and files or answers it.
+    fn read_one(&self) -> Result<()> {
+        let mut rx = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let m = rx.recv(self.sock.as_fd(), false)?;
+        if m.header.is_reply() {
+            let slot = (m.header.id & ((1 << SLOT_BITS) - 1)) as usize;
+            let gen = m.header.id >> SLOT_BITS;
+            let mut st = self.lock();
+            match st.slots.get_mut(slot) {
+                Some(s) if s.busy && !s.done && s.gen == gen => {
+                    s.header = m.header;
+                    s.payload.clear();
+                    s.payload.extend_from_slice(m.payload);
+                    s.fds = m.fds;
+                    s.done = true;
+                }
+                // Unknown, duplicate or late: nobody waits for it. Its fds close here.
+                _ => log::debug!(target: "vfio_io::client", "dropped reply id {}", m.header.id),
+            }
+            return Ok(());
+        }
+        let (h, payload) = (m.header, m.payload.to_vec());
+        drop(rx);
+        self.serve_dma(self.sock.as_fd(), &h, &payload)
+    }
+
+    /// Answers a server-to-client command.
+    fn serve_dma(&self, sock: BorrowedFd<'_>, h: &Header, p: &[u8]) -> Result<()> {
+        let mut data = Vec::new();
+        let result = self.dma_access(h, p, &mut data);
+        if h.no_reply() {
+            return Ok(());
+        }
+        let _g = self.send_lock.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(a) => {
+                let fixed = a.encode();
+                let rh = Header::reply(h, fixed.len() + data.len()).encode();
+                send_msg(sock, &[&rh, &fixed, &data], &[])
+            }
+            Err(e) => send_msg(sock, &[&Header::error_reply(h, e.errno()).encode()], &[]),
+        }
+    }
+
+    fn dma_access(&self, h: &Header, p: &[u8], data: &mut Vec<u8>) -> Result<DmaAccess> {
+        let a = DmaAccess::decode(p)?;
+        let write = match h.command {
+            cmd::DMA_READ => false,
+            cmd::DMA_WRITE => true,
+            _ => return Err(Error::Sys { op: "server sent an unknown command", errno: libc::ENOSYS }),
+        };
+        let count = usize::try_from(a.count).map_err(|_| Error::InvalidArgument("DMA count"))?;
+        if count > version::DEFAULT_MAX_DATA_XFER as usize * 16 {
+            return Err(Error::InvalidArgument("DMA count too large"));
+        }
+        if write && p.len() != DmaAccess::SIZE + count {
+            return Err(Error::InvalidArgument("DMA_WRITE data length differs from count"));
+        }
+        let end = a.address.checked_add(a.count).ok_or(Error::InvalidArgument("DMA range wraps"))?;
+        let table = self.dma.read().unwrap_or_else(|p| p.into_inner());
+        let e = table
+            .iter()
+            .find(|e| a.address >= e.iova && end <= e.iova + e.size)
+            .ok_or(Error::Sys { op: "DMA outside the client's mappings", errno: libc::EFAULT })?;
+        if (write && !e.writable) || (!write && !e.readable) || e.vaddr == 0 {
+            return Err(Error::Sys { op: "DMA not permitted", errno: libc::EPERM });
+        }
+        let ptr = (e.vaddr + (a.address - e.iova)) as *mut u8;
+        if write {
+            // SAFETY: dma_map's contract keeps [vaddr, vaddr+size) valid while
+            // mapped; the range was checked to lie inside that mapping, and
+            // holding the table's read lock keeps the mapping from going away.
+            unsafe { std::ptr::copy_nonoverlapping(p[DmaAccess::SIZE..].as_ptr(), ptr, count) };
+        } else {
+            data.resize(count, 0);
+            // SAFETY: as above, for reading.
+            unsafe { std::ptr::copy_nonoverlapping(ptr, data.as_mut_ptr(), count) };
+        }
+        Ok(a)
+    }
+}
+
+fn twin_loop(inner: Arc<Inner>, sock: OwnedFd, max_msg: usize) {
+    let mut rx = Receiver::new(max_msg);
+    loop {
+        let m = match rx.recv(sock.as_fd(), false) {
+            Ok(m) => m,
+            Err(Error::Timeout) => continue,
+            Err(_) => return,
+        };
+        if m.header.is_reply() {
+            continue;
+        }
+        let (h, p) = (m.header, m.payload.to_vec());
+        if inner.serve_dma(sock.as_fd(), &h, &p).is_err() || inner.closed.load(Ordering::SeqCst) {
+            return;
+        }
+    }
+}
+
+fn expect_len(what: &'static str, payload: &[u8], want: usize) -> Result<()> {
+    if payload.len() < want {
+        return Err(Error::Protocol(format!("{what} reply carries {} bytes, needs {want}", payload.len())));
+    }
+    Ok(())
+}
+
+impl Client {
+    /// Connects to a vfio-user server socket and negotiates with it.
+    pub fn connect(path: impl AsRef<Path>, config: ClientConfig) -> Result<Self> {
+        let stream = UnixStream::connect(path.as_ref()).map_err(|e| Error::io("connect to vfio-user socket", &e))?;
+        Self::from_stream(stream, config)
+    }
+
+    /// Uses an already connected socket.
+    pub fn from_stream(stream: UnixStream, config: ClientConfig) -> Result<Self> {
+        let sock: OwnedFd = stream.into();
+        // Short receive timeouts let a reader notice its deadline; sends may
+        // block at most the request timeout.
+        set_timeouts(sock.as_fd(), Some(config.timeout.min(Duration::from_millis(200))), Some(config.timeout))?;
+        let max_msg = config.max_data_xfer_size as usize + 64 * 1024;
+        let inner = Arc::new(Inner {
+            sock,
+            send_lock: Mutex::new(()),
+            state: Mutex::new(State {
+                slots: (0..MAX_OUTSTANDING).map(|_| Slot::default()).collect(),
+                free: (0..MAX_OUTSTANDING).rev().collect(),
+                reader_busy: false,
+                dead: None,
+            }),
+            cond: Condvar::new(),
+            reader: Mutex::new(Receiver::new(max_msg)),
+            dma: RwLock::new(Vec::new()),
+            timeout: config.timeout,
+            closed: AtomicBool::new(false),
+        });
+        let ours = VersionCaps {
+            max_msg_fds: crate::user::wire::MAX_RECV_FDS as u32,
+            max_data_xfer_size: config.max_data_xfer_size,
+            max_dma_maps: version::DEFAULT_MAX_DMA_MAPS,
+            pgsizes: 4096,
+            write_multiple: true,
+            migration: None,
+            twin_socket: config.twin_socket,
+            twin_fd_index: None,
+        };
+        let payload = proto::encode_version(version::MAJOR, version::MINOR, &ours.to_json());
+        let (server, twin_fd) = inner.request(cmd::VERSION, &[&payload], &[], |r| {
+            let (major, minor, json) = proto::decode_version(r.payload)?;
+            if major != version::MAJOR || minor > version::MINOR {
+                return Err(Error::Protocol(format!("server answered version {major}.{minor}")));
+            }
+            let caps = VersionCaps::parse(json)?;
+            let twin = if caps.twin_socket && config.twin_socket {
+                let i = caps.twin_fd_index.ok_or_else(|| Error::Protocol("twin_socket without fd_index".into()))?;
+                if i as usize >= r.fds.len() {
+                    return Err(Error::Protocol("twin_socket fd_index names no fd".into()));
+                }
+                Some(r.fds.swap_remove(i as usize))
+            } else {
+                None
+            };
+            Ok((caps, twin))
+        })?;
+        let max_xfer = server.max_data_xfer_size.min(config.max_data_xfer_size).max(1) as usize;
+        let twin = match twin_fd {
+            Some(fd) => {
+                set_timeouts(fd.as_fd(), None, Some(config.timeout))?;
+                let keep = fd.try_clone().map_err(|e| Error::io("dup", &e))?;
+                let i2 = inner.clone();
+                let h = std::thread::Builder::new()
+                    .name("vfio-user-dma".into())
+                    .spawn(move || twin_loop(i2, fd, max_msg))
+                    .map_err(|e| Error::io("spawn", &e))?;
+                Some((keep, h))
+            }
+            None => None,
+        };
+        let mut client = Client {
+            inner,
+            server,
+            info: DeviceInfo { flags: 0, num_regions: 0, num_irqs: 0 },
+            regions: Vec::new(),
+            caps: Capabilities::empty(),
+            max_xfer,
+            twin: Mutex::new(twin),
+        };
+        client.discover()?;
+        Ok(client)
+    }
+
+    fn discover(&mut self) -> Result<()> {
+        let req = proto::encode_device_info(16, &DeviceInfo { flags: 0, num_regions: 0, num_irqs: 0 });
+        let info = self.inner.request(cmd::DEVICE_GET_INFO, &[&req], &[], |r| {
+            expect_len("DEVICE_GET_INFO", r.payload, 16)?;
+            proto::decode_device_info(r.payload)
+        })?;
+        if info.num_regions > MAX_REGIONS || info.num_irqs > MAX_IRQS {
+            return Err(Error::Protocol(format!(
+                "server declares {} regions and {} IRQ indices",
+                info.num_regions, info.num_irqs
+            )));
+        }
+        self.info = info;
+        let mut caps = Capabilities::POSTED_WRITES | Capabilities::DMA_MESSAGES;
+        for index in 0..info.num_regions {
+            let r = self.fetch_region_info(index)?;
+            if r.is_mappable() {
+                caps |= Capabilities::REGION_MMAP | Capabilities::REGION_FDS;
+            }
+            self.regions.push(r);
+        }
+        if info.flags & VFIO_DEVICE_FLAGS_RESET != 0 {
+            caps |= Capabilities::RESET;
+        }
+        if self.server.write_multiple {
+            caps |= Capabilities::WRITE_MULTI;
+        }
+        // A probe the server refuses just leaves the bit clear: nothing to log.
+        let probe = |feature: u32, how: u32| self.device_feature(VFIO_DEVICE_FEATURE_PROBE | how | feature, &mut []).is_ok();
+        if probe(VFIO_DEVICE_FEATURE_MIGRATION, VFIO_DEVICE_FEATURE_GET) {
+            caps |= Capabilities::MIGRATION;
+        }
+        if probe(VFIO_DEVICE_FEATURE_DMA_LOGGING_START, VFIO_DEVICE_FEATURE_SET) {
+            caps |= Capabilities::DIRTY_TRACKING;
+        }
+        self.caps = caps;
+        Ok(())
+    }
+
+    fn fetch_region_info(&self, index: u32) -> Result<RegionInfo> {
+        let mut argsz = 256u32;
+        loop {
+            let req = proto::encode_region_info_request(argsz, index);
+            let (mut info, needed, fd) = self.inner.request(cmd::DEVICE_GET_REGION_INFO, &[&req], &[], |r| {
+                let (info, needed) = proto::decode_region_info(r.payload)?;
+                Ok((info, needed, r.fds.pop()))
+            })?;
+            if needed > argsz && needed as usize > proto::REGION_INFO_SIZE {
+                if needed > MAX_REGION_INFO || argsz >= MAX_REGION_INFO {
+                    return Err(Error::Protocol(format!("region {index} info needs {needed} bytes")));
+                }
+                argsz = needed;
+                continue;
+            }
+            if info.index != index {
+                return Err(Error::Protocol(format!("asked for region {index}, got {}", info.index)));
+            }
+            info.fd = fd.map(Arc::new);
+            return Ok(info);
+        }
+    }
+
+    /// The capabilities the server answered VERSION with.
+    pub fn server_version_caps(&self) -> &VersionCaps {
+        &self.server
+    }
+
+    /// Whether DMA requests from the server come on their own socket.
+    pub fn twin_socket(&self) -> bool {
+        self.twin.lock().map(|t| t.is_some()).unwrap_or(false)
+    }
+
+    /// Closes the connection: requests in flight, and later ones, fail with
+    /// `Disconnected`. Dropping the client does the same.
+    pub fn close(&self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        let mut st = self.inner.lock();
+        self.inner.kill(&mut st, "closed");
+        drop(st);
+        if let Ok(mut t) = self.twin.lock() {
+            if let Some((fd, h)) = t.take() {
+                let _ = nix::sys::socket::shutdown(fd.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+                let _ = h.join();
+            }
+        }
+    }
+
+    fn region(&self, index: u32, offset: u64, len: usize) -> Result<&RegionInfo> {
+        let r = self.regions.get(index as usize).ok_or(Error::InvalidArgument("region index past num_regions"))?;
+        match offset.checked_add(len as u64) {
+            Some(end) if end <= r.size => Ok(r),
+            _ => Err(Error::InvalidArgument("access past the region's end")),
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl DeviceIo for Client {
+    fn capabilities(&self) -> Capabilities {
+        self.caps
+    }
+
+    fn backend_capabilities(&self) -> Capabilities {
+        BACKEND_CAPABILITIES
+    }
+
+    fn backend_name(&self) -> &'static str {
+        "vfio-user"
+    }
+
+    fn device_info(&self) -> Result<DeviceInfo> {
+        Ok(self.info)
+    }
+
+    fn region_info(&self, index: u32) -> Result<RegionInfo> {
+        self.regions.get(index as usize).cloned().ok_or(Error::InvalidArgument("region index past num_regions"))
+    }
+
+    fn irq_info(&self, index: u32) -> Result<IrqInfo> {
+        if index >= self.info.num_irqs {
+            return Err(Error::InvalidArgument("IRQ index past num_irqs"));
+        }
+        let req = proto::encode_irq_info(16, &IrqInfo { index, flags: 0, count: 0 });
+        self.inner.request(cmd::DEVICE_GET_IRQ_INFO, &[&req], &[], |r| {
+            expect_len("DEVICE_GET_IRQ_INFO", r.payload, 16)?;
+            let info = proto::decode_irq_info(r.payload)?;
+            if info.index != index {
+                return Err(Error::Protocol(format!("asked for IRQ {index}, got {}", info.index)));
+            }
+            Ok(info)
+        })
+    }
+
+    fn set_irqs(&self, set: &IrqSet<'_>) -> Result<()> {
+        set.validate()?;
+        if set.index >= self.info.num_irqs {
+            return Err(Error::InvalidArgument("IRQ index past num_irqs"));
+        }
+        let flags = set.flags();
+        let send = |start: u32, count: u32, data: &[u8], fds: &[RawFd]| {
+            let m = IrqSetMsg { argsz: (proto::IRQ_SET_SIZE + data.len()) as u32, flags, index: set.index, start, count };
+            self.inner.request(cmd::DEVICE_SET_IRQS, &[&m.encode(), data], fds, |_| Ok(()))
+        };
+        match set.data {
+            IrqData::None => send(set.start, set.count, &[], &[]),
+            IrqData::Bool(b) => send(set.start, set.count, b, &[]),
+            IrqData::Eventfds(fds) => {
+                // One message carries all-valid or no fds, at most max_msg_fds.
+                let per = self.server.max_msg_fds.max(1) as usize;
+                let mut i = 0;
+                while i < fds.len() {
+                    let valid = fds[i] >= 0;
+                    let mut j = i;
+                    while j < fds.len() && (fds[j] >= 0) == valid && (!valid || j - i < per) {
+                        j += 1;
+                    }
+                    let run: &[RawFd] = if valid { &fds[i..j] } else { &[] };
+                    send(set.start + i as u32, (j - i) as u32, &[], run)?;
+                    i = j;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn region_read(&self, index: u32, offset: u64, data: &mut [u8]) -> Result<()> {
+        self.region(index, offset, data.len())?;
+        let step = self.max_xfer;
+        let mut done = 0usize;
+        while done < data.len() || data.is_empty() {
+            let n = (data.len() - done).min(step);
+            let a = RegionAccess { offset: offset + done as u64, region: index, count: n as u32 };
+            let out = &mut data[done..done + n];
+            self.inner.request(cmd::REGION_READ, &[&a.encode()], &[], |r| {
+                if r.payload.len() != RegionAccess::SIZE + n || RegionAccess::decode(r.payload)? != a {
+                    return Err(Error::Protocol("REGION_READ reply does not match the request".into()));
+                }
+                out.copy_from_slice(&r.payload[RegionAccess::SIZE..]);
+                Ok(())
+            })?;
+            done += n;
+            if data.is_empty() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn region_write(&self, index: u32, offset: u64, data: &[u8], post: bool) -> Result<()> {
+        self.region(index, offset, data.len())?;
+        for (i, chunk) in data.chunks(self.max_xfer).enumerate() {
+            let a = RegionAccess { offset: offset + (i * self.max_xfer) as u64, region: index, count: chunk.len() as u32 };
+            if post {
+                let mut h = Header::command(POSTED_ID, cmd::REGION_WRITE, RegionAccess::SIZE + chunk.len());
+                h.flags |= FLAG_NO_REPLY;
+                self.inner.send(&[&h.encode(), &a.encode(), chunk], &[])?;
+                continue;
+            }
+            self.inner.request(cmd::REGION_WRITE, &[&a.encode(), chunk], &[], |r| {
+                expect_len("REGION_WRITE", r.payload, RegionAccess::SIZE)?;
+                if RegionAccess::decode(r.payload)?.count != a.count {
+                    return Err(Error::Protocol("REGION_WRITE reply count differs".into()));
+                }
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+
+    fn device_feature(&self, flags: u32, data: &mut [u8]) -> Result<i32> {
+        let fixed = proto::encode_feature((8 + data.len()) as u32, flags);
+        let get = flags & VFIO_DEVICE_FEATURE_GET != 0 && flags & VFIO_DEVICE_FEATURE_PROBE == 0;
+        let input: &[u8] = if get { &[] } else { data };
+        let reply = self.inner.request(cmd::DEVICE_FEATURE, &[&fixed, input], &[], |r| {
+            let (_, _, d) = proto::decode_feature(r.payload)?;
+            Ok(d.to_vec())
+        })?;
+        if get {
+            if reply.len() > data.len() {
+                return Err(Error::Protocol("DEVICE_FEATURE reply larger than asked".into()));
+            }
+            data[..reply.len()].copy_from_slice(&reply);
+        }
+        Ok(0)
+    }
+
+    fn reset(&self) -> Result<()> {
+        self.inner.request(cmd::DEVICE_RESET, &[], &[], |_| Ok(()))
+    }
+
+    unsafe fn dma_map(&self, map: &DmaMap) -> Result<()> {
+        let end = map.iova.checked_add(map.size).filter(|_| map.size > 0);
+        if end.is_none() {
+            return Err(Error::InvalidArgument("DMA range empty or wraps"));
+        }
+        {
+            let table = self.inner.dma.read().unwrap_or_else(|p| p.into_inner());
+            if table.len() >= self.server.max_dma_maps as usize {
+                return Err(Error::Sys { op: "more DMA mappings than max_dma_maps", errno: libc::ENOSPC });
+            }
+        }
+        let mut flags = 0;
+        if map.readable {
+            flags |= DMA_MAP_READ;
+        }
+        if map.writable {
+            flags |= DMA_MAP_WRITE;
+        }
+        let m = DmaMapMsg {
+            argsz: DmaMapMsg::SIZE as u32,
+            flags,
+            offset: if map.fd >= 0 { map.offset } else { 0 },
+            address: map.iova,
+            size: map.size,
+        };
+        let fds: &[RawFd] = if map.fd >= 0 { std::slice::from_ref(&map.fd) } else { &[] };
+        // Register first: the server may DMA as soon as it has the mapping.
+        self.inner.dma.write().unwrap_or_else(|p| p.into_inner()).push(DmaEntry {
+            iova: map.iova,
+            size: map.size,
+            vaddr: map.vaddr,
+            readable: map.readable,
+            writable: map.writable,
+        });
+        let r = self.inner.request(cmd::DMA_MAP, &[&m.encode()], fds, |_| Ok(()));
+        if r.is_err() {
+            let mut t = self.inner.dma.write().unwrap_or_else(|p| p.into_inner());
+            if let Some(i) = t.iter().rposition(|e| e.iova == map.iova && e.size == map.size) {
+                t.remove(i);
+            }
+        }
+        r
+    }
+
+    fn dma_unmap(&self, iova: u64, size: u64) -> Result<()> {
+        let m = DmaUnmapMsg { argsz: DmaUnmapMsg::SIZE as u32, flags: 0, address: iova, size };
+        self.inner.request(cmd::DMA_UNMAP, &[&m.encode()], &[], |_| Ok(()))?;
+        let mut t = self.inner.dma.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = t.iter().position(|e| e.iova == iova && e.size == size) {
+            t.remove(i);
+        }
+        Ok(())
+    }
+}
