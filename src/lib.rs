@@ -6,10 +6,12 @@
 //! * [`user`]: the vfio-user protocol, a client backend and a device server.
 //! * [`kernel`]: the kernel VFIO backend (container/group and iommufd).
 //! * [`edu`]: QEMU's educational PCI device, as a vfio-user device model.
+//! * [`conformance`]: the edu suite that every backend must pass.
 
 #![deny(missing_docs)]
 
 pub mod caps;
+pub mod conformance;
 pub mod device;
 pub mod edu;
 pub mod error;
