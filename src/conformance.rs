@@ -435,3 +435,374 @@ fn dma_irq_on(dev: &dyn DeviceIo, map: &Mapped<'_>) -> Result<()> {
     expect_eq("dma_irq: interrupt status after ack", read32(dev, regs::IRQ_STATUS)?, 0)?;
     irq.detach()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::{OwnedFd, RawFd};
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::caps::Capabilities;
+    use crate::device::{DeviceInfo, DmaMap, IrqInfo, RegionInfo};
+    use crate::edu::Edu;
+    use crate::memory::Mapping;
+    use crate::user::server::{DeviceContext, DeviceModel};
+
+    /// Takes our own copy of an fd the caller lends for the duration of a call,
+    /// as a vfio-user server receives its own copy through SCM_RIGHTS.
+    fn dup_borrowed(raw: RawFd) -> Result<OwnedFd> {
+        if raw < 0 {
+            return Err(Error::InvalidArgument("negative fd"));
+        }
+        // SAFETY: DeviceIo lends eventfds and DMA fds for the duration of the
+        // call, and we only duplicate it before returning.
+        let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+        nix::unistd::dup(fd).map_err(|e| Error::sys("dup", e))
+    }
+
+    fn signal(fd: &OwnedFd) {
+        let _ = nix::unistd::write(fd, &1u64.to_ne_bytes());
+    }
+
+    /// Test double for a served device: the edu model driven in-process, with
+    /// the interrupt and DMA plumbing a vfio-user server would provide
+    /// (eventfds, automasked INTx, client memory mapped from the DMA fd).
+    struct InProcess {
+        state: Mutex<State>,
+    }
+
+    struct State {
+        edu: Edu,
+        ctx: Ctx,
+    }
+
+    #[derive(Default)]
+    struct Ctx {
+        triggers: [Option<OwnedFd>; 5],
+        maps: Vec<(u64, Mapping)>,
+        intx_asserted: bool,
+        intx_masked: bool,
+    }
+
+    impl Ctx {
+        fn mapping(&self, iova: u64, len: usize) -> Result<(&Mapping, usize)> {
+            for (base, m) in &self.maps {
+                if let Some(off) = iova.checked_sub(*base).and_then(|o| usize::try_from(o).ok()) {
+                    if off.checked_add(len).is_some_and(|end| end <= m.len()) {
+                        return Ok((m, off));
+                    }
+                }
+            }
+            Err(Error::InvalidArgument("IOVA not mapped"))
+        }
+
+        fn fire_intx(&mut self) {
+            if self.intx_asserted && !self.intx_masked {
+                if let Some(fd) = &self.triggers[pci_irq::INTX as usize] {
+                    signal(fd);
+                    self.intx_masked = true;
+                }
+            }
+        }
+    }
+
+    impl DeviceContext for Ctx {
+        fn dma_read(&mut self, iova: u64, buf: &mut [u8]) -> Result<()> {
+            let (m, off) = self.mapping(iova, buf.len())?;
+            m.read(off, buf)
+        }
+
+        fn dma_write(&mut self, iova: u64, buf: &[u8]) -> Result<()> {
+            let (m, off) = self.mapping(iova, buf.len())?;
+            m.write(off, buf)
+        }
+
+        fn irq_enabled(&self, index: u32, vector: u32) -> bool {
+            vector == 0 && self.triggers.get(index as usize).is_some_and(Option::is_some)
+        }
+
+        fn trigger_irq(&mut self, index: u32, vector: u32) -> bool {
+            match self.triggers.get(index as usize) {
+                Some(Some(fd)) if vector == 0 => {
+                    signal(fd);
+                    true
+                }
+                _ => false,
+            }
+        }
+
+        fn set_irq_level(&mut self, _index: u32, _vector: u32, asserted: bool) {
+            self.intx_asserted = asserted;
+            self.fire_intx();
+        }
+    }
+
+    impl InProcess {
+        fn new() -> Self {
+            InProcess { state: Mutex::new(State { edu: Edu::new(), ctx: Ctx::default() }) }
+        }
+
+        fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+            self.state.lock().unwrap_or_else(|e| e.into_inner())
+        }
+
+        fn check_region(&self, index: u32, offset: u64, len: usize, flag: u32) -> Result<()> {
+            let info = self.region_info(index)?;
+            let end = offset.checked_add(len as u64);
+            if info.flags & flag == 0 || !end.is_some_and(|e| e <= info.size) {
+                return Err(Error::InvalidArgument("region access out of range"));
+            }
+            Ok(())
+        }
+    }
+
+    impl DeviceIo for InProcess {
+        fn capabilities(&self) -> Capabilities {
+            Capabilities::empty()
+        }
+
+        fn backend_capabilities(&self) -> Capabilities {
+            Capabilities::empty()
+        }
+
+        fn backend_name(&self) -> &'static str {
+            "in-process"
+        }
+
+        fn device_info(&self) -> Result<DeviceInfo> {
+            Ok(self.lock().edu.device_info())
+        }
+
+        fn region_info(&self, index: u32) -> Result<RegionInfo> {
+            self.lock().edu.region_info(index).ok_or(Error::InvalidArgument("region index"))
+        }
+
+        fn irq_info(&self, index: u32) -> Result<IrqInfo> {
+            self.lock().edu.irq_info(index).ok_or(Error::InvalidArgument("IRQ index"))
+        }
+
+        fn set_irqs(&self, set: &IrqSet<'_>) -> Result<()> {
+            set.validate()?;
+            let info = self.irq_info(set.index)?;
+            if !set.start.checked_add(set.count).is_some_and(|e| e <= info.count) {
+                return Err(Error::InvalidArgument("IRQ vectors out of range"));
+            }
+            let st = &mut *self.lock();
+            let i = set.index as usize;
+            match (set.action, set.data) {
+                (IrqAction::Trigger, IrqData::Eventfds(fds)) => {
+                    st.ctx.triggers[i] = match fds.first() {
+                        Some(&fd) if fd >= 0 => Some(dup_borrowed(fd)?),
+                        _ => None,
+                    };
+                }
+                (IrqAction::Trigger, IrqData::None) if set.count == 0 => {
+                    st.ctx.triggers[i] = None;
+                    if set.index == pci_irq::INTX {
+                        st.ctx.intx_masked = false;
+                    }
+                }
+                (IrqAction::Unmask, IrqData::None) if set.index == pci_irq::INTX => {
+                    st.ctx.intx_masked = false;
+                    st.ctx.fire_intx();
+                }
+                _ => return Err(Error::Unsupported("SET_IRQS combination")),
+            }
+            Ok(())
+        }
+
+        fn region_read(&self, index: u32, offset: u64, data: &mut [u8]) -> Result<()> {
+            self.check_region(index, offset, data.len(), crate::device::VFIO_REGION_INFO_FLAG_READ)?;
+            let st = &mut *self.lock();
+            st.edu.region_read(&mut st.ctx, index, offset, data)
+        }
+
+        fn region_write(&self, index: u32, offset: u64, data: &[u8], _post: bool) -> Result<()> {
+            self.check_region(index, offset, data.len(), crate::device::VFIO_REGION_INFO_FLAG_WRITE)?;
+            let st = &mut *self.lock();
+            st.edu.region_write(&mut st.ctx, index, offset, data)
+        }
+
+        fn device_feature(&self, _flags: u32, _data: &mut [u8]) -> Result<i32> {
+            Err(Error::Unsupported("device feature"))
+        }
+
+        fn reset(&self) -> Result<()> {
+            let st = &mut *self.lock();
+            st.edu.reset(&mut st.ctx)
+        }
+
+        unsafe fn dma_map(&self, map: &DmaMap) -> Result<()> {
+            // The memory is reached through our own mapping of its fd, never
+            // through `vaddr`, so this double needs nothing from the contract.
+            let fd = dup_borrowed(map.fd)?;
+            let len = usize::try_from(map.size).map_err(|_| Error::InvalidArgument("size"))?;
+            let m = Mapping::new(fd.as_fd(), map.offset, len, map.writable)?;
+            self.lock().ctx.maps.push((map.iova, m));
+            Ok(())
+        }
+
+        fn dma_unmap(&self, iova: u64, size: u64) -> Result<()> {
+            let maps = &mut self.lock().ctx.maps;
+            let pos = maps
+                .iter()
+                .position(|(base, m)| *base == iova && m.len() as u64 == size)
+                .ok_or(Error::InvalidArgument("no such mapping"))?;
+            maps.remove(pos);
+            Ok(())
+        }
+    }
+
+    /// A device that misbehaves in one way, to show the suite notices.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Fault {
+        WrongId,
+        WrongVendor,
+        LivenessNotInverted,
+        FactorialOffByOne,
+        IrqStatusReadsZero,
+        DmaDestinationShifted,
+    }
+
+    struct Faulty {
+        inner: InProcess,
+        fault: Fault,
+    }
+
+    impl DeviceIo for Faulty {
+        fn capabilities(&self) -> Capabilities {
+            self.inner.capabilities()
+        }
+        fn backend_capabilities(&self) -> Capabilities {
+            self.inner.backend_capabilities()
+        }
+        fn backend_name(&self) -> &'static str {
+            "faulty"
+        }
+        fn device_info(&self) -> Result<DeviceInfo> {
+            self.inner.device_info()
+        }
+        fn region_info(&self, index: u32) -> Result<RegionInfo> {
+            self.inner.region_info(index)
+        }
+        fn irq_info(&self, index: u32) -> Result<IrqInfo> {
+            self.inner.irq_info(index)
+        }
+        fn set_irqs(&self, set: &IrqSet<'_>) -> Result<()> {
+            self.inner.set_irqs(set)
+        }
+        fn region_read(&self, index: u32, offset: u64, data: &mut [u8]) -> Result<()> {
+            self.inner.region_read(index, offset, data)?;
+            let bar0 = index == pci_region::BAR0;
+            let hit = match self.fault {
+                Fault::WrongId => bar0 && offset == regs::ID,
+                Fault::WrongVendor => index == pci_region::CONFIG && offset == 0,
+                Fault::LivenessNotInverted => bar0 && offset == regs::LIVENESS,
+                Fault::FactorialOffByOne => bar0 && offset == regs::FACTORIAL,
+                Fault::IrqStatusReadsZero => {
+                    if bar0 && offset == regs::IRQ_STATUS {
+                        data.fill(0);
+                    }
+                    false
+                }
+                Fault::DmaDestinationShifted => {
+                    // Hide the shift from register read-back: only the data shows it.
+                    if bar0 && offset == regs::DMA_DST {
+                        data[0] = data[0].wrapping_sub(1);
+                    }
+                    false
+                }
+            };
+            if hit {
+                data[0] ^= match self.fault {
+                    Fault::LivenessNotInverted => 0xff,
+                    _ => 1,
+                };
+            }
+            Ok(())
+        }
+        fn region_write(&self, index: u32, offset: u64, data: &[u8], post: bool) -> Result<()> {
+            if self.fault == Fault::DmaDestinationShifted
+                && index == pci_region::BAR0
+                && offset == regs::DMA_DST
+            {
+                let mut v = data.to_vec();
+                v[0] = v[0].wrapping_add(1);
+                return self.inner.region_write(index, offset, &v, post);
+            }
+            self.inner.region_write(index, offset, data, post)
+        }
+        fn device_feature(&self, flags: u32, data: &mut [u8]) -> Result<i32> {
+            self.inner.device_feature(flags, data)
+        }
+        fn reset(&self) -> Result<()> {
+            self.inner.reset()
+        }
+        unsafe fn dma_map(&self, map: &DmaMap) -> Result<()> {
+            // SAFETY: the caller's guarantee for `map` is passed on unchanged.
+            unsafe { self.inner.dma_map(map) }
+        }
+        fn dma_unmap(&self, iova: u64, size: u64) -> Result<()> {
+            self.inner.dma_unmap(iova, size)
+        }
+    }
+
+    #[test]
+    fn suite_passes_on_the_edu_model() {
+        let dev = InProcess::new();
+        let results = run_edu_suite(&dev);
+        assert_eq!(results.len(), edu_cases().len());
+        for (name, r) in &results {
+            assert!(r.is_ok(), "{name}: {}", r.as_ref().unwrap_err());
+        }
+        // Every mapping was removed and every interrupt detached.
+        let st = dev.lock();
+        assert!(st.ctx.maps.is_empty());
+        assert!(st.ctx.triggers.iter().all(Option::is_none));
+    }
+
+    #[test]
+    fn suite_passes_after_reset() {
+        let dev = InProcess::new();
+        write32(&dev, regs::IRQ_RAISE, 0x10).unwrap();
+        dev.reset().unwrap();
+        assert!(run_edu_suite(&dev).iter().all(|(_, r)| r.is_ok()));
+    }
+
+    #[test]
+    fn suite_notices_faults() {
+        let expectations = [
+            (Fault::WrongId, "identify", "identification register"),
+            (Fault::WrongVendor, "identify", "vendor ID"),
+            (Fault::LivenessNotInverted, "liveness", "liveness: wrote 0x00000000"),
+            (Fault::FactorialOffByOne, "factorial", "factorial of 10"),
+            (Fault::IrqStatusReadsZero, "interrupt_intx", "interrupt status"),
+            (Fault::IrqStatusReadsZero, "interrupt_msi", "interrupt status"),
+            (Fault::IrqStatusReadsZero, "dma_irq", "interrupt status"),
+            (Fault::DmaDestinationShifted, "dma_roundtrip", "byte 0 of the copy"),
+        ];
+        for (fault, case, text) in expectations {
+            let dev = Faulty { inner: InProcess::new(), fault };
+            let run = edu_cases().iter().find(|c| c.name == case).unwrap().run;
+            let err = run(&dev).expect_err(case).to_string();
+            assert!(err.contains(text), "{fault:?} in {case}: {err}");
+            // Cleanup happened even though the case failed.
+            let st = dev.inner.lock();
+            assert!(st.ctx.maps.is_empty(), "{fault:?}: mapping left behind");
+            assert!(st.ctx.triggers.iter().all(Option::is_none), "{fault:?}: IRQ left attached");
+        }
+    }
+
+    #[test]
+    fn intx_stuck_high_is_noticed() {
+        // A device that never lowers its line re-fires on unmask.
+        let dev = InProcess::new();
+        let irq = Irq::attach(&dev, pci_irq::INTX).unwrap();
+        write32(&dev, regs::IRQ_RAISE, 1).unwrap();
+        irq.wait("stuck").unwrap();
+        irq.unmask().unwrap();
+        assert!(irq.expect_quiet(QUIET_PERIOD, "stuck").is_err());
+        write32(&dev, regs::IRQ_ACK, 1).unwrap();
+        irq.detach().unwrap();
+    }
+}
