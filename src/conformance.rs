@@ -51,14 +51,38 @@ pub struct EduCase {
 }
 
 static CASES: &[EduCase] = &[
-    EduCase { name: "identify", run: identify },
-    EduCase { name: "liveness", run: liveness },
-    EduCase { name: "factorial", run: factorial },
-    EduCase { name: "factorial_irq", run: factorial_irq },
-    EduCase { name: "interrupt_intx", run: interrupt_intx },
-    EduCase { name: "interrupt_msi", run: interrupt_msi },
-    EduCase { name: "dma_roundtrip", run: dma_roundtrip },
-    EduCase { name: "dma_irq", run: dma_irq },
+    EduCase {
+        name: "identify",
+        run: identify,
+    },
+    EduCase {
+        name: "liveness",
+        run: liveness,
+    },
+    EduCase {
+        name: "factorial",
+        run: factorial,
+    },
+    EduCase {
+        name: "factorial_irq",
+        run: factorial_irq,
+    },
+    EduCase {
+        name: "interrupt_intx",
+        run: interrupt_intx,
+    },
+    EduCase {
+        name: "interrupt_msi",
+        run: interrupt_msi,
+    },
+    EduCase {
+        name: "dma_roundtrip",
+        run: dma_roundtrip,
+    },
+    EduCase {
+        name: "dma_irq",
+        run: dma_irq,
+    },
 ];
 
 /// Every case of the suite, in the order [`run_edu_suite`] runs them.
@@ -81,7 +105,9 @@ fn expect_eq(what: &str, got: u32, want: u32) -> Result<()> {
     if got == want {
         Ok(())
     } else {
-        Err(mismatch(format!("{what}: expected {want:#x}, read {got:#x}")))
+        Err(mismatch(format!(
+            "{what}: expected {want:#x}, read {got:#x}"
+        )))
     }
 }
 
@@ -104,11 +130,18 @@ fn enable_bus_master(dev: &dyn DeviceIo) -> Result<()> {
     let mut b = [0u8; 2];
     config_read(dev, reg::COMMAND, &mut b)?;
     let cmd = u16::from_le_bytes(b) | command::MEMORY | command::BUS_MASTER;
-    dev.region_write(pci_region::CONFIG, reg::COMMAND as u64, &cmd.to_le_bytes(), false)?;
+    dev.region_write(
+        pci_region::CONFIG,
+        reg::COMMAND as u64,
+        &cmd.to_le_bytes(),
+        false,
+    )?;
     config_read(dev, reg::COMMAND, &mut b)?;
     let now = u16::from_le_bytes(b);
     if now & command::BUS_MASTER == 0 {
-        return Err(mismatch(format!("command register {now:#06x}: bus master did not stick")));
+        return Err(mismatch(format!(
+            "command register {now:#06x}: bus master did not stick"
+        )));
     }
     Ok(())
 }
@@ -137,7 +170,11 @@ fn quiesce(dev: &dyn DeviceIo) -> Result<()> {
     wait_clear(dev, regs::DMA_CMD, edu::DMA_CMD_START as u32, "DMA")?;
     write32(dev, regs::STATUS, 0)?;
     write32(dev, regs::IRQ_ACK, u32::MAX)?;
-    expect_eq("interrupt status after acknowledging all", read32(dev, regs::IRQ_STATUS)?, 0)
+    expect_eq(
+        "interrupt status after acknowledging all",
+        read32(dev, regs::IRQ_STATUS)?,
+        0,
+    )
 }
 
 /// An eventfd attached as the trigger of vector 0 of one IRQ index; detached
@@ -161,7 +198,12 @@ impl<'a> Irq<'a> {
             action: IrqAction::Trigger,
             data: IrqData::Eventfds(&fds),
         })?;
-        Ok(Irq { dev, index, efd, attached: true })
+        Ok(Irq {
+            dev,
+            index,
+            efd,
+            attached: true,
+        })
     }
 
     /// Waits for the eventfd to be signalled and consumes the signal.
@@ -214,7 +256,13 @@ impl Drop for Irq<'_> {
 
 /// TRIGGER with no data and count 0 disables the whole index.
 fn disable_irq(dev: &dyn DeviceIo, index: u32) -> Result<()> {
-    dev.set_irqs(&IrqSet { index, start: 0, count: 0, action: IrqAction::Trigger, data: IrqData::None })
+    dev.set_irqs(&IrqSet {
+        index,
+        start: 0,
+        count: 0,
+        action: IrqAction::Trigger,
+        data: IrqData::None,
+    })
 }
 
 /// Whether `fd` becomes readable within `timeout`.
@@ -226,7 +274,11 @@ fn readable(fd: BorrowedFd<'_>, timeout: Duration) -> Result<bool> {
         let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
         match poll(&mut fds, ms) {
             Ok(0) => return Ok(false),
-            Ok(_) => return Ok(fds[0].revents().is_some_and(|r| r.contains(PollFlags::POLLIN))),
+            Ok(_) => {
+                return Ok(fds[0]
+                    .revents()
+                    .is_some_and(|r| r.contains(PollFlags::POLLIN)))
+            }
             Err(Errno::EINTR) => continue,
             Err(e) => return Err(Error::sys("poll", e)),
         }
@@ -250,11 +302,17 @@ impl<'a> Mapped<'a> {
         // freeing it (or leaks it when the unmap fails), so the memory stays
         // valid for as long as it is mapped.
         unsafe { dev.dma_map(&map) }?;
-        Ok(Mapped { dev, buf: Some(buf), mapped: true })
+        Ok(Mapped {
+            dev,
+            buf: Some(buf),
+            mapped: true,
+        })
     }
 
     fn buf(&self) -> Result<&DmaBuffer> {
-        self.buf.as_ref().ok_or(Error::InvalidArgument("DMA buffer already released"))
+        self.buf
+            .as_ref()
+            .ok_or(Error::InvalidArgument("DMA buffer already released"))
     }
 
     fn unmap(mut self) -> Result<()> {
@@ -276,19 +334,34 @@ impl Drop for Mapped<'_> {
 fn run_dma(dev: &dyn DeviceIo, src: u64, dst: u64, count: u32, cmd: u64, what: &str) -> Result<()> {
     // All addresses the suite uses are below 1 << 28, so 4-byte writes hold them.
     let src = u32::try_from(src).map_err(|_| Error::InvalidArgument("DMA source above 4 GiB"))?;
-    let dst = u32::try_from(dst).map_err(|_| Error::InvalidArgument("DMA destination above 4 GiB"))?;
+    let dst =
+        u32::try_from(dst).map_err(|_| Error::InvalidArgument("DMA destination above 4 GiB"))?;
     write32(dev, regs::DMA_SRC, src)?;
     write32(dev, regs::DMA_DST, dst)?;
     write32(dev, regs::DMA_COUNT, count)?;
-    expect_eq(&format!("{what}: DMA source register"), read32(dev, regs::DMA_SRC)?, src)?;
-    expect_eq(&format!("{what}: DMA destination register"), read32(dev, regs::DMA_DST)?, dst)?;
-    expect_eq(&format!("{what}: DMA count register"), read32(dev, regs::DMA_COUNT)?, count)?;
+    expect_eq(
+        &format!("{what}: DMA source register"),
+        read32(dev, regs::DMA_SRC)?,
+        src,
+    )?;
+    expect_eq(
+        &format!("{what}: DMA destination register"),
+        read32(dev, regs::DMA_DST)?,
+        dst,
+    )?;
+    expect_eq(
+        &format!("{what}: DMA count register"),
+        read32(dev, regs::DMA_COUNT)?,
+        count,
+    )?;
     write32(dev, regs::DMA_CMD, cmd as u32)?;
     wait_clear(dev, regs::DMA_CMD, edu::DMA_CMD_START as u32, what)
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) | 1).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) | 1)
+        .collect()
 }
 
 /// The ID register and the PCI identity in configuration space.
@@ -301,7 +374,11 @@ fn identify(dev: &dyn DeviceIo) -> Result<()> {
     expect_eq("config device ID", ids >> 16, u32::from(edu::DEVICE_ID))?;
     config_read(dev, reg::REVISION_ID, &mut b)?;
     let class_rev = u32::from_le_bytes(b);
-    expect_eq("config revision ID", class_rev & 0xff, u32::from(edu::REVISION))?;
+    expect_eq(
+        "config revision ID",
+        class_rev & 0xff,
+        u32::from(edu::REVISION),
+    )?;
     expect_eq("config class code", class_rev >> 8, edu::CLASS_CODE)
 }
 
@@ -311,7 +388,9 @@ fn liveness(dev: &dyn DeviceIo) -> Result<()> {
         write32(dev, regs::LIVENESS, v)?;
         let got = read32(dev, regs::LIVENESS)?;
         if got != !v {
-            return Err(mismatch(format!("liveness: wrote {v:#010x}, read {got:#010x}")));
+            return Err(mismatch(format!(
+                "liveness: wrote {v:#010x}, read {got:#010x}"
+            )));
         }
     }
     Ok(())
@@ -320,10 +399,20 @@ fn liveness(dev: &dyn DeviceIo) -> Result<()> {
 /// Factorials, including 0! = 1 and the u32 wrap of 13!.
 fn factorial(dev: &dyn DeviceIo) -> Result<()> {
     quiesce(dev)?;
-    for (n, want) in [(10, 3_628_800), (0, 1), (1, 1), (12, 479_001_600), (13, 1_932_053_504)] {
+    for (n, want) in [
+        (10, 3_628_800),
+        (0, 1),
+        (1, 1),
+        (12, 479_001_600),
+        (13, 1_932_053_504),
+    ] {
         write32(dev, regs::FACTORIAL, n)?;
         wait_clear(dev, regs::STATUS, edu::STATUS_COMPUTING, "factorial")?;
-        expect_eq(&format!("factorial of {n}"), read32(dev, regs::FACTORIAL)?, want)?;
+        expect_eq(
+            &format!("factorial of {n}"),
+            read32(dev, regs::FACTORIAL)?,
+            want,
+        )?;
     }
     Ok(())
 }
@@ -334,15 +423,27 @@ fn factorial_irq(dev: &dyn DeviceIo) -> Result<()> {
     enable_bus_master(dev)?;
     let irq = Irq::attach(dev, pci_irq::MSI)?;
     write32(dev, regs::STATUS, edu::STATUS_IRQ_FACT)?;
-    expect_eq("status after setting bit 7", read32(dev, regs::STATUS)?, edu::STATUS_IRQ_FACT)?;
+    expect_eq(
+        "status after setting bit 7",
+        read32(dev, regs::STATUS)?,
+        edu::STATUS_IRQ_FACT,
+    )?;
     write32(dev, regs::FACTORIAL, 5)?;
     irq.wait("factorial_irq")?;
     wait_clear(dev, regs::STATUS, edu::STATUS_COMPUTING, "factorial_irq")?;
     expect_eq("factorial of 5", read32(dev, regs::FACTORIAL)?, 120)?;
-    expect_eq("factorial_irq: interrupt status", read32(dev, regs::IRQ_STATUS)?, edu::FACT_IRQ)?;
+    expect_eq(
+        "factorial_irq: interrupt status",
+        read32(dev, regs::IRQ_STATUS)?,
+        edu::FACT_IRQ,
+    )?;
     write32(dev, regs::IRQ_ACK, edu::FACT_IRQ)?;
     write32(dev, regs::STATUS, 0)?;
-    expect_eq("factorial_irq: interrupt status after ack", read32(dev, regs::IRQ_STATUS)?, 0)?;
+    expect_eq(
+        "factorial_irq: interrupt status after ack",
+        read32(dev, regs::IRQ_STATUS)?,
+        0,
+    )?;
     irq.detach()
 }
 
@@ -354,9 +455,17 @@ fn interrupt_intx(dev: &dyn DeviceIo) -> Result<()> {
     let value = 0x00c0_ffee;
     write32(dev, regs::IRQ_RAISE, value)?;
     irq.wait("interrupt_intx")?;
-    expect_eq("interrupt_intx: interrupt status", read32(dev, regs::IRQ_STATUS)?, value)?;
+    expect_eq(
+        "interrupt_intx: interrupt status",
+        read32(dev, regs::IRQ_STATUS)?,
+        value,
+    )?;
     write32(dev, regs::IRQ_ACK, value)?;
-    expect_eq("interrupt_intx: interrupt status after ack", read32(dev, regs::IRQ_STATUS)?, 0)?;
+    expect_eq(
+        "interrupt_intx: interrupt status after ack",
+        read32(dev, regs::IRQ_STATUS)?,
+        0,
+    )?;
     // With the line low, unmasking must not fire again.
     irq.unmask()?;
     irq.expect_quiet(QUIET_PERIOD, "interrupt_intx after ack and unmask")?;
@@ -372,9 +481,17 @@ fn interrupt_msi(dev: &dyn DeviceIo) -> Result<()> {
     for value in [0x0000_0040, 0x0001_0000] {
         write32(dev, regs::IRQ_RAISE, value)?;
         irq.wait("interrupt_msi")?;
-        expect_eq("interrupt_msi: interrupt status", read32(dev, regs::IRQ_STATUS)?, value)?;
+        expect_eq(
+            "interrupt_msi: interrupt status",
+            read32(dev, regs::IRQ_STATUS)?,
+            value,
+        )?;
         write32(dev, regs::IRQ_ACK, value)?;
-        expect_eq("interrupt_msi: interrupt status after ack", read32(dev, regs::IRQ_STATUS)?, 0)?;
+        expect_eq(
+            "interrupt_msi: interrupt status after ack",
+            read32(dev, regs::IRQ_STATUS)?,
+            0,
+        )?;
     }
     irq.expect_quiet(QUIET_PERIOD, "interrupt_msi after ack")?;
     irq.detach()
@@ -399,9 +516,30 @@ fn dma_roundtrip_on(dev: &dyn DeviceIo, map: &Mapped<'_>) -> Result<()> {
     buf.write(256, &b)?;
     let start = edu::DMA_CMD_START;
     let to_ram = edu::DMA_CMD_START | edu::DMA_CMD_TO_RAM;
-    run_dma(dev, DMA_IOVA, edu::DMA_BUF_ADDR + 256, 256, start, "DMA RAM->edu (first)")?;
-    run_dma(dev, DMA_IOVA + 256, edu::DMA_BUF_ADDR, 256, start, "DMA RAM->edu (second)")?;
-    run_dma(dev, edu::DMA_BUF_ADDR, DMA_IOVA + 4096, 512, to_ram, "DMA edu->RAM")?;
+    run_dma(
+        dev,
+        DMA_IOVA,
+        edu::DMA_BUF_ADDR + 256,
+        256,
+        start,
+        "DMA RAM->edu (first)",
+    )?;
+    run_dma(
+        dev,
+        DMA_IOVA + 256,
+        edu::DMA_BUF_ADDR,
+        256,
+        start,
+        "DMA RAM->edu (second)",
+    )?;
+    run_dma(
+        dev,
+        edu::DMA_BUF_ADDR,
+        DMA_IOVA + 4096,
+        512,
+        to_ram,
+        "DMA edu->RAM",
+    )?;
     let mut got = vec![0u8; 512];
     buf.read(4096, &mut got)?;
     let want: Vec<u8> = b.iter().chain(&a).copied().collect();
@@ -411,7 +549,11 @@ fn dma_roundtrip_on(dev: &dyn DeviceIo, map: &Mapped<'_>) -> Result<()> {
             got[i], want[i]
         )));
     }
-    expect_eq("dma_roundtrip: interrupt status", read32(dev, regs::IRQ_STATUS)?, 0)
+    expect_eq(
+        "dma_roundtrip: interrupt status",
+        read32(dev, regs::IRQ_STATUS)?,
+        0,
+    )
 }
 
 /// A DMA with command bit 2 raises the DMA interrupt when it completes.
@@ -430,9 +572,17 @@ fn dma_irq_on(dev: &dyn DeviceIo, map: &Mapped<'_>) -> Result<()> {
     let cmd = edu::DMA_CMD_START | edu::DMA_CMD_IRQ;
     run_dma(dev, DMA_IOVA, edu::DMA_BUF_ADDR, 64, cmd, "dma_irq")?;
     irq.wait("dma_irq")?;
-    expect_eq("dma_irq: interrupt status", read32(dev, regs::IRQ_STATUS)?, edu::DMA_IRQ)?;
+    expect_eq(
+        "dma_irq: interrupt status",
+        read32(dev, regs::IRQ_STATUS)?,
+        edu::DMA_IRQ,
+    )?;
     write32(dev, regs::IRQ_ACK, edu::DMA_IRQ)?;
-    expect_eq("dma_irq: interrupt status after ack", read32(dev, regs::IRQ_STATUS)?, 0)?;
+    expect_eq(
+        "dma_irq: interrupt status after ack",
+        read32(dev, regs::IRQ_STATUS)?,
+        0,
+    )?;
     irq.detach()
 }
 
@@ -487,7 +637,10 @@ mod tests {
     impl Ctx {
         fn mapping(&self, iova: u64, len: usize) -> Result<(&Mapping, usize)> {
             for (base, m) in &self.maps {
-                if let Some(off) = iova.checked_sub(*base).and_then(|o| usize::try_from(o).ok()) {
+                if let Some(off) = iova
+                    .checked_sub(*base)
+                    .and_then(|o| usize::try_from(o).ok())
+                {
                     if off.checked_add(len).is_some_and(|end| end <= m.len()) {
                         return Ok((m, off));
                     }
@@ -518,7 +671,11 @@ mod tests {
         }
 
         fn irq_enabled(&self, index: u32, vector: u32) -> bool {
-            vector == 0 && self.triggers.get(index as usize).is_some_and(Option::is_some)
+            vector == 0
+                && self
+                    .triggers
+                    .get(index as usize)
+                    .is_some_and(Option::is_some)
         }
 
         fn trigger_irq(&mut self, index: u32, vector: u32) -> bool {
@@ -539,7 +696,12 @@ mod tests {
 
     impl InProcess {
         fn new() -> Self {
-            InProcess { state: Mutex::new(State { edu: Edu::new(), ctx: Ctx::default() }) }
+            InProcess {
+                state: Mutex::new(State {
+                    edu: Edu::new(),
+                    ctx: Ctx::default(),
+                }),
+            }
         }
 
         fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -574,17 +736,27 @@ mod tests {
         }
 
         fn region_info(&self, index: u32) -> Result<RegionInfo> {
-            self.lock().edu.region_info(index).ok_or(Error::InvalidArgument("region index"))
+            self.lock()
+                .edu
+                .region_info(index)
+                .ok_or(Error::InvalidArgument("region index"))
         }
 
         fn irq_info(&self, index: u32) -> Result<IrqInfo> {
-            self.lock().edu.irq_info(index).ok_or(Error::InvalidArgument("IRQ index"))
+            self.lock()
+                .edu
+                .irq_info(index)
+                .ok_or(Error::InvalidArgument("IRQ index"))
         }
 
         fn set_irqs(&self, set: &IrqSet<'_>) -> Result<()> {
             set.validate()?;
             let info = self.irq_info(set.index)?;
-            if !set.start.checked_add(set.count).is_some_and(|e| e <= info.count) {
+            if !set
+                .start
+                .checked_add(set.count)
+                .is_some_and(|e| e <= info.count)
+            {
                 return Err(Error::InvalidArgument("IRQ vectors out of range"));
             }
             let st = &mut *self.lock();
@@ -612,13 +784,23 @@ mod tests {
         }
 
         fn region_read(&self, index: u32, offset: u64, data: &mut [u8]) -> Result<()> {
-            self.check_region(index, offset, data.len(), crate::device::VFIO_REGION_INFO_FLAG_READ)?;
+            self.check_region(
+                index,
+                offset,
+                data.len(),
+                crate::device::VFIO_REGION_INFO_FLAG_READ,
+            )?;
             let st = &mut *self.lock();
             st.edu.region_read(&mut st.ctx, index, offset, data)
         }
 
         fn region_write(&self, index: u32, offset: u64, data: &[u8], _post: bool) -> Result<()> {
-            self.check_region(index, offset, data.len(), crate::device::VFIO_REGION_INFO_FLAG_WRITE)?;
+            self.check_region(
+                index,
+                offset,
+                data.len(),
+                crate::device::VFIO_REGION_INFO_FLAG_WRITE,
+            )?;
             let st = &mut *self.lock();
             st.edu.region_write(&mut st.ctx, index, offset, data)
         }
@@ -774,22 +956,44 @@ mod tests {
         let expectations = [
             (Fault::WrongId, "identify", "identification register"),
             (Fault::WrongVendor, "identify", "vendor ID"),
-            (Fault::LivenessNotInverted, "liveness", "liveness: wrote 0x00000000"),
+            (
+                Fault::LivenessNotInverted,
+                "liveness",
+                "liveness: wrote 0x00000000",
+            ),
             (Fault::FactorialOffByOne, "factorial", "factorial of 10"),
-            (Fault::IrqStatusReadsZero, "interrupt_intx", "interrupt status"),
-            (Fault::IrqStatusReadsZero, "interrupt_msi", "interrupt status"),
+            (
+                Fault::IrqStatusReadsZero,
+                "interrupt_intx",
+                "interrupt status",
+            ),
+            (
+                Fault::IrqStatusReadsZero,
+                "interrupt_msi",
+                "interrupt status",
+            ),
             (Fault::IrqStatusReadsZero, "dma_irq", "interrupt status"),
-            (Fault::DmaDestinationShifted, "dma_roundtrip", "byte 0 of the copy"),
+            (
+                Fault::DmaDestinationShifted,
+                "dma_roundtrip",
+                "byte 0 of the copy",
+            ),
         ];
         for (fault, case, text) in expectations {
-            let dev = Faulty { inner: InProcess::new(), fault };
+            let dev = Faulty {
+                inner: InProcess::new(),
+                fault,
+            };
             let run = edu_cases().iter().find(|c| c.name == case).unwrap().run;
             let err = run(&dev).expect_err(case).to_string();
             assert!(err.contains(text), "{fault:?} in {case}: {err}");
             // Cleanup happened even though the case failed.
             let st = dev.inner.lock();
             assert!(st.ctx.maps.is_empty(), "{fault:?}: mapping left behind");
-            assert!(st.ctx.triggers.iter().all(Option::is_none), "{fault:?}: IRQ left attached");
+            assert!(
+                st.ctx.triggers.iter().all(Option::is_none),
+                "{fault:?}: IRQ left attached"
+            );
         }
     }
 
