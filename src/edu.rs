@@ -133,7 +133,15 @@ impl Edu {
             .with_revision(REVISION)
             .with_class_code(CLASS_CODE)
             .with_interrupt_pin(1)
-            .and_then(|c| c.with_bar(0, BarKind::Memory32 { prefetchable: false }, BAR0_SIZE))
+            .and_then(|c| {
+                c.with_bar(
+                    0,
+                    BarKind::Memory32 {
+                        prefetchable: false,
+                    },
+                    BAR0_SIZE,
+                )
+            })
             .and_then(PciConfig::with_msi);
         // The layout is fixed and valid (see the unit tests), so this never fails.
         cfg.expect("edu configuration layout is valid")
@@ -210,8 +218,11 @@ impl Edu {
     /// the data) but still completes, so a driver waiting on it is not stuck.
     fn run_dma(&mut self, ctx: &mut dyn DeviceContext) {
         let to_ram = self.dma_cmd & DMA_CMD_TO_RAM != 0;
-        let (edu_addr, ram_addr) =
-            if to_ram { (self.dma_src, self.dma_dst) } else { (self.dma_dst, self.dma_src) };
+        let (edu_addr, ram_addr) = if to_ram {
+            (self.dma_src, self.dma_dst)
+        } else {
+            (self.dma_dst, self.dma_src)
+        };
         let iova = ram_addr & DMA_MASK;
         match buffer_range(edu_addr, self.dma_count) {
             None => log::warn!(
@@ -293,7 +304,12 @@ fn buffer_range(addr: u64, count: u64) -> Option<std::ops::Range<usize>> {
 }
 
 fn region(index: u32, flags: u32, size: u64) -> RegionInfo {
-    RegionInfo { index, flags, size, ..Default::default() }
+    RegionInfo {
+        index,
+        flags,
+        size,
+        ..Default::default()
+    }
 }
 
 impl DeviceModel for Edu {
@@ -318,15 +334,20 @@ impl DeviceModel for Edu {
 
     fn irq_info(&self, index: u32) -> Option<IrqInfo> {
         let (flags, count) = match index {
-            pci_irq::INTX => {
-                (VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_MASKABLE | VFIO_IRQ_INFO_AUTOMASKED, 1)
-            }
+            pci_irq::INTX => (
+                VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_MASKABLE | VFIO_IRQ_INFO_AUTOMASKED,
+                1,
+            ),
             pci_irq::MSI => (VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE, 1),
             pci_irq::MSIX => (VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE, 0),
             pci_irq::ERR | pci_irq::REQ => (VFIO_IRQ_INFO_EVENTFD, 1),
             _ => return None,
         };
-        Some(IrqInfo { index, flags, count })
+        Some(IrqInfo {
+            index,
+            flags,
+            count,
+        })
     }
 
     fn region_read(
@@ -400,7 +421,11 @@ mod tests {
 
     impl FakeContext {
         fn with_memory(base: u64, len: usize) -> Self {
-            FakeContext { base, mem: vec![0; len], ..Default::default() }
+            FakeContext {
+                base,
+                mem: vec![0; len],
+                ..Default::default()
+            }
         }
 
         fn range(&self, iova: u64, len: usize) -> Result<std::ops::Range<usize>> {
@@ -467,7 +492,8 @@ mod tests {
     }
 
     fn wr(edu: &mut Edu, ctx: &mut FakeContext, off: u64, val: u64, size: usize) {
-        edu.region_write(ctx, 0, off, &val.to_le_bytes()[..size]).unwrap();
+        edu.region_write(ctx, 0, off, &val.to_le_bytes()[..size])
+            .unwrap();
     }
 
     fn wr32(edu: &mut Edu, ctx: &mut FakeContext, off: u64, val: u32) {
@@ -476,7 +502,8 @@ mod tests {
 
     fn cfg32(edu: &mut Edu, ctx: &mut FakeContext, off: u64) -> u32 {
         let mut b = [0u8; 4];
-        edu.region_read(ctx, pci_region::CONFIG, off, &mut b).unwrap();
+        edu.region_read(ctx, pci_region::CONFIG, off, &mut b)
+            .unwrap();
         u32::from_le_bytes(b)
     }
 
@@ -509,9 +536,15 @@ mod tests {
         let irq = |i| edu.irq_info(i).map(|q| (q.flags, q.count));
         assert_eq!(
             irq(0),
-            Some((VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_MASKABLE | VFIO_IRQ_INFO_AUTOMASKED, 1))
+            Some((
+                VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_MASKABLE | VFIO_IRQ_INFO_AUTOMASKED,
+                1
+            ))
         );
-        assert_eq!(irq(1), Some((VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE, 1)));
+        assert_eq!(
+            irq(1),
+            Some((VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE, 1))
+        );
         assert_eq!(irq(2).map(|q| q.1), Some(0));
         assert_eq!(irq(3), Some((VFIO_IRQ_INFO_EVENTFD, 1)));
         assert_eq!(irq(4), Some((VFIO_IRQ_INFO_EVENTFD, 1)));
@@ -610,7 +643,8 @@ mod tests {
         assert_eq!(odd, [0xff; 3]);
         wr(&mut edu, &mut ctx, regs::LIVENESS, 5, 2);
         wr(&mut edu, &mut ctx, regs::LIVENESS, 5, 8);
-        edu.region_write(&mut ctx, 0, regs::LIVENESS, &[1, 2, 3]).unwrap();
+        edu.region_write(&mut ctx, 0, regs::LIVENESS, &[1, 2, 3])
+            .unwrap();
         assert_eq!(rd32(&mut edu, &mut ctx, regs::LIVENESS), 0xffff_ffff);
         // Unknown and write-only offsets read all ones; writes there do nothing.
         for off in [0x0c, 0x10, 0x60, 0x64, 0x84, 0xa0, 0x40000, 0xffffc] {
@@ -664,7 +698,10 @@ mod tests {
     #[test]
     fn msi_signals_each_raise() {
         let mut edu = Edu::new();
-        let mut ctx = FakeContext { msi_attached: true, ..Default::default() };
+        let mut ctx = FakeContext {
+            msi_attached: true,
+            ..Default::default()
+        };
         wr32(&mut edu, &mut ctx, regs::IRQ_RAISE, 0x1);
         wr32(&mut edu, &mut ctx, regs::IRQ_RAISE, 0x1);
         assert_eq!(ctx.msi_count, 2);
@@ -683,12 +720,29 @@ mod tests {
             *b = (i as u8).wrapping_mul(7).wrapping_add(3);
         }
         let pattern = ctx.mem[..256].to_vec();
-        dma(&mut edu, &mut ctx, base, DMA_BUF_ADDR + 0x100, 256, DMA_CMD_START);
+        dma(
+            &mut edu,
+            &mut ctx,
+            base,
+            DMA_BUF_ADDR + 0x100,
+            256,
+            DMA_CMD_START,
+        );
         assert_eq!(rd32(&mut edu, &mut ctx, regs::DMA_CMD), 0);
         // RAM-side addresses are clamped to the 28-bit DMA mask.
         let dst = (1 << 28) | (base + 4096);
-        dma(&mut edu, &mut ctx, DMA_BUF_ADDR + 0x100, dst, 256, DMA_CMD_START | DMA_CMD_TO_RAM);
-        assert_eq!(rd32(&mut edu, &mut ctx, regs::DMA_CMD), DMA_CMD_TO_RAM as u32);
+        dma(
+            &mut edu,
+            &mut ctx,
+            DMA_BUF_ADDR + 0x100,
+            dst,
+            256,
+            DMA_CMD_START | DMA_CMD_TO_RAM,
+        );
+        assert_eq!(
+            rd32(&mut edu, &mut ctx, regs::DMA_CMD),
+            DMA_CMD_TO_RAM as u32
+        );
         assert_eq!(&ctx.mem[4096..4096 + 256], &pattern[..]);
         assert_eq!(ctx.dma_calls, 2);
         assert_eq!(rd32(&mut edu, &mut ctx, regs::IRQ_STATUS), 0);
@@ -699,7 +753,14 @@ mod tests {
         let mut edu = Edu::new();
         let mut ctx = FakeContext::with_memory(0, 4096);
         ctx.msi_attached = true;
-        dma(&mut edu, &mut ctx, 0, DMA_BUF_ADDR, 16, DMA_CMD_START | DMA_CMD_IRQ);
+        dma(
+            &mut edu,
+            &mut ctx,
+            0,
+            DMA_BUF_ADDR,
+            16,
+            DMA_CMD_START | DMA_CMD_IRQ,
+        );
         assert_eq!(rd32(&mut edu, &mut ctx, regs::IRQ_STATUS), DMA_IRQ);
         assert_eq!(ctx.msi_count, 1);
         assert_eq!(rd32(&mut edu, &mut ctx, regs::DMA_CMD), DMA_CMD_IRQ as u32);
@@ -718,9 +779,23 @@ mod tests {
             (0, DMA_BUF_ADDR, u64::MAX),
         ];
         for (src, dst, count) in cases {
-            dma(&mut edu, &mut ctx, src, dst, count, DMA_CMD_START | DMA_CMD_IRQ);
+            dma(
+                &mut edu,
+                &mut ctx,
+                src,
+                dst,
+                count,
+                DMA_CMD_START | DMA_CMD_IRQ,
+            );
             assert_eq!(rd32(&mut edu, &mut ctx, regs::DMA_CMD) & 1, 0);
-            dma(&mut edu, &mut ctx, dst, src, count, DMA_CMD_START | DMA_CMD_TO_RAM);
+            dma(
+                &mut edu,
+                &mut ctx,
+                dst,
+                src,
+                count,
+                DMA_CMD_START | DMA_CMD_TO_RAM,
+            );
             assert_eq!(rd32(&mut edu, &mut ctx, regs::DMA_CMD) & 1, 0);
         }
         assert_eq!(ctx.dma_calls, 0);
@@ -737,12 +812,26 @@ mod tests {
         let mut ctx = FakeContext::with_memory(0, 4096);
         ctx.fail_dma = true;
         dma(&mut edu, &mut ctx, 0, DMA_BUF_ADDR, 64, DMA_CMD_START);
-        dma(&mut edu, &mut ctx, DMA_BUF_ADDR, 0, 64, DMA_CMD_START | DMA_CMD_TO_RAM);
+        dma(
+            &mut edu,
+            &mut ctx,
+            DMA_BUF_ADDR,
+            0,
+            64,
+            DMA_CMD_START | DMA_CMD_TO_RAM,
+        );
         assert_eq!(ctx.dma_calls, 2);
         assert_eq!(rd32(&mut edu, &mut ctx, regs::DMA_CMD) & 1, 0);
         // Unmapped IOVA: the client's memory refuses it.
         ctx.fail_dma = false;
-        dma(&mut edu, &mut ctx, 0x800_0000, DMA_BUF_ADDR, 64, DMA_CMD_START);
+        dma(
+            &mut edu,
+            &mut ctx,
+            0x800_0000,
+            DMA_BUF_ADDR,
+            64,
+            DMA_CMD_START,
+        );
         assert_eq!(rd32(&mut edu, &mut ctx, regs::DMA_CMD) & 1, 0);
         // The device still works afterwards.
         wr32(&mut edu, &mut ctx, regs::LIVENESS, 1);
@@ -756,15 +845,28 @@ mod tests {
         wr32(&mut edu, &mut ctx, regs::LIVENESS, 7);
         wr32(&mut edu, &mut ctx, regs::STATUS, STATUS_IRQ_FACT);
         wr32(&mut edu, &mut ctx, regs::FACTORIAL, 3);
-        dma(&mut edu, &mut ctx, 0, DMA_BUF_ADDR, 16, DMA_CMD_START | DMA_CMD_IRQ);
-        edu.region_write(&mut ctx, 7, reg::COMMAND as u64, &[0x06, 0]).unwrap();
+        dma(
+            &mut edu,
+            &mut ctx,
+            0,
+            DMA_BUF_ADDR,
+            16,
+            DMA_CMD_START | DMA_CMD_IRQ,
+        );
+        edu.region_write(&mut ctx, 7, reg::COMMAND as u64, &[0x06, 0])
+            .unwrap();
         assert!(ctx.intx_level);
         edu.reset(&mut ctx).unwrap();
         assert!(!ctx.intx_level);
         assert_eq!(edu.config().command(), 0);
         assert_eq!(edu.config().status() & crate::pci::status::INTERRUPT, 0);
         assert_eq!(cfg32(&mut edu, &mut ctx, 0), 0x11e8_1234);
-        for off in [regs::LIVENESS, regs::FACTORIAL, regs::STATUS, regs::IRQ_STATUS] {
+        for off in [
+            regs::LIVENESS,
+            regs::FACTORIAL,
+            regs::STATUS,
+            regs::IRQ_STATUS,
+        ] {
             assert_eq!(rd32(&mut edu, &mut ctx, off), 0, "{off:#x}");
         }
         for off in [regs::DMA_SRC, regs::DMA_DST, regs::DMA_COUNT, regs::DMA_CMD] {

@@ -214,13 +214,22 @@ impl PciConfig {
             BarKind::Memory64 { .. } => (16, 1 << 63),
         };
         if !size.is_power_of_two() || size < min || size > max {
-            return Err(Error::InvalidArgument("BAR size must be a power of two in the kind's range"));
+            return Err(Error::InvalidArgument(
+                "BAR size must be a power of two in the kind's range",
+            ));
         }
-        let slots = if matches!(kind, BarKind::Memory64 { .. }) { 2 } else { 1 };
+        let slots = if matches!(kind, BarKind::Memory64 { .. }) {
+            2
+        } else {
+            1
+        };
         if index + slots > self.bars.len() {
             return Err(Error::InvalidArgument("BAR index out of range"));
         }
-        if self.bars[index..index + slots].iter().any(|s| *s != BarSlot::Unused) {
+        if self.bars[index..index + slots]
+            .iter()
+            .any(|s| *s != BarSlot::Unused)
+        {
             return Err(Error::InvalidArgument("BAR already declared"));
         }
 
@@ -233,9 +242,10 @@ impl PciConfig {
             BarKind::Memory32 { prefetchable } => {
                 (if prefetchable { 0x8 } else { 0 }, addr_mask as u32 & !0xf)
             }
-            BarKind::Memory64 { prefetchable } => {
-                (0x4 | if prefetchable { 0x8 } else { 0 }, addr_mask as u32 & !0xf)
-            }
+            BarKind::Memory64 { prefetchable } => (
+                0x4 | if prefetchable { 0x8 } else { 0 },
+                addr_mask as u32 & !0xf,
+            ),
         };
         self.put(off, &flags.to_le_bytes());
         self.wmask[off..off + 4].copy_from_slice(&low_mask.to_le_bytes());
@@ -277,13 +287,17 @@ impl PciConfig {
     /// Capabilities are part of the device's layout: add them before serving.
     pub fn add_capability(&mut self, id: u8, body: &[u8], wmask: &[u8]) -> Result<u8> {
         if wmask.len() > body.len() {
-            return Err(Error::InvalidArgument("capability mask longer than its body"));
+            return Err(Error::InvalidArgument(
+                "capability mask longer than its body",
+            ));
         }
         let off = self.next_cap;
         let end = off
             .checked_add(2 + body.len())
             .filter(|&e| e <= CONFIG_SPACE_SIZE)
-            .ok_or(Error::InvalidArgument("no room left in configuration space"))?;
+            .ok_or(Error::InvalidArgument(
+                "no room left in configuration space",
+            ))?;
         self.put(off, &[id, 0]);
         self.put(off + 2, body);
         self.wmask[off + 2..off + 2 + wmask.len()].copy_from_slice(wmask);
@@ -324,7 +338,9 @@ impl PciConfig {
         let start = usize::try_from(offset).map_err(|_| Error::InvalidArgument("config offset"))?;
         match start.checked_add(len) {
             Some(end) if len > 0 && end <= CONFIG_SPACE_SIZE => Ok(start..end),
-            _ => Err(Error::InvalidArgument("access outside PCI configuration space")),
+            _ => Err(Error::InvalidArgument(
+                "access outside PCI configuration space",
+            )),
         }
     }
 
@@ -421,12 +437,15 @@ impl PciConfig {
 
     /// Whether software has enabled MSI.
     pub fn msi_enabled(&self) -> bool {
-        self.msi.is_some_and(|o| self.u16_at(o + 2) & MSI_CTRL_ENABLE != 0)
+        self.msi
+            .is_some_and(|o| self.u16_at(o + 2) & MSI_CTRL_ENABLE != 0)
     }
 
     /// The programmed MSI message address (0 without an MSI capability).
     pub fn msi_address(&self) -> u64 {
-        self.msi.map_or(0, |o| (u64::from(self.u32_at(o + 8)) << 32) | u64::from(self.u32_at(o + 4)))
+        self.msi.map_or(0, |o| {
+            (u64::from(self.u32_at(o + 8)) << 32) | u64::from(self.u32_at(o + 4))
+        })
     }
 
     /// The programmed MSI message data (0 without an MSI capability).
@@ -444,7 +463,10 @@ impl PciConfig {
         }
         let mut ptr = usize::from(self.bytes[reg::CAPABILITIES_POINTER] & !3);
         while ptr >= CAP_START && out.len() < (CONFIG_SPACE_SIZE - CAP_START) / 4 {
-            out.push(CapabilityEntry { offset: ptr as u8, id: self.bytes[ptr] });
+            out.push(CapabilityEntry {
+                offset: ptr as u8,
+                id: self.bytes[ptr],
+            });
             ptr = usize::from(self.bytes[ptr + 1] & !3);
         }
         out
@@ -477,7 +499,12 @@ impl PciConfig {
     }
 
     fn u32_at(&self, off: usize) -> u32 {
-        u32::from_le_bytes([self.bytes[off], self.bytes[off + 1], self.bytes[off + 2], self.bytes[off + 3]])
+        u32::from_le_bytes([
+            self.bytes[off],
+            self.bytes[off + 1],
+            self.bytes[off + 2],
+            self.bytes[off + 3],
+        ])
     }
 }
 
@@ -508,7 +535,13 @@ mod tests {
             .with_class_code(0x00ff00)
             .with_interrupt_pin(1)
             .unwrap()
-            .with_bar(0, BarKind::Memory32 { prefetchable: false }, 1 << 20)
+            .with_bar(
+                0,
+                BarKind::Memory32 {
+                    prefetchable: false,
+                },
+                1 << 20,
+            )
             .unwrap()
             .with_msi()
             .unwrap()
@@ -535,7 +568,10 @@ mod tests {
         assert_eq!(read32(&cfg, 0x08), 0x00ff_0010);
         assert_eq!(read32(&cfg, 0x2c), 0x1100_1af4);
         assert_eq!(read32(&cfg, 0x30), 0);
-        assert_eq!(cfg.bytes[reg::CAPABILITIES_POINTER], before[reg::CAPABILITIES_POINTER]);
+        assert_eq!(
+            cfg.bytes[reg::CAPABILITIES_POINTER],
+            before[reg::CAPABILITIES_POINTER]
+        );
         assert_eq!(cfg.interrupt_pin(), 1);
         // Cache line size and interrupt line are the writable bytes there.
         assert_eq!(cfg.bytes[reg::CACHE_LINE_SIZE], 0xff);
@@ -550,7 +586,11 @@ mod tests {
         // No I/O BAR: the I/O enable bit stays 0.
         assert_eq!(
             cfg.command(),
-            command::MEMORY | command::BUS_MASTER | command::PARITY | command::SERR | command::INTX_DISABLE
+            command::MEMORY
+                | command::BUS_MASTER
+                | command::PARITY
+                | command::SERR
+                | command::INTX_DISABLE
         );
         assert!(cfg.memory_enabled() && cfg.bus_master_enabled() && cfg.intx_disabled());
         // Status is read-only: writing ones to it changes nothing.
@@ -600,13 +640,20 @@ mod tests {
         assert_eq!(cfg.bar_address(2), Some(0x4_0000_0000));
         assert_eq!(cfg.bar(3), None);
         cfg.write(0x04, &0xffffu16.to_le_bytes()).unwrap();
-        assert_eq!(cfg.command() & (command::IO | command::MEMORY), command::IO | command::MEMORY);
+        assert_eq!(
+            cfg.command() & (command::IO | command::MEMORY),
+            command::IO | command::MEMORY
+        );
     }
 
     #[test]
     fn bad_bar_declarations_are_rejected() {
-        let m32 = BarKind::Memory32 { prefetchable: false };
-        let m64 = BarKind::Memory64 { prefetchable: false };
+        let m32 = BarKind::Memory32 {
+            prefetchable: false,
+        };
+        let m64 = BarKind::Memory64 {
+            prefetchable: false,
+        };
         assert!(PciConfig::new(1, 2).with_bar(0, m32, 8).is_err());
         assert!(PciConfig::new(1, 2).with_bar(0, m32, 48).is_err());
         assert!(PciConfig::new(1, 2).with_bar(0, m32, 1 << 32).is_err());
@@ -640,8 +687,20 @@ mod tests {
         let vendor = cfg.add_capability(0x09, &[4, 0xaa], &[]).unwrap();
         let caps = cfg.capabilities();
         assert_eq!(caps.len(), 2);
-        assert_eq!(caps[0], CapabilityEntry { offset: 0x40, id: CAP_ID_MSI });
-        assert_eq!(caps[1], CapabilityEntry { offset: vendor, id: 0x09 });
+        assert_eq!(
+            caps[0],
+            CapabilityEntry {
+                offset: 0x40,
+                id: CAP_ID_MSI
+            }
+        );
+        assert_eq!(
+            caps[1],
+            CapabilityEntry {
+                offset: vendor,
+                id: 0x09
+            }
+        );
         assert_eq!(vendor % 4, 0);
         assert!(usize::from(vendor) >= 0x40 + MSI_CAP_LEN);
         assert_eq!(cfg.bytes[usize::from(vendor) + 1], 0);
