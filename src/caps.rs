@@ -51,7 +51,10 @@ impl Capabilities {
         if self.is_empty() {
             return "none".to_string();
         }
-        self.iter_names().map(|(n, _)| n).collect::<Vec<_>>().join("|")
+        self.iter_names()
+            .map(|(n, _)| n)
+            .collect::<Vec<_>>()
+            .join("|")
     }
 }
 

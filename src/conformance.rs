@@ -711,7 +711,7 @@ mod tests {
         fn check_region(&self, index: u32, offset: u64, len: usize, flag: u32) -> Result<()> {
             let info = self.region_info(index)?;
             let end = offset.checked_add(len as u64);
-            if info.flags & flag == 0 || !end.is_some_and(|e| e <= info.size) {
+            if info.flags & flag == 0 || end.is_none_or(|e| e > info.size) {
                 return Err(Error::InvalidArgument("region access out of range"));
             }
             Ok(())
@@ -752,10 +752,10 @@ mod tests {
         fn set_irqs(&self, set: &IrqSet<'_>) -> Result<()> {
             set.validate()?;
             let info = self.irq_info(set.index)?;
-            if !set
+            if set
                 .start
                 .checked_add(set.count)
-                .is_some_and(|e| e <= info.count)
+                .is_none_or(|e| e > info.count)
             {
                 return Err(Error::InvalidArgument("IRQ vectors out of range"));
             }

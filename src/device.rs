@@ -127,7 +127,10 @@ impl RegionInfo {
                 return areas.clone();
             }
         }
-        vec![SparseArea { offset: 0, size: self.size }]
+        vec![SparseArea {
+            offset: 0,
+            size: self.size,
+        }]
     }
 }
 
@@ -204,7 +207,9 @@ impl IrqSet<'_> {
             IrqData::Eventfds(f) => f.len(),
         };
         if len != self.count as usize {
-            return Err(Error::InvalidArgument("SET_IRQS data length differs from count"));
+            return Err(Error::InvalidArgument(
+                "SET_IRQS data length differs from count",
+            ));
         }
         Ok(())
     }

@@ -46,12 +46,18 @@ impl Error {
 
     /// An error from a failed system call.
     pub fn sys(op: &'static str, errno: nix::errno::Errno) -> Self {
-        Error::Sys { op, errno: errno as i32 }
+        Error::Sys {
+            op,
+            errno: errno as i32,
+        }
     }
 
     /// An error from a `std::io::Error`.
     pub fn io(op: &'static str, e: &std::io::Error) -> Self {
-        Error::Sys { op, errno: e.raw_os_error().unwrap_or(libc::EIO) }
+        Error::Sys {
+            op,
+            errno: e.raw_os_error().unwrap_or(libc::EIO),
+        }
     }
 }
 

@@ -15,6 +15,7 @@ pub mod conformance;
 pub mod device;
 pub mod edu;
 pub mod error;
+pub mod ffi;
 pub mod kernel;
 pub mod memory;
 pub mod pci;

@@ -37,7 +37,10 @@ impl Mapping {
         // SAFETY: a fresh shared mapping chosen by the kernel aliases no Rust object.
         let ptr = unsafe { mmap(None, len_nz, prot, MapFlags::MAP_SHARED, fd, off) }
             .map_err(|e| Error::sys("mmap", e))?;
-        Ok(Mapping { ptr: ptr.cast(), len })
+        Ok(Mapping {
+            ptr: ptr.cast(),
+            len,
+        })
     }
 
     /// Length in bytes.
@@ -68,7 +71,9 @@ impl Mapping {
         self.check(offset, buf.len())?;
         // SAFETY: the range was checked to lie inside the live mapping, and `buf`
         // is a distinct Rust buffer.
-        unsafe { std::ptr::copy_nonoverlapping(self.as_ptr().add(offset), buf.as_mut_ptr(), buf.len()) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.as_ptr().add(offset), buf.as_mut_ptr(), buf.len())
+        };
         Ok(())
     }
 
@@ -76,7 +81,9 @@ impl Mapping {
     pub fn write(&self, offset: usize, buf: &[u8]) -> Result<()> {
         self.check(offset, buf.len())?;
         // SAFETY: the range was checked to lie inside the live mapping.
-        unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), self.as_ptr().add(offset), buf.len()) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(buf.as_ptr(), self.as_ptr().add(offset), buf.len())
+        };
         Ok(())
     }
 
@@ -118,7 +125,11 @@ impl DmaBuffer {
     /// A zeroed buffer of `len` bytes (rounded up to the page size).
     pub fn new(len: usize) -> Result<Self> {
         let page = 4096;
-        let len = len.checked_add(page - 1).ok_or(Error::InvalidArgument("size"))? / page * page;
+        let len = len
+            .checked_add(page - 1)
+            .ok_or(Error::InvalidArgument("size"))?
+            / page
+            * page;
         let fd = memfd_create(c"vfio-io-dma", MFdFlags::MFD_CLOEXEC)
             .map_err(|e| Error::sys("memfd_create", e))?;
         nix::unistd::ftruncate(&fd, len as i64).map_err(|e| Error::sys("ftruncate", e))?;

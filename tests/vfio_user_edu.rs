@@ -26,14 +26,23 @@ impl Drop for TempDir {
 }
 
 fn serve(config: ServerConfig) -> Served {
-    let dir = std::env::temp_dir().join(format!("vfio-io-test-{}-{:?}", std::process::id(), std::thread::current().id()));
+    let dir = std::env::temp_dir().join(format!(
+        "vfio-io-test-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("edu.sock");
     let mut server = Server::bind(&path, Edu::new(), config).unwrap();
     let stopper = server.stopper();
     let thread = std::thread::spawn(move || server.serve().unwrap());
-    Served { path, stopper, thread: Some(thread), _dir: TempDir(dir) }
+    Served {
+        path,
+        stopper,
+        thread: Some(thread),
+        _dir: TempDir(dir),
+    }
 }
 
 impl Drop for Served {
@@ -48,7 +57,11 @@ impl Drop for Served {
 fn check_suite(dev: &dyn DeviceIo) {
     let results = run_edu_suite(dev);
     assert!(!results.is_empty());
-    let failed: Vec<_> = results.iter().filter(|(_, r)| r.is_err()).map(|(n, r)| format!("{n}: {r:?}")).collect();
+    let failed: Vec<_> = results
+        .iter()
+        .filter(|(_, r)| r.is_err())
+        .map(|(n, r)| format!("{n}: {r:?}"))
+        .collect();
     assert!(failed.is_empty(), "conformance failures: {failed:#?}");
 }
 
@@ -62,8 +75,18 @@ fn edu_conformance_over_vfio_user_with_twin_socket() {
 
 #[test]
 fn edu_conformance_over_vfio_user_dma_on_the_main_socket() {
-    let s = serve(ServerConfig { twin_socket: false, ..ServerConfig::default() });
-    let c = Client::connect(&s.path, ClientConfig { twin_socket: false, ..ClientConfig::default() }).unwrap();
+    let s = serve(ServerConfig {
+        twin_socket: false,
+        ..ServerConfig::default()
+    });
+    let c = Client::connect(
+        &s.path,
+        ClientConfig {
+            twin_socket: false,
+            ..ClientConfig::default()
+        },
+    )
+    .unwrap();
     assert!(!c.twin_socket());
     check_suite(&c);
 }
@@ -73,10 +96,20 @@ fn vfio_user_device_mask_is_truthful() {
     let s = serve(ServerConfig::default());
     let c = Client::connect(&s.path, ClientConfig::default()).unwrap();
     let caps = c.capabilities();
-    assert!(!caps.contains(Capabilities::DMA_BUF), "vfio-user cannot export DMA-BUF");
-    assert!(!caps.contains(Capabilities::MIGRATION), "edu has no migration");
-    assert!(caps.contains(Capabilities::RESET | Capabilities::POSTED_WRITES | Capabilities::WRITE_MULTI));
-    assert!(!caps.contains(Capabilities::REGION_MMAP), "edu's BAR0 traps every access");
+    assert!(
+        !caps.contains(Capabilities::DMA_BUF),
+        "vfio-user cannot export DMA-BUF"
+    );
+    assert!(
+        !caps.contains(Capabilities::MIGRATION),
+        "edu has no migration"
+    );
+    assert!(caps
+        .contains(Capabilities::RESET | Capabilities::POSTED_WRITES | Capabilities::WRITE_MULTI));
+    assert!(
+        !caps.contains(Capabilities::REGION_MMAP),
+        "edu's BAR0 traps every access"
+    );
     assert!(c.backend_capabilities().contains(caps));
     assert!(c.region_create_dma_buf(0, &[(0, 4096)]).unwrap().is_none());
 }
@@ -86,14 +119,20 @@ fn region_and_irq_info_follow_vfio_pci() {
     let s = serve(ServerConfig::default());
     let c = Client::connect(&s.path, ClientConfig::default()).unwrap();
     let info = c.device_info().unwrap();
-    assert_eq!((info.num_regions, info.num_irqs), (pci_region::COUNT, pci_irq::COUNT));
+    assert_eq!(
+        (info.num_regions, info.num_irqs),
+        (pci_region::COUNT, pci_irq::COUNT)
+    );
     assert_eq!(c.region_info(pci_region::BAR0).unwrap().size, 1 << 20);
     assert_eq!(c.region_info(pci_region::CONFIG).unwrap().size, 256);
     assert_eq!(c.irq_info(pci_irq::MSI).unwrap().count, 1);
     assert_eq!(c.region_info(99).unwrap_err().errno(), libc::EINVAL);
     assert_eq!(c.irq_info(99).unwrap_err().errno(), libc::EINVAL);
     let mut b = [0u8; 4];
-    assert_eq!(c.region_read(0, (1 << 20) - 2, &mut b).unwrap_err().errno(), libc::EINVAL);
+    assert_eq!(
+        c.region_read(0, (1 << 20) - 2, &mut b).unwrap_err().errno(),
+        libc::EINVAL
+    );
 }
 
 #[test]
@@ -112,7 +151,8 @@ fn posted_writes_are_ordered_before_the_next_read() {
 fn reset_restores_power_on_registers() {
     let s = serve(ServerConfig::default());
     let c = Client::connect(&s.path, ClientConfig::default()).unwrap();
-    c.region_write(0, 0x80, &0x1234u64.to_ne_bytes(), false).unwrap();
+    c.region_write(0, 0x80, &0x1234u64.to_ne_bytes(), false)
+        .unwrap();
     c.reset().unwrap();
     let mut b = [0u8; 8];
     c.region_read(0, 0x80, &mut b).unwrap();
@@ -124,7 +164,8 @@ fn server_serves_the_next_client_and_keeps_device_state() {
     let s = serve(ServerConfig::default());
     {
         let c = Client::connect(&s.path, ClientConfig::default()).unwrap();
-        c.region_write(0, 0x80, &0x5000u64.to_ne_bytes(), false).unwrap();
+        c.region_write(0, 0x80, &0x5000u64.to_ne_bytes(), false)
+            .unwrap();
     }
     let c = Client::connect(&s.path, ClientConfig::default()).unwrap();
     let mut b = [0u8; 8];
@@ -143,7 +184,11 @@ fn many_threads_share_one_device() {
                 for i in 0..500u32 {
                     let mut b = [0u8; 4];
                     c.region_read(0, 0, &mut b).unwrap();
-                    assert_eq!(u32::from_ne_bytes(b), 0x010000ed, "thread {t} iteration {i}");
+                    assert_eq!(
+                        u32::from_ne_bytes(b),
+                        0x010000ed,
+                        "thread {t} iteration {i}"
+                    );
                     let mut cfg = [0u8; 4];
                     c.region_read(pci_region::CONFIG, 0, &mut cfg).unwrap();
                     assert_eq!(u32::from_ne_bytes(cfg), 0x11e8_1234);
@@ -159,7 +204,10 @@ fn closing_fails_later_requests_cleanly() {
     let c = Client::connect(&s.path, ClientConfig::default()).unwrap();
     c.close();
     let mut b = [0u8; 4];
-    assert_eq!(c.region_read(0, 0, &mut b).unwrap_err().errno(), libc::ENOTCONN);
+    assert_eq!(
+        c.region_read(0, 0, &mut b).unwrap_err().errno(),
+        libc::ENOTCONN
+    );
 }
 
 /// Maps memory without an fd, so the server must reach it through
@@ -196,7 +244,17 @@ fn server_dma_through_messages_on_the_twin_socket() {
 
 #[test]
 fn server_dma_through_messages_on_the_main_socket() {
-    let s = serve(ServerConfig { twin_socket: false, ..ServerConfig::default() });
-    let c = Client::connect(&s.path, ClientConfig { twin_socket: false, ..ClientConfig::default() }).unwrap();
+    let s = serve(ServerConfig {
+        twin_socket: false,
+        ..ServerConfig::default()
+    });
+    let c = Client::connect(
+        &s.path,
+        ClientConfig {
+            twin_socket: false,
+            ..ClientConfig::default()
+        },
+    )
+    .unwrap();
     dma_round_trip_through_messages(&c);
 }

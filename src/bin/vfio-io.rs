@@ -1,1 +1,161 @@
-fn main() {}
+//! The `vfio-io` command: serve a device over vfio-user, or run the demo.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use nix::sys::signal::{SigSet, Signal};
+use vfio_io::caps::Capabilities;
+use vfio_io::conformance::run_edu_suite;
+use vfio_io::device::DeviceIo;
+use vfio_io::edu::Edu;
+use vfio_io::user::client::{Client, ClientConfig};
+use vfio_io::user::server::{Server, ServerConfig};
+
+const USAGE: &str = "\
+usage: vfio-io serve edu SOCKET [--trace]   serve QEMU's edu device over vfio-user on SOCKET
+       vfio-io demo                         serve edu on a temporary socket and drive it through the library
+       vfio-io --help";
+
+/// Prints log records to stderr (the library itself prints nothing).
+struct StderrLog;
+
+impl log::Log for StderrLog {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, r: &log::Record<'_>) {
+        eprintln!(
+            "vfio-io: {}: {}",
+            r.level().as_str().to_lowercase(),
+            r.args()
+        );
+    }
+    fn flush(&self) {}
+}
+
+fn serve(path: &Path, trace: bool) -> Result<(), String> {
+    let _ = log::set_logger(&StderrLog);
+    log::set_max_level(if trace {
+        log::LevelFilter::Info
+    } else {
+        log::LevelFilter::Warn
+    });
+    // Block SIGINT/SIGTERM here so that only the waiting thread receives them.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGTERM);
+    signals
+        .thread_block()
+        .map_err(|e| format!("blocking signals: {e}"))?;
+    let config = ServerConfig {
+        trace,
+        ..ServerConfig::default()
+    };
+    let mut server = Server::bind(path, Edu::new(), config)
+        .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+    let stopper = server.stopper();
+    std::thread::spawn(move || {
+        if signals.wait().is_ok() {
+            stopper.stop();
+        }
+    });
+    eprintln!("vfio-io: serving edu (1234:11e8) on {}", path.display());
+    let r = server.serve();
+    let _ = std::fs::remove_file(path);
+    r.map_err(|e| e.to_string())
+}
+
+fn demo() -> Result<(), String> {
+    let dir = std::env::temp_dir().join(format!("vfio-io-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let path: PathBuf = dir.join("edu.sock");
+    let mut server =
+        Server::bind(&path, Edu::new(), ServerConfig::default()).map_err(|e| e.to_string())?;
+    let stopper = server.stopper();
+    let thread = std::thread::spawn(move || server.serve());
+    println!("served QEMU's edu device on {}", path.display());
+    let result = (|| {
+        let dev = Client::connect(&path, ClientConfig::default()).map_err(|e| e.to_string())?;
+        println!(
+            "connected through the vfio-user backend ({})",
+            dev.backend_name()
+        );
+        let caps = dev.capabilities();
+        println!("device capabilities {:#06x}:", caps.bits());
+        for (name, bit) in Capabilities::named_bits() {
+            let mark = if caps.contains(bit) { "yes" } else { "no " };
+            println!(
+                "  bit {:2} {:<15} {mark}",
+                bit.bits().trailing_zeros(),
+                name
+            );
+        }
+        let info = dev.device_info().map_err(|e| e.to_string())?;
+        println!(
+            "device: {} regions, {} IRQ indices",
+            info.num_regions, info.num_irqs
+        );
+        let mut id = [0u8; 4];
+        dev.region_read(0, 0, &mut id).map_err(|e| e.to_string())?;
+        println!(
+            "BAR0 identification register: {:#010x}",
+            u32::from_ne_bytes(id)
+        );
+        let dmabuf = dev
+            .region_create_dma_buf(0, &[(0, 4096)])
+            .map_err(|e| e.to_string())?;
+        println!(
+            "DMA-BUF export of BAR0: {}",
+            if dmabuf.is_some() {
+                "fd"
+            } else {
+                "not offered (no DMA_BUF bit), nothing tried"
+            }
+        );
+        let mut failed = 0;
+        for (name, r) in run_edu_suite(&dev) {
+            match r {
+                Ok(()) => println!("  conformance {name:<16} ok"),
+                Err(e) => {
+                    failed += 1;
+                    println!("  conformance {name:<16} FAILED: {e}");
+                }
+            }
+        }
+        if failed > 0 {
+            return Err(format!("{failed} conformance cases failed"));
+        }
+        Ok(())
+    })();
+    stopper.stop();
+    let _ = thread.join();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = match a.as_slice() {
+        ["serve", "edu", sock] => serve(Path::new(sock), false),
+        ["serve", "edu", sock, "--trace"] | ["serve", "edu", "--trace", sock] => {
+            serve(Path::new(sock), true)
+        }
+        ["demo"] => demo(),
+        ["--help"] | ["-h"] | ["help"] => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vfio-io: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -67,7 +67,11 @@ pub struct ClientConfig {
 
 impl Default for ClientConfig {
     fn default() -> Self {
-        ClientConfig { timeout: Duration::from_secs(5), max_data_xfer_size: version::DEFAULT_MAX_DATA_XFER, twin_socket: true }
+        ClientConfig {
+            timeout: Duration::from_secs(5),
+            max_data_xfer_size: version::DEFAULT_MAX_DATA_XFER,
+            twin_socket: true,
+        }
     }
 }
 
@@ -133,7 +137,8 @@ impl Inner {
     fn kill(&self, st: &mut State, why: &'static str) {
         if st.dead.is_none() {
             st.dead = Some(why);
-            let _ = nix::sys::socket::shutdown(self.sock.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+            let _ =
+                nix::sys::socket::shutdown(self.sock.as_raw_fd(), nix::sys::socket::Shutdown::Both);
         }
         self.cond.notify_all();
     }
@@ -176,7 +181,11 @@ impl Inner {
                 if left.is_zero() {
                     return Err(Error::Timeout);
                 }
-                st = self.cond.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0;
+                st = self
+                    .cond
+                    .wait_timeout(st, left)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
             }
         };
         let len: usize = parts.iter().map(|p| p.len()).sum();
@@ -202,7 +211,13 @@ impl Inner {
         self.cond.notify_all();
     }
 
-    fn wait<T>(&self, slot: usize, command: u16, deadline: Instant, f: impl FnOnce(Reply<'_>) -> Result<T>) -> Result<T> {
+    fn wait<T>(
+        &self,
+        slot: usize,
+        command: u16,
+        deadline: Instant,
+        f: impl FnOnce(Reply<'_>) -> Result<T>,
+    ) -> Result<T> {
         let mut st = self.lock();
         loop {
             if st.slots[slot].done {
@@ -216,7 +231,10 @@ impl Inner {
                 } else if let Some(errno) = s.header.error_errno() {
                     Err(Error::Remote { command, errno })
                 } else {
-                    f(Reply { payload: &s.payload, fds: &mut s.fds })
+                    f(Reply {
+                        payload: &s.payload,
+                        fds: &mut s.fds,
+                    })
                 };
                 drop(st);
                 self.release(slot);
@@ -248,7 +266,11 @@ impl Inner {
                 }
                 continue;
             }
-            st = self.cond.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0;
+            st = self
+                .cond
+                .wait_timeout(st, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
     }
 
@@ -301,23 +323,39 @@ impl Inner {
         let write = match h.command {
             cmd::DMA_READ => false,
             cmd::DMA_WRITE => true,
-            _ => return Err(Error::Sys { op: "server sent an unknown command", errno: libc::ENOSYS }),
+            _ => {
+                return Err(Error::Sys {
+                    op: "server sent an unknown command",
+                    errno: libc::ENOSYS,
+                })
+            }
         };
         let count = usize::try_from(a.count).map_err(|_| Error::InvalidArgument("DMA count"))?;
         if count > version::DEFAULT_MAX_DATA_XFER as usize * 16 {
             return Err(Error::InvalidArgument("DMA count too large"));
         }
         if write && p.len() != DmaAccess::SIZE + count {
-            return Err(Error::InvalidArgument("DMA_WRITE data length differs from count"));
+            return Err(Error::InvalidArgument(
+                "DMA_WRITE data length differs from count",
+            ));
         }
-        let end = a.address.checked_add(a.count).ok_or(Error::InvalidArgument("DMA range wraps"))?;
+        let end = a
+            .address
+            .checked_add(a.count)
+            .ok_or(Error::InvalidArgument("DMA range wraps"))?;
         let table = self.dma.read().unwrap_or_else(|p| p.into_inner());
         let e = table
             .iter()
             .find(|e| a.address >= e.iova && end <= e.iova + e.size)
-            .ok_or(Error::Sys { op: "DMA outside the client's mappings", errno: libc::EFAULT })?;
+            .ok_or(Error::Sys {
+                op: "DMA outside the client's mappings",
+                errno: libc::EFAULT,
+            })?;
         if (write && !e.writable) || (!write && !e.readable) || e.vaddr == 0 {
-            return Err(Error::Sys { op: "DMA not permitted", errno: libc::EPERM });
+            return Err(Error::Sys {
+                op: "DMA not permitted",
+                errno: libc::EPERM,
+            });
         }
         let ptr = (e.vaddr + (a.address - e.iova)) as *mut u8;
         if write {
@@ -354,7 +392,10 @@ fn twin_loop(inner: Arc<Inner>, sock: OwnedFd, max_msg: usize) {
 
 fn expect_len(what: &'static str, payload: &[u8], want: usize) -> Result<()> {
     if payload.len() < want {
-        return Err(Error::Protocol(format!("{what} reply carries {} bytes, needs {want}", payload.len())));
+        return Err(Error::Protocol(format!(
+            "{what} reply carries {} bytes, needs {want}",
+            payload.len()
+        )));
     }
     Ok(())
 }
@@ -362,7 +403,8 @@ fn expect_len(what: &'static str, payload: &[u8], want: usize) -> Result<()> {
 impl Client {
     /// Connects to a vfio-user server socket and negotiates with it.
     pub fn connect(path: impl AsRef<Path>, config: ClientConfig) -> Result<Self> {
-        let stream = UnixStream::connect(path.as_ref()).map_err(|e| Error::io("connect to vfio-user socket", &e))?;
+        let stream = UnixStream::connect(path.as_ref())
+            .map_err(|e| Error::io("connect to vfio-user socket", &e))?;
         Self::from_stream(stream, config)
     }
 
@@ -371,7 +413,11 @@ impl Client {
         let sock: OwnedFd = stream.into();
         // Short receive timeouts let a reader notice its deadline; sends may
         // block at most the request timeout.
-        set_timeouts(sock.as_fd(), Some(config.timeout.min(Duration::from_millis(200))), Some(config.timeout))?;
+        set_timeouts(
+            sock.as_fd(),
+            Some(config.timeout.min(Duration::from_millis(200))),
+            Some(config.timeout),
+        )?;
         let max_msg = config.max_data_xfer_size as usize + 64 * 1024;
         let inner = Arc::new(Inner {
             sock,
@@ -402,11 +448,15 @@ impl Client {
         let (server, twin_fd) = inner.request(cmd::VERSION, &[&payload], &[], |r| {
             let (major, minor, json) = proto::decode_version(r.payload)?;
             if major != version::MAJOR || minor > version::MINOR {
-                return Err(Error::Protocol(format!("server answered version {major}.{minor}")));
+                return Err(Error::Protocol(format!(
+                    "server answered version {major}.{minor}"
+                )));
             }
             let caps = VersionCaps::parse(json)?;
             let twin = if caps.twin_socket && config.twin_socket {
-                let i = caps.twin_fd_index.ok_or_else(|| Error::Protocol("twin_socket without fd_index".into()))?;
+                let i = caps
+                    .twin_fd_index
+                    .ok_or_else(|| Error::Protocol("twin_socket without fd_index".into()))?;
                 if i as usize >= r.fds.len() {
                     return Err(Error::Protocol("twin_socket fd_index names no fd".into()));
                 }
@@ -416,7 +466,10 @@ impl Client {
             };
             Ok((caps, twin))
         })?;
-        let max_xfer = server.max_data_xfer_size.min(config.max_data_xfer_size).max(1) as usize;
+        let max_xfer = server
+            .max_data_xfer_size
+            .min(config.max_data_xfer_size)
+            .max(1) as usize;
         let twin = match twin_fd {
             Some(fd) => {
                 set_timeouts(fd.as_fd(), None, Some(config.timeout))?;
@@ -433,7 +486,11 @@ impl Client {
         let mut client = Client {
             inner,
             server,
-            info: DeviceInfo { flags: 0, num_regions: 0, num_irqs: 0 },
+            info: DeviceInfo {
+                flags: 0,
+                num_regions: 0,
+                num_irqs: 0,
+            },
             regions: Vec::new(),
             caps: Capabilities::empty(),
             max_xfer,
@@ -444,11 +501,20 @@ impl Client {
     }
 
     fn discover(&mut self) -> Result<()> {
-        let req = proto::encode_device_info(16, &DeviceInfo { flags: 0, num_regions: 0, num_irqs: 0 });
-        let info = self.inner.request(cmd::DEVICE_GET_INFO, &[&req], &[], |r| {
-            expect_len("DEVICE_GET_INFO", r.payload, 16)?;
-            proto::decode_device_info(r.payload)
-        })?;
+        let req = proto::encode_device_info(
+            16,
+            &DeviceInfo {
+                flags: 0,
+                num_regions: 0,
+                num_irqs: 0,
+            },
+        );
+        let info = self
+            .inner
+            .request(cmd::DEVICE_GET_INFO, &[&req], &[], |r| {
+                expect_len("DEVICE_GET_INFO", r.payload, 16)?;
+                proto::decode_device_info(r.payload)
+            })?;
         if info.num_regions > MAX_REGIONS || info.num_irqs > MAX_IRQS {
             return Err(Error::Protocol(format!(
                 "server declares {} regions and {} IRQ indices",
@@ -471,11 +537,17 @@ impl Client {
             caps |= Capabilities::WRITE_MULTI;
         }
         // A probe the server refuses just leaves the bit clear: nothing to log.
-        let probe = |feature: u32, how: u32| self.device_feature(VFIO_DEVICE_FEATURE_PROBE | how | feature, &mut []).is_ok();
+        let probe = |feature: u32, how: u32| {
+            self.device_feature(VFIO_DEVICE_FEATURE_PROBE | how | feature, &mut [])
+                .is_ok()
+        };
         if probe(VFIO_DEVICE_FEATURE_MIGRATION, VFIO_DEVICE_FEATURE_GET) {
             caps |= Capabilities::MIGRATION;
         }
-        if probe(VFIO_DEVICE_FEATURE_DMA_LOGGING_START, VFIO_DEVICE_FEATURE_SET) {
+        if probe(
+            VFIO_DEVICE_FEATURE_DMA_LOGGING_START,
+            VFIO_DEVICE_FEATURE_SET,
+        ) {
             caps |= Capabilities::DIRTY_TRACKING;
         }
         self.caps = caps;
@@ -486,19 +558,26 @@ impl Client {
         let mut argsz = 256u32;
         loop {
             let req = proto::encode_region_info_request(argsz, index);
-            let (mut info, needed, fd) = self.inner.request(cmd::DEVICE_GET_REGION_INFO, &[&req], &[], |r| {
-                let (info, needed) = proto::decode_region_info(r.payload)?;
-                Ok((info, needed, r.fds.pop()))
-            })?;
+            let (mut info, needed, fd) =
+                self.inner
+                    .request(cmd::DEVICE_GET_REGION_INFO, &[&req], &[], |r| {
+                        let (info, needed) = proto::decode_region_info(r.payload)?;
+                        Ok((info, needed, r.fds.pop()))
+                    })?;
             if needed > argsz && needed as usize > proto::REGION_INFO_SIZE {
                 if needed > MAX_REGION_INFO || argsz >= MAX_REGION_INFO {
-                    return Err(Error::Protocol(format!("region {index} info needs {needed} bytes")));
+                    return Err(Error::Protocol(format!(
+                        "region {index} info needs {needed} bytes"
+                    )));
                 }
                 argsz = needed;
                 continue;
             }
             if info.index != index {
-                return Err(Error::Protocol(format!("asked for region {index}, got {}", info.index)));
+                return Err(Error::Protocol(format!(
+                    "asked for region {index}, got {}",
+                    info.index
+                )));
             }
             info.fd = fd.map(Arc::new);
             return Ok(info);
@@ -524,14 +603,18 @@ impl Client {
         drop(st);
         if let Ok(mut t) = self.twin.lock() {
             if let Some((fd, h)) = t.take() {
-                let _ = nix::sys::socket::shutdown(fd.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+                let _ =
+                    nix::sys::socket::shutdown(fd.as_raw_fd(), nix::sys::socket::Shutdown::Both);
                 let _ = h.join();
             }
         }
     }
 
     fn region(&self, index: u32, offset: u64, len: usize) -> Result<&RegionInfo> {
-        let r = self.regions.get(index as usize).ok_or(Error::InvalidArgument("region index past num_regions"))?;
+        let r = self
+            .regions
+            .get(index as usize)
+            .ok_or(Error::InvalidArgument("region index past num_regions"))?;
         match offset.checked_add(len as u64) {
             Some(end) if end <= r.size => Ok(r),
             _ => Err(Error::InvalidArgument("access past the region's end")),
@@ -563,22 +646,36 @@ impl DeviceIo for Client {
     }
 
     fn region_info(&self, index: u32) -> Result<RegionInfo> {
-        self.regions.get(index as usize).cloned().ok_or(Error::InvalidArgument("region index past num_regions"))
+        self.regions
+            .get(index as usize)
+            .cloned()
+            .ok_or(Error::InvalidArgument("region index past num_regions"))
     }
 
     fn irq_info(&self, index: u32) -> Result<IrqInfo> {
         if index >= self.info.num_irqs {
             return Err(Error::InvalidArgument("IRQ index past num_irqs"));
         }
-        let req = proto::encode_irq_info(16, &IrqInfo { index, flags: 0, count: 0 });
-        self.inner.request(cmd::DEVICE_GET_IRQ_INFO, &[&req], &[], |r| {
-            expect_len("DEVICE_GET_IRQ_INFO", r.payload, 16)?;
-            let info = proto::decode_irq_info(r.payload)?;
-            if info.index != index {
-                return Err(Error::Protocol(format!("asked for IRQ {index}, got {}", info.index)));
-            }
-            Ok(info)
-        })
+        let req = proto::encode_irq_info(
+            16,
+            &IrqInfo {
+                index,
+                flags: 0,
+                count: 0,
+            },
+        );
+        self.inner
+            .request(cmd::DEVICE_GET_IRQ_INFO, &[&req], &[], |r| {
+                expect_len("DEVICE_GET_IRQ_INFO", r.payload, 16)?;
+                let info = proto::decode_irq_info(r.payload)?;
+                if info.index != index {
+                    return Err(Error::Protocol(format!(
+                        "asked for IRQ {index}, got {}",
+                        info.index
+                    )));
+                }
+                Ok(info)
+            })
     }
 
     fn set_irqs(&self, set: &IrqSet<'_>) -> Result<()> {
@@ -588,8 +685,15 @@ impl DeviceIo for Client {
         }
         let flags = set.flags();
         let send = |start: u32, count: u32, data: &[u8], fds: &[RawFd]| {
-            let m = IrqSetMsg { argsz: (proto::IRQ_SET_SIZE + data.len()) as u32, flags, index: set.index, start, count };
-            self.inner.request(cmd::DEVICE_SET_IRQS, &[&m.encode(), data], fds, |_| Ok(()))
+            let m = IrqSetMsg {
+                argsz: (proto::IRQ_SET_SIZE + data.len()) as u32,
+                flags,
+                index: set.index,
+                start,
+                count,
+            };
+            self.inner
+                .request(cmd::DEVICE_SET_IRQS, &[&m.encode(), data], fds, |_| Ok(()))
         };
         match set.data {
             IrqData::None => send(set.start, set.count, &[], &[]),
@@ -619,15 +723,24 @@ impl DeviceIo for Client {
         let mut done = 0usize;
         while done < data.len() || data.is_empty() {
             let n = (data.len() - done).min(step);
-            let a = RegionAccess { offset: offset + done as u64, region: index, count: n as u32 };
+            let a = RegionAccess {
+                offset: offset + done as u64,
+                region: index,
+                count: n as u32,
+            };
             let out = &mut data[done..done + n];
-            self.inner.request(cmd::REGION_READ, &[&a.encode()], &[], |r| {
-                if r.payload.len() != RegionAccess::SIZE + n || RegionAccess::decode(r.payload)? != a {
-                    return Err(Error::Protocol("REGION_READ reply does not match the request".into()));
-                }
-                out.copy_from_slice(&r.payload[RegionAccess::SIZE..]);
-                Ok(())
-            })?;
+            self.inner
+                .request(cmd::REGION_READ, &[&a.encode()], &[], |r| {
+                    if r.payload.len() != RegionAccess::SIZE + n
+                        || RegionAccess::decode(r.payload)? != a
+                    {
+                        return Err(Error::Protocol(
+                            "REGION_READ reply does not match the request".into(),
+                        ));
+                    }
+                    out.copy_from_slice(&r.payload[RegionAccess::SIZE..]);
+                    Ok(())
+                })?;
             done += n;
             if data.is_empty() {
                 break;
@@ -639,20 +752,29 @@ impl DeviceIo for Client {
     fn region_write(&self, index: u32, offset: u64, data: &[u8], post: bool) -> Result<()> {
         self.region(index, offset, data.len())?;
         for (i, chunk) in data.chunks(self.max_xfer).enumerate() {
-            let a = RegionAccess { offset: offset + (i * self.max_xfer) as u64, region: index, count: chunk.len() as u32 };
+            let a = RegionAccess {
+                offset: offset + (i * self.max_xfer) as u64,
+                region: index,
+                count: chunk.len() as u32,
+            };
             if post {
-                let mut h = Header::command(POSTED_ID, cmd::REGION_WRITE, RegionAccess::SIZE + chunk.len());
+                let mut h = Header::command(
+                    POSTED_ID,
+                    cmd::REGION_WRITE,
+                    RegionAccess::SIZE + chunk.len(),
+                );
                 h.flags |= FLAG_NO_REPLY;
                 self.inner.send(&[&h.encode(), &a.encode(), chunk], &[])?;
                 continue;
             }
-            self.inner.request(cmd::REGION_WRITE, &[&a.encode(), chunk], &[], |r| {
-                expect_len("REGION_WRITE", r.payload, RegionAccess::SIZE)?;
-                if RegionAccess::decode(r.payload)?.count != a.count {
-                    return Err(Error::Protocol("REGION_WRITE reply count differs".into()));
-                }
-                Ok(())
-            })?;
+            self.inner
+                .request(cmd::REGION_WRITE, &[&a.encode(), chunk], &[], |r| {
+                    expect_len("REGION_WRITE", r.payload, RegionAccess::SIZE)?;
+                    if RegionAccess::decode(r.payload)?.count != a.count {
+                        return Err(Error::Protocol("REGION_WRITE reply count differs".into()));
+                    }
+                    Ok(())
+                })?;
         }
         Ok(())
     }
@@ -661,13 +783,17 @@ impl DeviceIo for Client {
         let fixed = proto::encode_feature((8 + data.len()) as u32, flags);
         let get = flags & VFIO_DEVICE_FEATURE_GET != 0 && flags & VFIO_DEVICE_FEATURE_PROBE == 0;
         let input: &[u8] = if get { &[] } else { data };
-        let reply = self.inner.request(cmd::DEVICE_FEATURE, &[&fixed, input], &[], |r| {
-            let (_, _, d) = proto::decode_feature(r.payload)?;
-            Ok(d.to_vec())
-        })?;
+        let reply = self
+            .inner
+            .request(cmd::DEVICE_FEATURE, &[&fixed, input], &[], |r| {
+                let (_, _, d) = proto::decode_feature(r.payload)?;
+                Ok(d.to_vec())
+            })?;
         if get {
             if reply.len() > data.len() {
-                return Err(Error::Protocol("DEVICE_FEATURE reply larger than asked".into()));
+                return Err(Error::Protocol(
+                    "DEVICE_FEATURE reply larger than asked".into(),
+                ));
             }
             data[..reply.len()].copy_from_slice(&reply);
         }
@@ -686,7 +812,10 @@ impl DeviceIo for Client {
         {
             let table = self.inner.dma.read().unwrap_or_else(|p| p.into_inner());
             if table.len() >= self.server.max_dma_maps as usize {
-                return Err(Error::Sys { op: "more DMA mappings than max_dma_maps", errno: libc::ENOSPC });
+                return Err(Error::Sys {
+                    op: "more DMA mappings than max_dma_maps",
+                    errno: libc::ENOSPC,
+                });
             }
         }
         let mut flags = 0;
@@ -703,19 +832,32 @@ impl DeviceIo for Client {
             address: map.iova,
             size: map.size,
         };
-        let fds: &[RawFd] = if map.fd >= 0 { std::slice::from_ref(&map.fd) } else { &[] };
+        let fds: &[RawFd] = if map.fd >= 0 {
+            std::slice::from_ref(&map.fd)
+        } else {
+            &[]
+        };
         // Register first: the server may DMA as soon as it has the mapping.
-        self.inner.dma.write().unwrap_or_else(|p| p.into_inner()).push(DmaEntry {
-            iova: map.iova,
-            size: map.size,
-            vaddr: map.vaddr,
-            readable: map.readable,
-            writable: map.writable,
-        });
-        let r = self.inner.request(cmd::DMA_MAP, &[&m.encode()], fds, |_| Ok(()));
+        self.inner
+            .dma
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(DmaEntry {
+                iova: map.iova,
+                size: map.size,
+                vaddr: map.vaddr,
+                readable: map.readable,
+                writable: map.writable,
+            });
+        let r = self
+            .inner
+            .request(cmd::DMA_MAP, &[&m.encode()], fds, |_| Ok(()));
         if r.is_err() {
             let mut t = self.inner.dma.write().unwrap_or_else(|p| p.into_inner());
-            if let Some(i) = t.iter().rposition(|e| e.iova == map.iova && e.size == map.size) {
+            if let Some(i) = t
+                .iter()
+                .rposition(|e| e.iova == map.iova && e.size == map.size)
+            {
                 t.remove(i);
             }
         }
@@ -723,8 +865,14 @@ impl DeviceIo for Client {
     }
 
     fn dma_unmap(&self, iova: u64, size: u64) -> Result<()> {
-        let m = DmaUnmapMsg { argsz: DmaUnmapMsg::SIZE as u32, flags: 0, address: iova, size };
-        self.inner.request(cmd::DMA_UNMAP, &[&m.encode()], &[], |_| Ok(()))?;
+        let m = DmaUnmapMsg {
+            argsz: DmaUnmapMsg::SIZE as u32,
+            flags: 0,
+            address: iova,
+            size,
+        };
+        self.inner
+            .request(cmd::DMA_UNMAP, &[&m.encode()], &[], |_| Ok(()))?;
         let mut t = self.inner.dma.write().unwrap_or_else(|p| p.into_inner());
         if let Some(i) = t.iter().position(|e| e.iova == iova && e.size == size) {
             t.remove(i);

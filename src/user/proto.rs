@@ -88,11 +88,13 @@ fn short(what: &str) -> Error {
 }
 
 fn u16_at(b: &[u8], off: usize) -> Option<u16> {
-    b.get(off..off + 2).map(|s| u16::from_ne_bytes([s[0], s[1]]))
+    b.get(off..off + 2)
+        .map(|s| u16::from_ne_bytes([s[0], s[1]]))
 }
 
 fn u32_at(b: &[u8], off: usize) -> Option<u32> {
-    b.get(off..off + 4).map(|s| u32::from_ne_bytes([s[0], s[1], s[2], s[3]]))
+    b.get(off..off + 4)
+        .map(|s| u32::from_ne_bytes([s[0], s[1], s[2], s[3]]))
 }
 
 fn u64_at(b: &[u8], off: usize) -> Option<u64> {
@@ -133,7 +135,13 @@ pub struct Header {
 impl Header {
     /// A command header for a payload of `payload_len` bytes.
     pub fn command(id: u16, command: u16, payload_len: usize) -> Self {
-        Header { id, command, size: (HEADER_SIZE + payload_len) as u32, flags: FLAG_TYPE_COMMAND, error: 0 }
+        Header {
+            id,
+            command,
+            size: (HEADER_SIZE + payload_len) as u32,
+            flags: FLAG_TYPE_COMMAND,
+            error: 0,
+        }
     }
 
     /// A successful reply to `req` with a payload of `payload_len` bytes.
@@ -171,10 +179,16 @@ impl Header {
             error: u32_at(b, 12).unwrap_or(0),
         };
         if (h.size as usize) < HEADER_SIZE {
-            return Err(Error::Protocol(format!("message size {} is smaller than the header", h.size)));
+            return Err(Error::Protocol(format!(
+                "message size {} is smaller than the header",
+                h.size
+            )));
         }
         if h.size as usize > max_size {
-            return Err(Error::Protocol(format!("message size {} exceeds the limit {max_size}", h.size)));
+            return Err(Error::Protocol(format!(
+                "message size {} exceeds the limit {max_size}",
+                h.size
+            )));
         }
         match h.flags & FLAG_TYPE_MASK {
             FLAG_TYPE_COMMAND | FLAG_TYPE_REPLY => Ok(h),
@@ -383,14 +397,19 @@ pub fn encode_region_info(info: &RegionInfo, room: usize) -> Vec<u8> {
                 }
                 encode_cap(CAP_SPARSE_MMAP, 1, &body, &mut out, last);
             }
-            RegionCap::Type { region_type, subtype } => {
+            RegionCap::Type {
+                region_type,
+                subtype,
+            } => {
                 let mut body = [0u8; 8];
                 put_u32(&mut body, 0, *region_type);
                 put_u32(&mut body, 4, *subtype);
                 encode_cap(CAP_TYPE, 1, &body, &mut out, last);
             }
             RegionCap::MsixMappable => encode_cap(CAP_MSIX_MAPPABLE, 1, &[], &mut out, last),
-            RegionCap::Other { id, version, data } => encode_cap(*id, *version, data, &mut out, last),
+            RegionCap::Other { id, version, data } => {
+                encode_cap(*id, *version, data, &mut out, last)
+            }
         }
     }
     let needed = out.len();
@@ -436,25 +455,37 @@ pub fn decode_region_info(b: &[u8]) -> Result<(RegionInfo, u32)> {
     let mut min_next = REGION_INFO_SIZE;
     while next != 0 {
         if info.caps.len() == MAX_REGION_CAPS {
-            return Err(Error::Protocol("region info capability chain too long".into()));
+            return Err(Error::Protocol(
+                "region info capability chain too long".into(),
+            ));
         }
         if next < min_next || next % 4 != 0 || next + CAP_HEADER_SIZE > b.len() {
-            return Err(Error::Protocol(format!("region info capability at bad offset {next}")));
+            return Err(Error::Protocol(format!(
+                "region info capability at bad offset {next}"
+            )));
         }
         let id = u16_at(b, next).unwrap_or(0);
         let version = u16_at(b, next + 2).unwrap_or(0);
         let following = u32_at(b, next + 4).unwrap_or(0) as usize;
         // A capability extends to the next one, or to the end of the reply.
-        let end = if following == 0 { b.len().min(argsz as usize) } else { following };
+        let end = if following == 0 {
+            b.len().min(argsz as usize)
+        } else {
+            following
+        };
         if end < next + CAP_HEADER_SIZE || end > b.len() {
-            return Err(Error::Protocol(format!("region info capability at {next} overlaps or overruns")));
+            return Err(Error::Protocol(format!(
+                "region info capability at {next} overlaps or overruns"
+            )));
         }
         let body = &b[next + CAP_HEADER_SIZE..end];
         let cap = match id {
             CAP_SPARSE_MMAP => {
                 let nr = u32_at(body, 0).ok_or_else(|| short("sparse mmap cap"))? as usize;
                 if nr > MAX_SPARSE_AREAS || body.len() < 8 + nr * 16 {
-                    return Err(Error::Protocol(format!("sparse mmap cap claims {nr} areas")));
+                    return Err(Error::Protocol(format!(
+                        "sparse mmap cap claims {nr} areas"
+                    )));
                 }
                 let mut areas = Vec::with_capacity(nr);
                 for j in 0..nr {
@@ -478,7 +509,11 @@ pub fn decode_region_info(b: &[u8]) -> Result<(RegionInfo, u32)> {
                 subtype: u32_at(body, 4).ok_or_else(|| short("type cap"))?,
             },
             CAP_MSIX_MAPPABLE => RegionCap::MsixMappable,
-            _ => RegionCap::Other { id, version, data: body.to_vec() },
+            _ => RegionCap::Other {
+                id,
+                version,
+                data: body.to_vec(),
+            },
         };
         info.caps.push(cap);
         min_next = end;
@@ -652,18 +687,27 @@ pub fn encode_write_multi(writes: &[MultiWrite], out: &mut Vec<u8>) {
 pub fn decode_write_multi(b: &[u8]) -> Result<Vec<MultiWrite>> {
     let n = u64_at(b, 0).ok_or_else(|| short("REGION_WRITE_MULTI"))?;
     if n as usize > MultiWrite::MAX_ENTRIES || b.len() < 8 + n as usize * MultiWrite::SIZE {
-        return Err(Error::Protocol(format!("REGION_WRITE_MULTI claims {n} writes")));
+        return Err(Error::Protocol(format!(
+            "REGION_WRITE_MULTI claims {n} writes"
+        )));
     }
     let mut v = Vec::with_capacity(n as usize);
     for i in 0..n as usize {
         let e = &b[8 + i * MultiWrite::SIZE..8 + (i + 1) * MultiWrite::SIZE];
         let count = u32_at(e, 12).unwrap_or(0);
         if count == 0 || count > 8 {
-            return Err(Error::Protocol(format!("REGION_WRITE_MULTI entry of {count} bytes")));
+            return Err(Error::Protocol(format!(
+                "REGION_WRITE_MULTI entry of {count} bytes"
+            )));
         }
         let mut data = [0u8; 8];
         data.copy_from_slice(&e[16..24]);
-        v.push(MultiWrite { offset: u64_at(e, 0).unwrap_or(0), region: u32_at(e, 8).unwrap_or(0), count, data });
+        v.push(MultiWrite {
+            offset: u64_at(e, 0).unwrap_or(0),
+            region: u32_at(e, 8).unwrap_or(0),
+            count,
+            data,
+        });
     }
     Ok(v)
 }
@@ -735,7 +779,9 @@ pub fn decode_io_fds(b: &[u8]) -> Result<(u32, Vec<IoFdSubRegion>)> {
     let count = u32_at(b, 12).ok_or_else(|| short("DEVICE_GET_REGION_IO_FDS"))? as usize;
     let have = (b.len() - 16) / IoFdSubRegion::SIZE;
     if count > have {
-        return Err(Error::Protocol(format!("REGION_IO_FDS claims {count} sub-regions, carries {have}")));
+        return Err(Error::Protocol(format!(
+            "REGION_IO_FDS claims {count} sub-regions, carries {have}"
+        )));
     }
     let subs = (0..count)
         .map(|i| {
@@ -773,7 +819,8 @@ pub fn decode_version(b: &[u8]) -> Result<(u16, u16, &str)> {
         None if rest.is_empty() => rest,
         None => return Err(Error::Protocol("VERSION data is not NUL-terminated".into())),
     };
-    let s = std::str::from_utf8(text).map_err(|_| Error::Protocol("VERSION data is not UTF-8".into()))?;
+    let s = std::str::from_utf8(text)
+        .map_err(|_| Error::Protocol("VERSION data is not UTF-8".into()))?;
     Ok((major, minor, s))
 }
 
@@ -783,12 +830,24 @@ mod tests {
 
     #[test]
     fn header_round_trips_and_rejects_bad_sizes() {
-        let h = Header { id: 7, command: cmd::REGION_READ, size: 32, flags: FLAG_TYPE_REPLY, error: 0 };
+        let h = Header {
+            id: 7,
+            command: cmd::REGION_READ,
+            size: 32,
+            flags: FLAG_TYPE_REPLY,
+            error: 0,
+        };
         assert_eq!(Header::decode(&h.encode(), 64).unwrap(), h);
         let mut small = h;
         small.size = 8;
-        assert!(matches!(Header::decode(&small.encode(), 64), Err(Error::Protocol(_))));
-        assert!(matches!(Header::decode(&h.encode(), 31), Err(Error::Protocol(_))));
+        assert!(matches!(
+            Header::decode(&small.encode(), 64),
+            Err(Error::Protocol(_))
+        ));
+        assert!(matches!(
+            Header::decode(&h.encode(), 31),
+            Err(Error::Protocol(_))
+        ));
         assert!(Header::decode(&h.encode()[..15], 64).is_err());
         let mut bad_type = h;
         bad_type.flags = 7;
@@ -810,12 +869,19 @@ mod tests {
     fn sample_region() -> RegionInfo {
         RegionInfo {
             index: 0,
-            flags: crate::device::VFIO_REGION_INFO_FLAG_READ | crate::device::VFIO_REGION_INFO_FLAG_MMAP,
+            flags: crate::device::VFIO_REGION_INFO_FLAG_READ
+                | crate::device::VFIO_REGION_INFO_FLAG_MMAP,
             size: 0x10000,
             offset: 0x1000,
             caps: vec![
-                RegionCap::SparseMmap(vec![SparseArea { offset: 0x1000, size: 0x2000 }]),
-                RegionCap::Type { region_type: 3, subtype: 1 },
+                RegionCap::SparseMmap(vec![SparseArea {
+                    offset: 0x1000,
+                    size: 0x2000,
+                }]),
+                RegionCap::Type {
+                    region_type: 3,
+                    subtype: 1,
+                },
                 RegionCap::MsixMappable,
             ],
             fd: None,
@@ -861,10 +927,16 @@ mod tests {
     #[test]
     fn sparse_area_past_region_end_is_refused() {
         let mut info = sample_region();
-        info.caps = vec![RegionCap::SparseMmap(vec![SparseArea { offset: 0xf000, size: 0x2000 }])];
+        info.caps = vec![RegionCap::SparseMmap(vec![SparseArea {
+            offset: 0xf000,
+            size: 0x2000,
+        }])];
         let b = encode_region_info(&info, 4096);
         assert!(decode_region_info(&b).is_err());
-        info.caps = vec![RegionCap::SparseMmap(vec![SparseArea { offset: u64::MAX, size: 2 }])];
+        info.caps = vec![RegionCap::SparseMmap(vec![SparseArea {
+            offset: u64::MAX,
+            size: 2,
+        }])];
         assert!(decode_region_info(&encode_region_info(&info, 4096)).is_err());
     }
 
@@ -877,7 +949,12 @@ mod tests {
 
     #[test]
     fn write_multi_round_trips_and_bounds_entries() {
-        let w = MultiWrite { offset: 4, region: 0, count: 4, data: [1, 2, 3, 4, 0, 0, 0, 0] };
+        let w = MultiWrite {
+            offset: 4,
+            region: 0,
+            count: 4,
+            data: [1, 2, 3, 4, 0, 0, 0, 0],
+        };
         let mut b = Vec::new();
         encode_write_multi(&[w, w], &mut b);
         assert_eq!(decode_write_multi(&b).unwrap(), vec![w, w]);
@@ -899,26 +976,68 @@ mod tests {
 
     #[test]
     fn fixed_structs_round_trip() {
-        let m = DmaMapMsg { argsz: 32, flags: 3, offset: 1, address: 2, size: 3 };
+        let m = DmaMapMsg {
+            argsz: 32,
+            flags: 3,
+            offset: 1,
+            address: 2,
+            size: 3,
+        };
         assert_eq!(DmaMapMsg::decode(&m.encode()).unwrap(), m);
-        let u = DmaUnmapMsg { argsz: 24, flags: 0, address: 5, size: 6 };
+        let u = DmaUnmapMsg {
+            argsz: 24,
+            flags: 0,
+            address: 5,
+            size: 6,
+        };
         assert_eq!(DmaUnmapMsg::decode(&u.encode()).unwrap(), u);
-        let s = IrqSetMsg { argsz: 24, flags: 0x24, index: 1, start: 0, count: 1 };
+        let s = IrqSetMsg {
+            argsz: 24,
+            flags: 0x24,
+            index: 1,
+            start: 0,
+            count: 1,
+        };
         assert_eq!(IrqSetMsg::decode(&s.encode()).unwrap(), s);
-        let r = RegionAccess { offset: 8, region: 7, count: 4 };
+        let r = RegionAccess {
+            offset: 8,
+            region: 7,
+            count: 4,
+        };
         assert_eq!(RegionAccess::decode(&r.encode()).unwrap(), r);
-        let d = DmaAccess { address: 9, count: 10 };
+        let d = DmaAccess {
+            address: 9,
+            count: 10,
+        };
         assert_eq!(DmaAccess::decode(&d.encode()).unwrap(), d);
         assert!(DmaMapMsg::decode(&m.encode()[..31]).is_err());
-        let i = IrqInfo { index: 1, flags: 9, count: 1 };
+        let i = IrqInfo {
+            index: 1,
+            flags: 9,
+            count: 1,
+        };
         assert_eq!(decode_irq_info(&encode_irq_info(16, &i)).unwrap(), i);
-        let di = DeviceInfo { flags: 3, num_regions: 9, num_irqs: 5 };
-        assert_eq!(decode_device_info(&encode_device_info(16, &di)).unwrap(), di);
+        let di = DeviceInfo {
+            flags: 3,
+            num_regions: 9,
+            num_irqs: 5,
+        };
+        assert_eq!(
+            decode_device_info(&encode_device_info(16, &di)).unwrap(),
+            di
+        );
     }
 
     #[test]
     fn io_fds_round_trip_and_count_check() {
-        let s = IoFdSubRegion { offset: 0x1000, size: 4, fd_index: 0, kind: 0, flags: 1, data: 7 };
+        let s = IoFdSubRegion {
+            offset: 0x1000,
+            size: 4,
+            fd_index: 0,
+            kind: 0,
+            flags: 1,
+            data: 7,
+        };
         let b = encode_io_fds(4096, 0, &[s]);
         assert_eq!(decode_io_fds(&b).unwrap(), (0, vec![s]));
         let mut bad = b.clone();

@@ -67,21 +67,29 @@ fn bad(what: &str) -> Error {
 fn get_u64(obj: &Map<String, Value>, key: &str) -> Result<Option<u64>> {
     match obj.get(key) {
         None => Ok(None),
-        Some(v) => v.as_u64().map(Some).ok_or_else(|| bad(&format!("{key} is not a non-negative integer"))),
+        Some(v) => v
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| bad(&format!("{key} is not a non-negative integer"))),
     }
 }
 
 fn get_u32(obj: &Map<String, Value>, key: &str) -> Result<Option<u32>> {
     match get_u64(obj, key)? {
         None => Ok(None),
-        Some(v) => u32::try_from(v).map(Some).map_err(|_| bad(&format!("{key} out of range"))),
+        Some(v) => u32::try_from(v)
+            .map(Some)
+            .map_err(|_| bad(&format!("{key} out of range"))),
     }
 }
 
 fn get_bool(obj: &Map<String, Value>, key: &str) -> Result<Option<bool>> {
     match obj.get(key) {
         None => Ok(None),
-        Some(v) => v.as_bool().map(Some).ok_or_else(|| bad(&format!("{key} is not a boolean"))),
+        Some(v) => v
+            .as_bool()
+            .map(Some)
+            .ok_or_else(|| bad(&format!("{key} is not a boolean"))),
     }
 }
 
@@ -96,11 +104,14 @@ impl VersionCaps {
         if json.len() > MAX_JSON_LEN {
             return Err(bad("JSON too long"));
         }
-        let root: Value = serde_json::from_str(json).map_err(|e| bad(&format!("invalid JSON: {e}")))?;
+        let root: Value =
+            serde_json::from_str(json).map_err(|e| bad(&format!("invalid JSON: {e}")))?;
         let root = root.as_object().ok_or_else(|| bad("not a JSON object"))?;
         let obj = match root.get("capabilities") {
             None => return Ok(caps),
-            Some(v) => v.as_object().ok_or_else(|| bad("capabilities is not an object"))?,
+            Some(v) => v
+                .as_object()
+                .ok_or_else(|| bad("capabilities is not an object"))?,
         };
         if let Some(v) = get_u32(obj, "max_msg_fds")? {
             caps.max_msg_fds = v;
@@ -118,14 +129,18 @@ impl VersionCaps {
             caps.write_multiple = v;
         }
         if let Some(m) = obj.get("migration") {
-            let m = m.as_object().ok_or_else(|| bad("migration is not an object"))?;
+            let m = m
+                .as_object()
+                .ok_or_else(|| bad("migration is not an object"))?;
             caps.migration = Some(MigrationCaps {
                 pgsize: get_u64(m, "pgsize")?.unwrap_or(4096),
                 max_bitmap_size: get_u64(m, "max_bitmap_size")?.unwrap_or(0),
             });
         }
         if let Some(t) = obj.get("twin_socket") {
-            let t = t.as_object().ok_or_else(|| bad("twin_socket is not an object"))?;
+            let t = t
+                .as_object()
+                .ok_or_else(|| bad("twin_socket is not an object"))?;
             caps.twin_socket = get_bool(t, "supported")?.unwrap_or(false);
             caps.twin_fd_index = get_u32(t, "fd_index")?;
         }
@@ -170,7 +185,11 @@ impl VersionCaps {
             max_dma_maps: ours.max_dma_maps.min(theirs.max_dma_maps),
             pgsizes: ours.pgsizes & theirs.pgsizes,
             write_multiple: ours.write_multiple && theirs.write_multiple,
-            migration: if theirs.migration.is_some() { ours.migration } else { None },
+            migration: if theirs.migration.is_some() {
+                ours.migration
+            } else {
+                None
+            },
             twin_socket: ours.twin_socket && theirs.twin_socket,
             twin_fd_index: None,
         }
@@ -208,7 +227,10 @@ mod tests {
         assert!(VersionCaps::parse(r#"{"capabilities":[]}"#).is_err());
         assert!(VersionCaps::parse("{not json").is_err());
         assert!(VersionCaps::parse("[1]").is_err());
-        let huge = format!(r#"{{"capabilities":{{"x":"{}"}}}}"#, "a".repeat(MAX_JSON_LEN));
+        let huge = format!(
+            r#"{{"capabilities":{{"x":"{}"}}}}"#,
+            "a".repeat(MAX_JSON_LEN)
+        );
         assert!(VersionCaps::parse(&huge).is_err());
         let deep = format!("{}{}", "[".repeat(2000), "]".repeat(2000));
         assert!(VersionCaps::parse(&deep).is_err());
@@ -221,7 +243,10 @@ mod tests {
             write_multiple: true,
             twin_socket: true,
             twin_fd_index: Some(0),
-            migration: Some(MigrationCaps { pgsize: 4096, max_bitmap_size: 1 }),
+            migration: Some(MigrationCaps {
+                pgsize: 4096,
+                max_bitmap_size: 1,
+            }),
             ..VersionCaps::default()
         };
         assert_eq!(VersionCaps::parse(&c.to_json()).unwrap(), c);
@@ -229,8 +254,18 @@ mod tests {
 
     #[test]
     fn accept_takes_the_smaller_limits_and_common_features() {
-        let ours = VersionCaps { max_data_xfer_size: 1 << 20, write_multiple: true, twin_socket: true, ..Default::default() };
-        let theirs = VersionCaps { max_data_xfer_size: 4096, write_multiple: false, twin_socket: true, ..Default::default() };
+        let ours = VersionCaps {
+            max_data_xfer_size: 1 << 20,
+            write_multiple: true,
+            twin_socket: true,
+            ..Default::default()
+        };
+        let theirs = VersionCaps {
+            max_data_xfer_size: 4096,
+            write_multiple: false,
+            twin_socket: true,
+            ..Default::default()
+        };
         let a = VersionCaps::accept(&ours, &theirs);
         assert_eq!(a.max_data_xfer_size, 4096);
         assert!(!a.write_multiple);

@@ -26,7 +26,9 @@ pub const MAX_RECV_FDS: usize = 32;
 fn send_error(e: Errno) -> Error {
     match e {
         Errno::EAGAIN => Error::Timeout,
-        Errno::EPIPE | Errno::ECONNRESET | Errno::ENOTCONN | Errno::ESHUTDOWN => Error::Disconnected,
+        Errno::EPIPE | Errno::ECONNRESET | Errno::ENOTCONN | Errno::ESHUTDOWN => {
+            Error::Disconnected
+        }
         e => Error::sys("sendmsg", e),
     }
 }
@@ -88,12 +90,17 @@ pub fn send_msg(sock: BorrowedFd<'_>, parts: &[&[u8]], fds: &[RawFd]) -> Result<
 }
 
 /// Sets how long a blocking send or receive on `sock` may wait.
-pub fn set_timeouts(sock: BorrowedFd<'_>, recv: Option<Duration>, send: Option<Duration>) -> Result<()> {
+pub fn set_timeouts(
+    sock: BorrowedFd<'_>,
+    recv: Option<Duration>,
+    send: Option<Duration>,
+) -> Result<()> {
     let tv = |d: Option<Duration>| {
         let d = d.unwrap_or(Duration::ZERO);
         TimeVal::new(d.as_secs() as i64, d.subsec_micros() as i64)
     };
-    setsockopt(&sock, sockopt::ReceiveTimeout, &tv(recv)).map_err(|e| Error::sys("SO_RCVTIMEO", e))?;
+    setsockopt(&sock, sockopt::ReceiveTimeout, &tv(recv))
+        .map_err(|e| Error::sys("SO_RCVTIMEO", e))?;
     setsockopt(&sock, sockopt::SendTimeout, &tv(send)).map_err(|e| Error::sys("SO_SNDTIMEO", e))?;
     Ok(())
 }
@@ -144,7 +151,11 @@ impl Receiver {
         if avail < HEADER_SIZE {
             return false;
         }
-        let size = u32::from_ne_bytes(self.buf[self.start + 4..self.start + 8].try_into().unwrap_or([0; 4]));
+        let size = u32::from_ne_bytes(
+            self.buf[self.start + 4..self.start + 8]
+                .try_into()
+                .unwrap_or([0; 4]),
+        );
         avail >= size as usize
     }
 
@@ -170,7 +181,11 @@ impl Receiver {
                             }
                         }
                     }
-                    break (msg.bytes, own_fds(raw), msg.flags.contains(MsgFlags::MSG_CTRUNC));
+                    break (
+                        msg.bytes,
+                        own_fds(raw),
+                        msg.flags.contains(MsgFlags::MSG_CTRUNC),
+                    );
                 }
                 Err(Errno::EINTR) => continue,
                 Err(Errno::EAGAIN) => return Err(Error::Timeout),
@@ -179,14 +194,17 @@ impl Receiver {
             }
         };
         if truncated {
-            return Err(Error::Protocol(format!("more than {MAX_RECV_FDS} fds in one message")));
+            return Err(Error::Protocol(format!(
+                "more than {MAX_RECV_FDS} fds in one message"
+            )));
         }
         if n == 0 {
             return Err(Error::Disconnected);
         }
         self.end += n;
         if !fds.is_empty() {
-            self.fd_batches.push_back((self.base + self.end as u64 - 1, fds));
+            self.fd_batches
+                .push_back((self.base + self.end as u64 - 1, fds));
         }
         Ok(())
     }
@@ -221,7 +239,11 @@ impl Receiver {
         let payload_start = self.start + HEADER_SIZE;
         self.start += size;
         let payload = &self.buf[payload_start..payload_start + size - HEADER_SIZE];
-        Ok(Received { header, payload, fds })
+        Ok(Received {
+            header,
+            payload,
+            fds,
+        })
     }
 
     fn compact_if_needed(&mut self, need: usize) {
@@ -254,7 +276,9 @@ mod tests {
     use std::os::unix::net::UnixStream;
 
     fn msg(id: u16, payload: &[u8]) -> Vec<u8> {
-        let mut v = Header::command(id, cmd::REGION_READ, payload.len()).encode().to_vec();
+        let mut v = Header::command(id, cmd::REGION_READ, payload.len())
+            .encode()
+            .to_vec();
         v.extend_from_slice(payload);
         v
     }
@@ -300,7 +324,10 @@ mod tests {
         let mut h = Header::command(1, cmd::REGION_READ, 0);
         h.size = 3;
         send_msg(a.as_fd(), &[&h.encode()], &[]).unwrap();
-        assert!(matches!(Receiver::new(64).recv(b.as_fd(), false), Err(Error::Protocol(_))));
+        assert!(matches!(
+            Receiver::new(64).recv(b.as_fd(), false),
+            Err(Error::Protocol(_))
+        ));
     }
 
     #[test]

@@ -40,7 +40,10 @@ pub struct DmaSpace {
 impl DmaSpace {
     /// An empty space admitting at most `max_maps` mappings.
     pub fn new(max_maps: usize) -> Self {
-        DmaSpace { regions: Vec::new(), max_maps }
+        DmaSpace {
+            regions: Vec::new(),
+            max_maps,
+        }
     }
 
     /// Number of mappings.
@@ -63,16 +66,27 @@ impl DmaSpace {
         if m.flags & !(DMA_MAP_READ | DMA_MAP_WRITE) != 0 {
             return Err(Error::InvalidArgument("DMA_MAP flags"));
         }
-        if self.regions.iter().any(|r| m.address < r.iova + r.size && r.iova < end) {
-            return Err(Error::Sys { op: "DMA_MAP overlaps an existing mapping", errno: libc::EEXIST });
+        if self
+            .regions
+            .iter()
+            .any(|r| m.address < r.iova + r.size && r.iova < end)
+        {
+            return Err(Error::Sys {
+                op: "DMA_MAP overlaps an existing mapping",
+                errno: libc::EEXIST,
+            });
         }
         if self.regions.len() >= self.max_maps {
-            return Err(Error::Sys { op: "DMA_MAP past max_dma_maps", errno: libc::ENOSPC });
+            return Err(Error::Sys {
+                op: "DMA_MAP past max_dma_maps",
+                errno: libc::ENOSPC,
+            });
         }
         let writable = m.flags & DMA_MAP_WRITE != 0;
         let mapping = match fd {
             Some(fd) => {
-                let len = usize::try_from(m.size).map_err(|_| Error::InvalidArgument("DMA_MAP size"))?;
+                let len =
+                    usize::try_from(m.size).map_err(|_| Error::InvalidArgument("DMA_MAP size"))?;
                 Some(Mapping::new(fd.as_fd(), m.offset, len, writable)?)
             }
             None => None,
@@ -93,7 +107,10 @@ impl DmaSpace {
             .regions
             .iter()
             .position(|r| r.iova == iova && r.size == size)
-            .ok_or(Error::Sys { op: "DMA_UNMAP of no mapping", errno: libc::ENOENT })?;
+            .ok_or(Error::Sys {
+                op: "DMA_UNMAP of no mapping",
+                errno: libc::ENOENT,
+            })?;
         self.regions.swap_remove(i);
         Ok(())
     }
@@ -106,14 +123,22 @@ impl DmaSpace {
     /// Finds how to access `[iova, iova + len)`, which must lie in one mapping
     /// with the needed permission.
     pub fn target(&self, iova: u64, len: usize, write: bool) -> Result<DmaTarget<'_>> {
-        let end = iova.checked_add(len as u64).ok_or(Error::InvalidArgument("DMA range wraps"))?;
+        let end = iova
+            .checked_add(len as u64)
+            .ok_or(Error::InvalidArgument("DMA range wraps"))?;
         let r = self
             .regions
             .iter()
             .find(|r| iova >= r.iova && end <= r.iova + r.size)
-            .ok_or(Error::Sys { op: "DMA outside the client's mappings", errno: libc::EFAULT })?;
+            .ok_or(Error::Sys {
+                op: "DMA outside the client's mappings",
+                errno: libc::EFAULT,
+            })?;
         if (write && !r.writable) || (!write && !r.readable) {
-            return Err(Error::Sys { op: "DMA against the mapping's permissions", errno: libc::EPERM });
+            return Err(Error::Sys {
+                op: "DMA against the mapping's permissions",
+                errno: libc::EPERM,
+            });
         }
         Ok(match &r.mapping {
             Some(m) => DmaTarget::Mapped(m, (iova - r.iova) as usize),
@@ -127,27 +152,56 @@ mod tests {
     use super::*;
 
     fn msg(address: u64, size: u64) -> DmaMapMsg {
-        DmaMapMsg { argsz: 32, flags: DMA_MAP_READ | DMA_MAP_WRITE, offset: 0, address, size }
+        DmaMapMsg {
+            argsz: 32,
+            flags: DMA_MAP_READ | DMA_MAP_WRITE,
+            offset: 0,
+            address,
+            size,
+        }
     }
 
     #[test]
     fn overlap_wrap_and_limit_are_refused() {
         let mut s = DmaSpace::new(2);
         s.map(&msg(0x1000, 0x1000), None).unwrap();
-        assert_eq!(s.map(&msg(0x1800, 0x1000), None).unwrap_err().errno(), libc::EEXIST);
-        assert_eq!(s.map(&msg(u64::MAX - 10, 0x1000), None).unwrap_err().errno(), libc::EINVAL);
-        assert_eq!(s.map(&msg(0x5000, 0), None).unwrap_err().errno(), libc::EINVAL);
+        assert_eq!(
+            s.map(&msg(0x1800, 0x1000), None).unwrap_err().errno(),
+            libc::EEXIST
+        );
+        assert_eq!(
+            s.map(&msg(u64::MAX - 10, 0x1000), None)
+                .unwrap_err()
+                .errno(),
+            libc::EINVAL
+        );
+        assert_eq!(
+            s.map(&msg(0x5000, 0), None).unwrap_err().errno(),
+            libc::EINVAL
+        );
         s.map(&msg(0x2000, 0x1000), None).unwrap();
-        assert_eq!(s.map(&msg(0x9000, 0x1000), None).unwrap_err().errno(), libc::ENOSPC);
+        assert_eq!(
+            s.map(&msg(0x9000, 0x1000), None).unwrap_err().errno(),
+            libc::ENOSPC
+        );
     }
 
     #[test]
     fn access_outside_mappings_faults_and_unmap_needs_exact_match() {
         let mut s = DmaSpace::new(8);
         s.map(&msg(0x1000, 0x1000), None).unwrap();
-        assert!(matches!(s.target(0x1800, 0x100, false), Ok(DmaTarget::Message)));
-        assert_eq!(s.target(0x1f00, 0x200, false).err().unwrap().errno(), libc::EFAULT);
-        assert_eq!(s.target(u64::MAX, 2, false).err().unwrap().errno(), libc::EINVAL);
+        assert!(matches!(
+            s.target(0x1800, 0x100, false),
+            Ok(DmaTarget::Message)
+        ));
+        assert_eq!(
+            s.target(0x1f00, 0x200, false).err().unwrap().errno(),
+            libc::EFAULT
+        );
+        assert_eq!(
+            s.target(u64::MAX, 2, false).err().unwrap().errno(),
+            libc::EINVAL
+        );
         assert_eq!(s.unmap(0x1000, 0x800).unwrap_err().errno(), libc::ENOENT);
         s.unmap(0x1000, 0x1000).unwrap();
         assert!(s.is_empty());

@@ -49,14 +49,19 @@ impl IrqState {
                 .iter()
                 .map(|i| Index {
                     automasked: i.flags & VFIO_IRQ_INFO_AUTOMASKED != 0,
-                    vectors: (0..i.count.min(MAX_VECTORS)).map(|_| Vector::default()).collect(),
+                    vectors: (0..i.count.min(MAX_VECTORS))
+                        .map(|_| Vector::default())
+                        .collect(),
                 })
                 .collect(),
         }
     }
 
     fn vector(&mut self, index: u32, vector: u32) -> Option<&mut Vector> {
-        self.indices.get_mut(index as usize)?.vectors.get_mut(vector as usize)
+        self.indices
+            .get_mut(index as usize)?
+            .vectors
+            .get_mut(vector as usize)
     }
 
     /// Whether a trigger eventfd is attached.
@@ -77,13 +82,23 @@ impl IrqState {
 
     /// Drives a level-triggered line (INTx).
     pub fn set_level(&mut self, index: u32, vector: u32, asserted: bool) {
-        let automasked = self.indices.get(index as usize).is_some_and(|i| i.automasked);
-        let Some(v) = self.vector(index, vector) else { return };
+        let automasked = self
+            .indices
+            .get(index as usize)
+            .is_some_and(|i| i.automasked);
+        let Some(v) = self.vector(index, vector) else {
+            return;
+        };
         let rising = asserted && !v.asserted;
         v.asserted = asserted;
-        if asserted && !v.masked && (rising || automasked) && signal(&v.trigger) && automasked {
-            v.masked = true;
-            signal(&v.mask_fd);
+        // Edge-style lines fire on the rising edge; automasked ones on any
+        // assertion while unmasked, and then mask themselves until unmasked.
+        if asserted && !v.masked && (rising || automasked) {
+            let fired = signal(&v.trigger);
+            if fired && automasked {
+                v.masked = true;
+                signal(&v.mask_fd);
+            }
         }
     }
 
@@ -98,9 +113,15 @@ impl IrqState {
         bools: Option<&[u8]>,
         fds: Option<Vec<OwnedFd>>,
     ) -> Result<()> {
-        let idx = self.indices.get_mut(index as usize).ok_or(Error::InvalidArgument("IRQ index"))?;
+        let idx = self
+            .indices
+            .get_mut(index as usize)
+            .ok_or(Error::InvalidArgument("IRQ index"))?;
         if count == 0 {
-            if action == IrqAction::Trigger && bools.is_none() && fds.as_ref().is_none_or(|f| f.is_empty()) {
+            if action == IrqAction::Trigger
+                && bools.is_none()
+                && fds.as_ref().is_none_or(|f| f.is_empty())
+            {
                 for v in &mut idx.vectors {
                     *v = Vector::default();
                 }
@@ -108,13 +129,19 @@ impl IrqState {
             }
             return Err(Error::InvalidArgument("SET_IRQS count 0"));
         }
-        let end = start.checked_add(count).ok_or(Error::InvalidArgument("SET_IRQS range"))?;
+        let end = start
+            .checked_add(count)
+            .ok_or(Error::InvalidArgument("SET_IRQS range"))?;
         if end as usize > idx.vectors.len() {
-            return Err(Error::InvalidArgument("SET_IRQS range past the index's count"));
+            return Err(Error::InvalidArgument(
+                "SET_IRQS range past the index's count",
+            ));
         }
         if let Some(fds) = fds {
             if !fds.is_empty() && fds.len() != count as usize {
-                return Err(Error::InvalidArgument("SET_IRQS fd count differs from count"));
+                return Err(Error::InvalidArgument(
+                    "SET_IRQS fd count differs from count",
+                ));
             }
             let mut it = fds.into_iter();
             for v in &mut idx.vectors[start as usize..end as usize] {
@@ -129,7 +156,9 @@ impl IrqState {
         }
         if let Some(b) = bools {
             if b.len() != count as usize {
-                return Err(Error::InvalidArgument("SET_IRQS bool count differs from count"));
+                return Err(Error::InvalidArgument(
+                    "SET_IRQS bool count differs from count",
+                ));
             }
         }
         for n in start..end {
@@ -167,8 +196,13 @@ impl IrqState {
     /// Unmasks a vector (SET_IRQS UNMASK, or the client signalled the unmask
     /// eventfd). A level line still asserted fires again.
     pub fn unmask(&mut self, index: u32, vector: u32) {
-        let automasked = self.indices.get(index as usize).is_some_and(|i| i.automasked);
-        let Some(v) = self.vector(index, vector) else { return };
+        let automasked = self
+            .indices
+            .get(index as usize)
+            .is_some_and(|i| i.automasked);
+        let Some(v) = self.vector(index, vector) else {
+            return;
+        };
         if !v.masked {
             return;
         }
@@ -183,7 +217,10 @@ impl IrqState {
         for idx in &mut self.indices {
             for v in &mut idx.vectors {
                 let asserted = v.asserted;
-                *v = Vector { asserted, ..Vector::default() };
+                *v = Vector {
+                    asserted,
+                    ..Vector::default()
+                };
             }
         }
     }

@@ -116,7 +116,8 @@ pub struct Server<M: DeviceModel> {
 impl<M: DeviceModel> Server<M> {
     /// Listens on `path` (which must not exist).
     pub fn bind(path: impl AsRef<Path>, model: M, config: ServerConfig) -> Result<Self> {
-        let listener = UnixListener::bind(path).map_err(|e| Error::io("bind vfio-user socket", &e))?;
+        let listener =
+            UnixListener::bind(path).map_err(|e| Error::io("bind vfio-user socket", &e))?;
         Ok(Self::from_listener(listener, model, config))
     }
 
@@ -177,8 +178,12 @@ impl<M: DeviceModel> Server<M> {
         loop {
             match self.serve_one()? {
                 SessionEnd::Stopped => return Ok(()),
-                SessionEnd::Disconnected => log::debug!(target: "vfio_io::server", "client disconnected"),
-                SessionEnd::Dropped(e) => log::warn!(target: "vfio_io::server", "client dropped: {e}"),
+                SessionEnd::Disconnected => {
+                    log::debug!(target: "vfio_io::server", "client disconnected")
+                }
+                SessionEnd::Dropped(e) => {
+                    log::warn!(target: "vfio_io::server", "client dropped: {e}")
+                }
             }
         }
     }

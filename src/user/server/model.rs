@@ -45,12 +45,22 @@ pub trait DeviceModel: Send {
 
     /// Reads `data.len()` bytes at `offset` of region `index`. The server has
     /// already checked the range against the region's size and READ flag.
-    fn region_read(&mut self, ctx: &mut dyn DeviceContext, index: u32, offset: u64, data: &mut [u8])
-        -> Result<()>;
+    fn region_read(
+        &mut self,
+        ctx: &mut dyn DeviceContext,
+        index: u32,
+        offset: u64,
+        data: &mut [u8],
+    ) -> Result<()>;
 
     /// Writes `data` at `offset` of region `index` (range and WRITE flag checked).
-    fn region_write(&mut self, ctx: &mut dyn DeviceContext, index: u32, offset: u64, data: &[u8])
-        -> Result<()>;
+    fn region_write(
+        &mut self,
+        ctx: &mut dyn DeviceContext,
+        index: u32,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<()>;
 
     /// Resets the device.
     fn reset(&mut self, ctx: &mut dyn DeviceContext) -> Result<()>;

@@ -18,7 +18,9 @@ use crate::device::{
     VFIO_REGION_INFO_FLAG_WRITE,
 };
 use crate::error::{Error, Result};
-use crate::user::proto::{self, cmd, DmaAccess, DmaMapMsg, DmaUnmapMsg, Header, IrqSetMsg, RegionAccess};
+use crate::user::proto::{
+    self, cmd, DmaAccess, DmaMapMsg, DmaUnmapMsg, Header, IrqSetMsg, RegionAccess,
+};
 use crate::user::version::{self, VersionCaps};
 use crate::user::wire::{send_msg, set_timeouts, Receiver};
 use vfio_bindings::bindings::vfio::{
@@ -82,23 +84,40 @@ impl Link<'_> {
                 return Ok(());
             }
             if self.queued.len() >= self.max_queued {
-                return Err(Error::Protocol("client flooded commands during a DMA request".into()));
+                return Err(Error::Protocol(
+                    "client flooded commands during a DMA request".into(),
+                ));
             }
-            self.queued.push_back(Queued { header: m.header, payload: m.payload.to_vec(), fds: m.fds });
+            self.queued.push_back(Queued {
+                header: m.header,
+                payload: m.payload.to_vec(),
+                fds: m.fds,
+            });
         }
     }
 
-    fn dma_message(&mut self, iova: u64, read: Option<&mut [u8]>, write: Option<&[u8]>) -> Result<()> {
+    fn dma_message(
+        &mut self,
+        iova: u64,
+        read: Option<&mut [u8]>,
+        write: Option<&[u8]>,
+    ) -> Result<()> {
         let step = self.peer_max_xfer.max(1);
         if let Some(buf) = read {
             for (i, chunk) in buf.chunks_mut(step).enumerate() {
-                let a = DmaAccess { address: iova + (i * step) as u64, count: chunk.len() as u64 };
+                let a = DmaAccess {
+                    address: iova + (i * step) as u64,
+                    count: chunk.len() as u64,
+                };
                 self.request(cmd::DMA_READ, &[&a.encode()], chunk)?;
             }
         }
         if let Some(buf) = write {
             for (i, chunk) in buf.chunks(step).enumerate() {
-                let a = DmaAccess { address: iova + (i * step) as u64, count: chunk.len() as u64 };
+                let a = DmaAccess {
+                    address: iova + (i * step) as u64,
+                    count: chunk.len() as u64,
+                };
                 self.request(cmd::DMA_WRITE, &[&a.encode(), chunk], &mut [])?;
             }
         }
@@ -161,14 +180,21 @@ pub(super) struct Session<'a, M: DeviceModel> {
 }
 
 fn model_call<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
-    catch_unwind(AssertUnwindSafe(f)).unwrap_or(Err(Error::Sys { op: "device model panicked", errno: libc::EIO }))
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or(Err(Error::Sys {
+        op: "device model panicked",
+        errno: libc::EIO,
+    }))
 }
 
 impl<'a, M: DeviceModel> Session<'a, M> {
     pub(super) fn new(sock: BorrowedFd<'a>, model: &'a mut M, config: &'a ServerConfig) -> Self {
         let info = model.device_info();
-        let regions = (0..info.num_regions.min(1024)).map(|i| model.region_info(i).unwrap_or_default()).collect();
-        let irq_infos: Vec<_> = (0..info.num_irqs.min(64)).filter_map(|i| model.irq_info(i)).collect();
+        let regions = (0..info.num_regions.min(1024))
+            .map(|i| model.region_info(i).unwrap_or_default())
+            .collect();
+        let irq_infos: Vec<_> = (0..info.num_irqs.min(64))
+            .filter_map(|i| model.irq_info(i))
+            .collect();
         let max_msg = config.max_data_xfer_size as usize + 32 * 1024;
         Session {
             link: Link {
@@ -194,7 +220,11 @@ impl<'a, M: DeviceModel> Session<'a, M> {
 
     /// Serves until the client leaves or breaks the protocol.
     pub(super) fn run(mut self) -> SessionEnd {
-        if let Err(e) = set_timeouts(self.link.sock, Some(self.config.timeout), Some(self.config.timeout)) {
+        if let Err(e) = set_timeouts(
+            self.link.sock,
+            Some(self.config.timeout),
+            Some(self.config.timeout),
+        ) {
             return SessionEnd::Dropped(e);
         }
         let end = loop {
@@ -246,9 +276,16 @@ impl<'a, M: DeviceModel> Session<'a, M> {
             }
             let mut pfds = Vec::with_capacity(watched.len() + 1);
             pfds.push(PollFd::new(self.link.sock, PollFlags::POLLIN));
-            pfds.extend(watched.iter().map(|(_, _, fd)| PollFd::new(*fd, PollFlags::POLLIN)));
+            pfds.extend(
+                watched
+                    .iter()
+                    .map(|(_, _, fd)| PollFd::new(*fd, PollFlags::POLLIN)),
+            );
             let ms = self.config.timeout.as_millis().min(i32::MAX as u128) as i32;
-            match poll(&mut pfds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)) {
+            match poll(
+                &mut pfds,
+                PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+            ) {
                 Ok(_) => {}
                 Err(nix::errno::Errno::EINTR) => return Ok(false),
                 Err(e) => return Err(Error::sys("poll", e)),
@@ -285,7 +322,10 @@ impl<'a, M: DeviceModel> Session<'a, M> {
         let payload = std::mem::take(&mut self.inbuf);
         self.out.clear();
         let result = if self.negotiated.is_none() && hdr.command != cmd::VERSION {
-            Err(Error::Protocol(format!("{} before VERSION", cmd::name(hdr.command))))
+            Err(Error::Protocol(format!(
+                "{} before VERSION",
+                cmd::name(hdr.command)
+            )))
         } else {
             model_call(|| self.handle(&hdr, &payload, fds))
         };
@@ -329,12 +369,21 @@ impl<'a, M: DeviceModel> Session<'a, M> {
     fn handle(&mut self, hdr: &Header, p: &[u8], mut fds: Vec<OwnedFd>) -> Result<ReplyFd> {
         let expects_fds = matches!(hdr.command, cmd::DMA_MAP | cmd::DEVICE_SET_IRQS);
         if !expects_fds && !fds.is_empty() {
-            return Err(Error::InvalidArgument("fds sent with a command that takes none"));
+            return Err(Error::InvalidArgument(
+                "fds sent with a command that takes none",
+            ));
         }
         if fds.len() > self.config.max_msg_fds as usize {
             return Err(Error::InvalidArgument("more fds than max_msg_fds"));
         }
-        let Session { link, model, dma, irqs, out, .. } = self;
+        let Session {
+            link,
+            model,
+            dma,
+            irqs,
+            out,
+            ..
+        } = self;
         let mut ctx = Ctx { link, dma, irqs };
         match hdr.command {
             cmd::VERSION => return self.version(p),
@@ -348,7 +397,13 @@ impl<'a, M: DeviceModel> Session<'a, M> {
             cmd::DMA_UNMAP => {
                 let m = DmaUnmapMsg::decode(p)?;
                 self.dma.unmap(m.address, m.size)?;
-                out.extend_from_slice(&DmaUnmapMsg { argsz: DmaUnmapMsg::SIZE as u32, ..m }.encode());
+                out.extend_from_slice(
+                    &DmaUnmapMsg {
+                        argsz: DmaUnmapMsg::SIZE as u32,
+                        ..m
+                    }
+                    .encode(),
+                );
             }
             cmd::DEVICE_GET_INFO => {
                 if p.len() < 16 {
@@ -358,7 +413,9 @@ impl<'a, M: DeviceModel> Session<'a, M> {
             }
             cmd::DEVICE_GET_REGION_INFO => {
                 let (argsz, index) = proto::decode_region_info_request(p)?;
-                let info = model.region_info(index).ok_or(Error::InvalidArgument("region index"))?;
+                let info = model
+                    .region_info(index)
+                    .ok_or(Error::InvalidArgument("region index"))?;
                 let bytes = proto::encode_region_info(&info, argsz as usize);
                 let full = bytes.len() > proto::REGION_INFO_SIZE || argsz as usize >= bytes.len();
                 out.extend_from_slice(&bytes);
@@ -369,16 +426,30 @@ impl<'a, M: DeviceModel> Session<'a, M> {
                 }
             }
             cmd::DEVICE_GET_REGION_IO_FDS => {
-                let argsz = u32::from_ne_bytes(p.get(0..4).and_then(|s| s.try_into().ok()).ok_or(Error::InvalidArgument("IO_FDS"))?);
-                let index = u32::from_ne_bytes(p.get(8..12).and_then(|s| s.try_into().ok()).ok_or(Error::InvalidArgument("IO_FDS"))?);
+                let argsz = u32::from_ne_bytes(
+                    p.get(0..4)
+                        .and_then(|s| s.try_into().ok())
+                        .ok_or(Error::InvalidArgument("IO_FDS"))?,
+                );
+                let index = u32::from_ne_bytes(
+                    p.get(8..12)
+                        .and_then(|s| s.try_into().ok())
+                        .ok_or(Error::InvalidArgument("IO_FDS"))?,
+                );
                 if index as usize >= self.regions.len() {
                     return Err(Error::InvalidArgument("region index"));
                 }
                 out.extend_from_slice(&proto::encode_io_fds(argsz, index, &[]));
             }
             cmd::DEVICE_GET_IRQ_INFO => {
-                let index = u32::from_ne_bytes(p.get(8..12).and_then(|s| s.try_into().ok()).ok_or(Error::InvalidArgument("IRQ_INFO"))?);
-                let info = model.irq_info(index).ok_or(Error::InvalidArgument("IRQ index"))?;
+                let index = u32::from_ne_bytes(
+                    p.get(8..12)
+                        .and_then(|s| s.try_into().ok())
+                        .ok_or(Error::InvalidArgument("IRQ_INFO"))?,
+                );
+                let info = model
+                    .irq_info(index)
+                    .ok_or(Error::InvalidArgument("IRQ index"))?;
                 out.extend_from_slice(&proto::encode_irq_info(16, &info));
             }
             cmd::DEVICE_SET_IRQS => {
@@ -390,22 +461,34 @@ impl<'a, M: DeviceModel> Session<'a, M> {
                     _ => return Err(Error::InvalidArgument("SET_IRQS action")),
                 };
                 match m.flags & VFIO_IRQ_SET_DATA_TYPE_MASK {
-                    VFIO_IRQ_SET_DATA_NONE if fds.is_empty() => {
-                        ctx.irqs.set(m.index, action, m.start, m.count, None, None)?
-                    }
+                    VFIO_IRQ_SET_DATA_NONE if fds.is_empty() => ctx
+                        .irqs
+                        .set(m.index, action, m.start, m.count, None, None)?,
                     VFIO_IRQ_SET_DATA_BOOL if fds.is_empty() => {
-                        let b = p.get(proto::IRQ_SET_SIZE..proto::IRQ_SET_SIZE + m.count as usize)
+                        let b = p
+                            .get(proto::IRQ_SET_SIZE..proto::IRQ_SET_SIZE + m.count as usize)
                             .ok_or(Error::InvalidArgument("SET_IRQS bool data short"))?;
-                        ctx.irqs.set(m.index, action, m.start, m.count, Some(b), None)?
+                        ctx.irqs
+                            .set(m.index, action, m.start, m.count, Some(b), None)?
                     }
-                    VFIO_IRQ_SET_DATA_EVENTFD => ctx.irqs.set(m.index, action, m.start, m.count, None, Some(fds))?,
+                    VFIO_IRQ_SET_DATA_EVENTFD => {
+                        ctx.irqs
+                            .set(m.index, action, m.start, m.count, None, Some(fds))?
+                    }
                     _ => return Err(Error::InvalidArgument("SET_IRQS data type")),
                 }
             }
             cmd::REGION_READ => {
                 let a = RegionAccess::decode(p)?;
                 let count = a.count as usize;
-                Self::check_region_of(&self.regions, self.config, a.region, a.offset, count, false)?;
+                Self::check_region_of(
+                    &self.regions,
+                    self.config,
+                    a.region,
+                    a.offset,
+                    count,
+                    false,
+                )?;
                 out.extend_from_slice(&a.encode());
                 out.resize(RegionAccess::SIZE + count, 0);
                 model.region_read(&mut ctx, a.region, a.offset, &mut out[RegionAccess::SIZE..])?;
@@ -414,9 +497,18 @@ impl<'a, M: DeviceModel> Session<'a, M> {
                 let a = RegionAccess::decode(p)?;
                 let data = &p[RegionAccess::SIZE..];
                 if data.len() != a.count as usize {
-                    return Err(Error::InvalidArgument("REGION_WRITE count differs from the data sent"));
+                    return Err(Error::InvalidArgument(
+                        "REGION_WRITE count differs from the data sent",
+                    ));
                 }
-                Self::check_region_of(&self.regions, self.config, a.region, a.offset, data.len(), true)?;
+                Self::check_region_of(
+                    &self.regions,
+                    self.config,
+                    a.region,
+                    a.offset,
+                    data.len(),
+                    true,
+                )?;
                 model.region_write(&mut ctx, a.region, a.offset, data)?;
                 out.extend_from_slice(&a.encode());
             }
@@ -440,21 +532,43 @@ impl<'a, M: DeviceModel> Session<'a, M> {
                 out.extend_from_slice(&reply);
             }
             cmd::DMA_READ | cmd::DMA_WRITE => {
-                return Err(Error::InvalidArgument("DMA_READ/DMA_WRITE go from server to client"))
+                return Err(Error::InvalidArgument(
+                    "DMA_READ/DMA_WRITE go from server to client",
+                ))
             }
-            _ => return Err(Error::Sys { op: "unknown vfio-user command", errno: libc::ENOSYS }),
+            _ => {
+                return Err(Error::Sys {
+                    op: "unknown vfio-user command",
+                    errno: libc::ENOSYS,
+                })
+            }
         }
         Ok(ReplyFd::None)
     }
 
-    fn check_region_of(regions: &[RegionInfo], config: &ServerConfig, index: u32, offset: u64, count: usize, write: bool) -> Result<()> {
-        let r = regions.get(index as usize).ok_or(Error::InvalidArgument("region index"))?;
-        let flag = if write { VFIO_REGION_INFO_FLAG_WRITE } else { VFIO_REGION_INFO_FLAG_READ };
+    fn check_region_of(
+        regions: &[RegionInfo],
+        config: &ServerConfig,
+        index: u32,
+        offset: u64,
+        count: usize,
+        write: bool,
+    ) -> Result<()> {
+        let r = regions
+            .get(index as usize)
+            .ok_or(Error::InvalidArgument("region index"))?;
+        let flag = if write {
+            VFIO_REGION_INFO_FLAG_WRITE
+        } else {
+            VFIO_REGION_INFO_FLAG_READ
+        };
         if r.flags & flag == 0 {
             return Err(Error::InvalidArgument("region lacks the access permission"));
         }
         if count > config.max_data_xfer_size as usize {
-            return Err(Error::InvalidArgument("access larger than max_data_xfer_size"));
+            return Err(Error::InvalidArgument(
+                "access larger than max_data_xfer_size",
+            ));
         }
         match offset.checked_add(count as u64) {
             Some(end) if end <= r.size => Ok(()),
@@ -468,7 +582,9 @@ impl<'a, M: DeviceModel> Session<'a, M> {
         }
         let (major, _minor, json) = proto::decode_version(p)?;
         if major != version::MAJOR {
-            return Err(Error::Protocol(format!("client speaks major version {major}")));
+            return Err(Error::Protocol(format!(
+                "client speaks major version {major}"
+            )));
         }
         let theirs = VersionCaps::parse(json)?;
         let mut reply = VersionCaps::accept(&self.config.version_caps(), &theirs);
@@ -477,14 +593,22 @@ impl<'a, M: DeviceModel> Session<'a, M> {
         if reply.twin_socket {
             let (ours, client) = UnixStream::pair().map_err(|e| Error::io("socketpair", &e))?;
             let ours: OwnedFd = ours.into();
-            set_timeouts(ours.as_fd(), Some(self.config.timeout), Some(self.config.timeout))?;
+            set_timeouts(
+                ours.as_fd(),
+                Some(self.config.timeout),
+                Some(self.config.timeout),
+            )?;
             let max = theirs.max_data_xfer_size as usize + 64;
             self.link.twin_sock = Some(ours);
             self.link.twin_rx = Receiver::new(max);
             reply.twin_fd_index = Some(0);
             fd = ReplyFd::Owned(client.into());
         }
-        self.out.extend_from_slice(&proto::encode_version(version::MAJOR, version::MINOR, &reply.to_json()));
+        self.out.extend_from_slice(&proto::encode_version(
+            version::MAJOR,
+            version::MINOR,
+            &reply.to_json(),
+        ));
         self.negotiated = Some(reply);
         Ok(fd)
     }

@@ -1,0 +1,691 @@
+//! The C ABI: an opaque device handle, QEMU's ops table with the capability
+//! mask first, and entry points that return 0 (or a byte count) or -errno.
+//!
+//! No panic crosses this boundary: every entry point runs under
+//! `catch_unwind` and reports a panic as `-EIO`.
+
+#![allow(non_camel_case_types)]
+
+mod log;
+
+use std::ffi::{c_char, c_int, c_void, CStr};
+use std::os::fd::IntoRawFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use vfio_bindings::bindings::vfio::{
+    vfio_device_feature, vfio_irq_info, vfio_irq_set, vfio_region_info,
+};
+
+pub use self::log::{
+    vfio_io_log_fn, VFIO_IO_LOG_DEBUG, VFIO_IO_LOG_ERROR, VFIO_IO_LOG_INFO, VFIO_IO_LOG_WARNING,
+};
+use crate::caps::Capabilities;
+use crate::device::{DeviceIo, DmaMap, IrqAction, IrqData, IrqSet};
+use crate::error::{Error, Result};
+use crate::user::client::{Client, ClientConfig};
+use crate::user::proto;
+
+/// `vfio_io_dma_map` flag: the device may read the memory.
+pub const VFIO_IO_DMA_READ: u32 = 1 << 0;
+/// `vfio_io_dma_map` flag: the device may write the memory.
+pub const VFIO_IO_DMA_WRITE: u32 = 1 << 1;
+
+const MAGIC: u64 = 0x7666_696f_2d69_6f21;
+
+/// An open device. Opaque to C.
+pub struct vfio_io_device {
+    magic: u64,
+    io: Box<dyn DeviceIo>,
+    ops: vfio_io_ops,
+}
+
+/// The device operations, shaped like QEMU's `VFIODeviceIOOps` with the
+/// capability mask first. The argument structs are `<linux/vfio.h>`'s.
+#[repr(C)]
+pub struct vfio_io_ops {
+    /// `VFIO_IO_CAP_*` bits this device really supports.
+    pub capabilities: u64,
+    /// `VFIO_DEVICE_FEATURE`. `feature->argsz` bytes are read and, for GET,
+    /// written. Returns the kernel's non-negative result (a new fd, owned by
+    /// the caller, for DMA_BUF) or -errno.
+    pub device_feature: Option<
+        unsafe extern "C" fn(dev: *mut vfio_io_device, feature: *mut vfio_device_feature) -> c_int,
+    >,
+    /// `VFIO_DEVICE_GET_REGION_INFO`. Fills `info` (up to `info->argsz` bytes,
+    /// capability chain included; a larger needed size is reported in
+    /// `info->argsz`). If `fd` is not NULL, `*fd` receives a new fd to mmap
+    /// the region at `info->offset`, owned by the caller, or -1 when the
+    /// region is not mappable. Returns 0 or -errno.
+    pub get_region_info: Option<
+        unsafe extern "C" fn(
+            dev: *mut vfio_io_device,
+            info: *mut vfio_region_info,
+            fd: *mut c_int,
+        ) -> c_int,
+    >,
+    /// `VFIO_DEVICE_GET_IRQ_INFO` for `irq->index`. Returns 0 or -errno.
+    pub get_irq_info:
+        Option<unsafe extern "C" fn(dev: *mut vfio_io_device, irq: *mut vfio_irq_info) -> c_int>,
+    /// `VFIO_DEVICE_SET_IRQS`; eventfds in `irqs->data` are borrowed, not
+    /// consumed (-1 detaches a vector). Returns 0 or -errno.
+    pub set_irqs:
+        Option<unsafe extern "C" fn(dev: *mut vfio_io_device, irqs: *mut vfio_irq_set) -> c_int>,
+    /// Reads `size` bytes at `off` of region `nr` into `data`. Returns `size` or -errno.
+    pub region_read: Option<
+        unsafe extern "C" fn(
+            dev: *mut vfio_io_device,
+            nr: u8,
+            off: libc::off_t,
+            size: u32,
+            data: *mut c_void,
+        ) -> c_int,
+    >,
+    /// Writes `size` bytes from `data` at `off` of region `nr`; with `post`
+    /// the call may return before the device has seen the write. Returns
+    /// `size` or -errno.
+    pub region_write: Option<
+        unsafe extern "C" fn(
+            dev: *mut vfio_io_device,
+            nr: u8,
+            off: libc::off_t,
+            size: u32,
+            data: *mut c_void,
+            post: bool,
+        ) -> c_int,
+    >,
+}
+
+fn guard(f: impl FnOnce() -> c_int) -> c_int {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or(-libc::EIO)
+}
+
+fn ret(r: Result<c_int>) -> c_int {
+    r.unwrap_or_else(|e| -e.errno())
+}
+
+/// The device behind a C handle, if the handle looks alive.
+///
+/// # Safety
+/// `dev` must be NULL or a pointer returned by an open function and not yet
+/// closed.
+unsafe fn device<'a>(dev: *const vfio_io_device) -> Result<&'a vfio_io_device> {
+    // SAFETY: per this function's contract the pointer is NULL or live.
+    match unsafe { dev.as_ref() } {
+        Some(d) if d.magic == MAGIC => Ok(d),
+        _ => Err(Error::InvalidArgument("NULL or closed device handle")),
+    }
+}
+
+/// A writable view of `len` bytes at `p`.
+///
+/// # Safety
+/// `p` must be NULL or valid for `len` bytes of reads and writes.
+unsafe fn bytes_mut<'a>(p: *mut c_void, len: usize) -> Result<&'a mut [u8]> {
+    if p.is_null() {
+        return Err(Error::InvalidArgument("NULL buffer"));
+    }
+    // SAFETY: per this function's contract.
+    Ok(unsafe { std::slice::from_raw_parts_mut(p.cast::<u8>(), len) })
+}
+
+fn new_handle(io: Box<dyn DeviceIo>) -> *mut vfio_io_device {
+    let ops = vfio_io_ops {
+        capabilities: io.capabilities().bits(),
+        device_feature: Some(op_device_feature),
+        get_region_info: Some(op_get_region_info),
+        get_irq_info: Some(op_get_irq_info),
+        set_irqs: Some(op_set_irqs),
+        region_read: Some(op_region_read),
+        region_write: Some(op_region_write),
+    };
+    Box::into_raw(Box::new(vfio_io_device {
+        magic: MAGIC,
+        io,
+        ops,
+    }))
+}
+
+/// # Safety
+/// `s` must be NULL or a NUL-terminated string.
+unsafe fn path_arg<'a>(s: *const c_char) -> Result<&'a str> {
+    if s.is_null() {
+        return Err(Error::InvalidArgument("NULL path"));
+    }
+    // SAFETY: per this function's contract.
+    unsafe { CStr::from_ptr(s) }
+        .to_str()
+        .map_err(|_| Error::InvalidArgument("path is not UTF-8"))
+}
+
+/// Connects to the vfio-user server listening on `socket_path` and stores a
+/// new handle in `*out`. Returns 0 or -errno (`-EINVAL` for NULL arguments,
+/// `-ENOENT`/`-ECONNREFUSED` when nothing listens, `-EPROTO` when the peer
+/// does not speak vfio-user, `-ETIMEDOUT` when it does not answer in 5 s).
+///
+/// # Safety
+/// `socket_path` must be NULL or a NUL-terminated string; `out` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn vfio_io_user_connect(
+    socket_path: *const c_char,
+    out: *mut *mut vfio_io_device,
+) -> c_int {
+    guard(|| {
+        if out.is_null() {
+            return -libc::EINVAL;
+        }
+        // SAFETY: the caller passes NULL or a C string.
+        let r = unsafe { path_arg(socket_path) }
+            .and_then(|p| Client::connect(p, ClientConfig::default()));
+        match r {
+            Ok(c) => {
+                // SAFETY: `out` is non-NULL and writable per the contract.
+                unsafe { *out = new_handle(Box::new(c)) };
+                0
+            }
+            Err(e) => -e.errno(),
+        }
+    })
+}
+
+/// Closes a device and frees its handle (NULL is ignored). Must not race with
+/// other calls on the same handle. fds the caller received stay open.
+///
+/// # Safety
+/// `dev` must be NULL or a live handle, not used again afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn vfio_io_device_close(dev: *mut vfio_io_device) {
+    let _ = guard(|| {
+        // SAFETY: per the contract `dev` is NULL or live.
+        if unsafe { device(dev) }.is_ok() {
+            // SAFETY: a live handle came from Box::into_raw in new_handle.
+            let mut b = unsafe { Box::from_raw(dev) };
+            b.magic = 0;
+            drop(b);
+        }
+        0
+    });
+}
+
+/// The device's ops table, valid until `vfio_io_device_close`; its
+/// `capabilities` is the device's mask. NULL for a NULL or closed handle.
+///
+/// # Safety
+/// `dev` must be NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn vfio_io_device_ops(dev: *const vfio_io_device) -> *const vfio_io_ops {
+    // SAFETY: per the contract.
+    match unsafe { device(dev) } {
+        Ok(d) => &d.ops,
+        Err(_) => std::ptr::null(),
+    }
+}
+
+/// The device's capability mask (`VFIO_IO_CAP_*`): what this device really
+/// supports. 0 for a NULL handle.
+///
+/// # Safety
+/// `dev` must be NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn vfio_io_device_capabilities(dev: *const vfio_io_device) -> u64 {
+    // SAFETY: per the contract.
+    unsafe { device(dev) }
+        .map(|d| d.ops.capabilities)
+        .unwrap_or(0)
+}
+
+/// The backend's capability mask: what any device of this backend could
+/// support. 0 for a NULL handle.
+///
+/// # Safety
+/// `dev` must be NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn vfio_io_backend_capabilities(dev: *const vfio_io_device) -> u64 {
+    // SAFETY: per the contract.
+    unsafe { device(dev) }
+        .map(|d| d.io.backend_capabilities().bits())
+        .unwrap_or(0)
+}
+
+/// Exports the mappable ranges of region `region_index` as a DMA-BUF.
+/// Without `VFIO_IO_CAP_DMA_BUF` this returns 0 with `*out_fd = -1`, tries
+/// nothing and logs nothing. On success `*out_fd` is a new fd owned by the
+/// caller. Returns 0 or -errno.
+///
+/// # Safety
+/// `dev` must be NULL or a live handle; `out_fd` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn vfio_io_region_create_dma_buf(
+    dev: *mut vfio_io_device,
+    region_index: u32,
+    out_fd: *mut c_int,
+) -> c_int {
+    guard(|| {
+        if out_fd.is_null() {
+            return -libc::EINVAL;
+        }
+        // SAFETY: `out_fd` is non-NULL and writable per the contract.
+        unsafe { *out_fd = -1 };
+        // SAFETY: per the contract.
+        let d = match unsafe { device(dev) } {
+            Ok(d) => d,
+            Err(e) => return -e.errno(),
+        };
+        if !d.io.capabilities().contains(Capabilities::DMA_BUF) {
+            return 0;
+        }
+        let r = d.io.region_info(region_index).and_then(|info| {
+            let ranges: Vec<(u64, u64)> = info
+                .mmap_areas()
+                .iter()
+                .map(|a| (a.offset, a.size))
+                .collect();
+            d.io.region_create_dma_buf(region_index, &ranges)
+        });
+        match r {
+            // SAFETY: as above.
+            Ok(Some(fd)) => unsafe { *out_fd = fd.into_raw_fd() },
+            Ok(None) => {}
+            Err(e) => return -e.errno(),
+        }
+        0
+    })
+}
+
+/// Maps `size` bytes for device DMA at `iova`. `vaddr` is the memory's
+/// address in this process (kernel VFIO needs it; vfio-user uses it to answer
+/// the server's DMA messages); `fd`/`offset` the memory's fd, or -1 (vfio-user
+/// passes it to the server; it is borrowed, not consumed). `flags` is
+/// `VFIO_IO_DMA_READ | VFIO_IO_DMA_WRITE`. Returns 0 or -errno (`-EEXIST` for
+/// an overlap, `-ENOSPC` past the device's mapping limit).
+///
+/// # Safety
+/// `dev` must be NULL or a live handle; `[vaddr, vaddr+size)` must stay
+/// mapped until unmapped or the device is closed.
+#[no_mangle]
+pub unsafe extern "C" fn vfio_io_dma_map(
+    dev: *mut vfio_io_device,
+    iova: u64,
+    size: u64,
+    vaddr: *mut c_void,
+    fd: c_int,
+    offset: u64,
+    flags: u32,
+) -> c_int {
+    guard(|| {
+        // SAFETY: per the contract.
+        let d = match unsafe { device(dev) } {
+            Ok(d) => d,
+            Err(e) => return -e.errno(),
+        };
+        if flags & !(VFIO_IO_DMA_READ | VFIO_IO_DMA_WRITE) != 0 || (vaddr.is_null() && fd < 0) {
+            return -libc::EINVAL;
+        }
+        if fd >= 0 && nix::fcntl::fcntl(unsafe_borrow(fd), nix::fcntl::FcntlArg::F_GETFD).is_err() {
+            return -libc::EBADF;
+        }
+        let map = DmaMap {
+            iova,
+            size,
+            vaddr: vaddr as u64,
+            fd,
+            offset,
+            readable: flags & VFIO_IO_DMA_READ != 0,
+            writable: flags & VFIO_IO_DMA_WRITE != 0,
+        };
+        // SAFETY: the caller keeps the memory mapped, per the contract.
+        ret(unsafe { d.io.dma_map(&map) }.map(|_| 0))
+    })
+}
+
+fn unsafe_borrow(fd: c_int) -> std::os::fd::BorrowedFd<'static> {
+    // SAFETY: used only for an fcntl probe during this call; fcntl on a
+    // closed number just fails with EBADF.
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+}
+
+/// Removes the mapping made with exactly this `iova` and `size`.
+/// Returns 0 or -errno.
+///
+/// # Safety
+/// `dev` must be NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn vfio_io_dma_unmap(
+    dev: *mut vfio_io_device,
+    iova: u64,
+    size: u64,
+) -> c_int {
+    guard(|| {
+        // SAFETY: per the contract.
+        ret(unsafe { device(dev) }
+            .and_then(|d| d.io.dma_unmap(iova, size))
+            .map(|_| 0))
+    })
+}
+
+/// Resets the device. Returns 0 or -errno.
+///
+/// # Safety
+/// `dev` must be NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn vfio_io_device_reset(dev: *mut vfio_io_device) -> c_int {
+    // SAFETY: per the contract.
+    guard(|| ret(unsafe { device(dev) }.and_then(|d| d.io.reset()).map(|_| 0)))
+}
+
+/// Sets the handler that receives the library's log lines at `max_level`
+/// (`VFIO_IO_LOG_*`) and above in severity; NULL removes it. Nothing is
+/// printed without a handler. `fn` may be called from any thread.
+///
+/// # Safety
+/// `fn` must be callable with `opaque` from any thread until replaced.
+#[no_mangle]
+pub unsafe extern "C" fn vfio_io_set_log_handler(
+    f: vfio_io_log_fn,
+    opaque: *mut c_void,
+    max_level: c_int,
+) {
+    let _ = guard(|| {
+        log::set_handler(f, opaque, max_level);
+        0
+    });
+}
+
+/// The name of one capability bit (`"DMA_BUF"` for `VFIO_IO_CAP_DMA_BUF`), or
+/// NULL for an unknown or multi-bit value. The string is static.
+#[no_mangle]
+pub extern "C" fn vfio_io_capability_name(bit: u64) -> *const c_char {
+    const NAMES: [&CStr; 11] = [
+        c"DMA_BUF",
+        c"MIGRATION",
+        c"DIRTY_TRACKING",
+        c"LOW_POWER",
+        c"REGION_MMAP",
+        c"REGION_FDS",
+        c"POSTED_WRITES",
+        c"RESET",
+        c"WRITE_MULTI",
+        c"DMA_MESSAGES",
+        c"IOMMU_DMA",
+    ];
+    if bit.count_ones() != 1 {
+        return std::ptr::null();
+    }
+    NAMES
+        .get(bit.trailing_zeros() as usize)
+        .map_or(std::ptr::null(), |n| n.as_ptr())
+}
+
+unsafe extern "C" fn op_device_feature(
+    dev: *mut vfio_io_device,
+    feature: *mut vfio_device_feature,
+) -> c_int {
+    guard(|| {
+        // SAFETY: the ops are only reachable through a live handle's table.
+        let d = match unsafe { device(dev) } {
+            Ok(d) => d,
+            Err(e) => return -e.errno(),
+        };
+        if feature.is_null() {
+            return -libc::EINVAL;
+        }
+        // SAFETY: non-NULL; the caller provides at least the fixed part.
+        let (argsz, flags) = unsafe { ((*feature).argsz as usize, (*feature).flags) };
+        let fixed = std::mem::size_of::<vfio_device_feature>();
+        if !(fixed..=1 << 20).contains(&argsz) {
+            return -libc::EINVAL;
+        }
+        // SAFETY: the caller's buffer holds argsz bytes, as VFIO_DEVICE_FEATURE requires.
+        let data = match unsafe { bytes_mut(feature.cast(), argsz) } {
+            Ok(b) => &mut b[fixed..],
+            Err(e) => return -e.errno(),
+        };
+        ret(d.io.device_feature(flags, data))
+    })
+}
+
+unsafe extern "C" fn op_get_region_info(
+    dev: *mut vfio_io_device,
+    info: *mut vfio_region_info,
+    fd: *mut c_int,
+) -> c_int {
+    guard(|| {
+        if !fd.is_null() {
+            // SAFETY: non-NULL out pointer from the caller.
+            unsafe { *fd = -1 };
+        }
+        // SAFETY: as in op_device_feature.
+        let d = match unsafe { device(dev) } {
+            Ok(d) => d,
+            Err(e) => return -e.errno(),
+        };
+        if info.is_null() {
+            return -libc::EINVAL;
+        }
+        // SAFETY: non-NULL; the fixed part is always there.
+        let (argsz, index) = unsafe { ((*info).argsz as usize, (*info).index) };
+        if argsz < proto::REGION_INFO_SIZE {
+            return -libc::EINVAL;
+        }
+        let r = match d.io.region_info(index) {
+            Ok(r) => r,
+            Err(e) => return -e.errno(),
+        };
+        let bytes = proto::encode_region_info(&r, argsz);
+        let n = bytes.len().min(argsz);
+        // SAFETY: the caller's buffer holds argsz bytes, as the ioctl requires.
+        match unsafe { bytes_mut(info.cast(), argsz) } {
+            Ok(b) => b[..n].copy_from_slice(&bytes[..n]),
+            Err(e) => return -e.errno(),
+        }
+        if !fd.is_null() && r.is_mappable() {
+            if let Some(f) = &r.fd {
+                match nix::unistd::dup(f.as_ref()) {
+                    // SAFETY: non-NULL out pointer from the caller.
+                    Ok(new) => unsafe { *fd = new.into_raw_fd() },
+                    Err(e) => return -(e as c_int),
+                }
+            }
+        }
+        0
+    })
+}
+
+unsafe extern "C" fn op_get_irq_info(dev: *mut vfio_io_device, irq: *mut vfio_irq_info) -> c_int {
+    guard(|| {
+        // SAFETY: as in op_device_feature.
+        let d = match unsafe { device(dev) } {
+            Ok(d) => d,
+            Err(e) => return -e.errno(),
+        };
+        // SAFETY: NULL is checked by as_mut; otherwise the caller's struct.
+        let Some(irq) = (unsafe { irq.as_mut() }) else {
+            return -libc::EINVAL;
+        };
+        if (irq.argsz as usize) < std::mem::size_of::<vfio_irq_info>() {
+            return -libc::EINVAL;
+        }
+        match d.io.irq_info(irq.index) {
+            Ok(i) => {
+                irq.flags = i.flags;
+                irq.count = i.count;
+                0
+            }
+            Err(e) => -e.errno(),
+        }
+    })
+}
+
+unsafe extern "C" fn op_set_irqs(dev: *mut vfio_io_device, irqs: *mut vfio_irq_set) -> c_int {
+    use vfio_bindings::bindings::vfio::*;
+    guard(|| {
+        // SAFETY: as in op_device_feature.
+        let d = match unsafe { device(dev) } {
+            Ok(d) => d,
+            Err(e) => return -e.errno(),
+        };
+        // SAFETY: NULL is checked by as_ref; otherwise the caller's struct.
+        let Some(s) = (unsafe { irqs.as_ref() }) else {
+            return -libc::EINVAL;
+        };
+        let fixed = std::mem::size_of::<vfio_irq_set>();
+        let action = match s.flags & VFIO_IRQ_SET_ACTION_TYPE_MASK {
+            VFIO_IRQ_SET_ACTION_MASK => IrqAction::Mask,
+            VFIO_IRQ_SET_ACTION_UNMASK => IrqAction::Unmask,
+            VFIO_IRQ_SET_ACTION_TRIGGER => IrqAction::Trigger,
+            _ => return -libc::EINVAL,
+        };
+        let count = s.count as usize;
+        let data_len = match s.flags & VFIO_IRQ_SET_DATA_TYPE_MASK {
+            VFIO_IRQ_SET_DATA_NONE => 0,
+            VFIO_IRQ_SET_DATA_BOOL => count,
+            VFIO_IRQ_SET_DATA_EVENTFD => count * 4,
+            _ => return -libc::EINVAL,
+        };
+        if count > 65536 || (s.argsz as usize) < fixed + data_len {
+            return -libc::EINVAL;
+        }
+        // SAFETY: argsz (checked above) covers the data that follows the struct.
+        let data = unsafe { (irqs as *const u8).add(fixed) };
+        let fds: Vec<c_int>;
+        let payload = match s.flags & VFIO_IRQ_SET_DATA_TYPE_MASK {
+            VFIO_IRQ_SET_DATA_NONE => IrqData::None,
+            // SAFETY: `count` bytes follow the struct, inside argsz.
+            VFIO_IRQ_SET_DATA_BOOL => {
+                IrqData::Bool(unsafe { std::slice::from_raw_parts(data, count) })
+            }
+            _ => {
+                fds = (0..count)
+                    // SAFETY: `count` ints follow the struct, inside argsz; read unaligned.
+                    .map(|i| unsafe { std::ptr::read_unaligned(data.add(i * 4).cast::<c_int>()) })
+                    .collect();
+                if fds.iter().any(|&f| {
+                    f >= 0
+                        && nix::fcntl::fcntl(unsafe_borrow(f), nix::fcntl::FcntlArg::F_GETFD)
+                            .is_err()
+                }) {
+                    return -libc::EBADF;
+                }
+                IrqData::Eventfds(&fds)
+            }
+        };
+        let set = IrqSet {
+            index: s.index,
+            start: s.start,
+            count: s.count,
+            action,
+            data: payload,
+        };
+        ret(d.io.set_irqs(&set).map(|_| 0))
+    })
+}
+
+unsafe extern "C" fn op_region_read(
+    dev: *mut vfio_io_device,
+    nr: u8,
+    off: libc::off_t,
+    size: u32,
+    data: *mut c_void,
+) -> c_int {
+    guard(|| {
+        // SAFETY: as in op_device_feature.
+        let d = match unsafe { device(dev) } {
+            Ok(d) => d,
+            Err(e) => return -e.errno(),
+        };
+        if off < 0 || size > i32::MAX as u32 {
+            return -libc::EINVAL;
+        }
+        // SAFETY: the caller's buffer holds `size` bytes.
+        let buf = match unsafe { bytes_mut(data, size as usize) } {
+            Ok(b) => b,
+            Err(e) => return -e.errno(),
+        };
+        ret(d
+            .io
+            .region_read(nr as u32, off as u64, buf)
+            .map(|_| size as c_int))
+    })
+}
+
+unsafe extern "C" fn op_region_write(
+    dev: *mut vfio_io_device,
+    nr: u8,
+    off: libc::off_t,
+    size: u32,
+    data: *mut c_void,
+    post: bool,
+) -> c_int {
+    guard(|| {
+        // SAFETY: as in op_device_feature.
+        let d = match unsafe { device(dev) } {
+            Ok(d) => d,
+            Err(e) => return -e.errno(),
+        };
+        if off < 0 || size > i32::MAX as u32 {
+            return -libc::EINVAL;
+        }
+        // SAFETY: the caller's buffer holds `size` bytes.
+        let buf = match unsafe { bytes_mut(data, size as usize) } {
+            Ok(b) => b,
+            Err(e) => return -e.errno(),
+        };
+        ret(d
+            .io
+            .region_write(nr as u32, off as u64, buf, post)
+            .map(|_| size as c_int))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capability_names_match_the_rust_names() {
+        for (name, bit) in Capabilities::named_bits() {
+            let p = vfio_io_capability_name(bit.bits());
+            assert!(!p.is_null(), "{name}");
+            // SAFETY: a static NUL-terminated string.
+            assert_eq!(unsafe { CStr::from_ptr(p) }.to_str().unwrap(), name);
+        }
+        assert!(vfio_io_capability_name(0).is_null());
+        assert!(vfio_io_capability_name(3).is_null());
+        assert!(vfio_io_capability_name(1 << 40).is_null());
+    }
+
+    #[test]
+    fn null_arguments_are_einval_not_crashes() {
+        let mut out: *mut vfio_io_device = std::ptr::null_mut();
+        // SAFETY: NULL arguments are part of the documented contract.
+        unsafe {
+            assert_eq!(
+                vfio_io_user_connect(std::ptr::null(), &mut out),
+                -libc::EINVAL
+            );
+            assert_eq!(
+                vfio_io_user_connect(c"/nonexistent".as_ptr(), std::ptr::null_mut()),
+                -libc::EINVAL
+            );
+            assert_eq!(
+                vfio_io_user_connect(c"/nonexistent/sock".as_ptr(), &mut out),
+                -libc::ENOENT
+            );
+            assert!(vfio_io_device_ops(std::ptr::null()).is_null());
+            assert_eq!(vfio_io_device_capabilities(std::ptr::null()), 0);
+            assert_eq!(vfio_io_dma_unmap(std::ptr::null_mut(), 0, 0), -libc::EINVAL);
+            assert_eq!(vfio_io_device_reset(std::ptr::null_mut()), -libc::EINVAL);
+            let mut fd = 5;
+            assert_eq!(
+                vfio_io_region_create_dma_buf(std::ptr::null_mut(), 0, &mut fd),
+                -libc::EINVAL
+            );
+            assert_eq!(fd, -1);
+            vfio_io_device_close(std::ptr::null_mut());
+        }
+    }
+
+    #[test]
+    fn ops_table_starts_with_capabilities() {
+        assert_eq!(std::mem::offset_of!(vfio_io_ops, capabilities), 0);
+    }
+}
