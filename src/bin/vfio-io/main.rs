@@ -11,9 +11,13 @@ use vfio_io::edu::Edu;
 use vfio_io::user::client::{Client, ClientConfig};
 use vfio_io::user::server::{Server, ServerConfig};
 
+mod info;
+
 const USAGE: &str = "\
 usage: vfio-io serve edu SOCKET [--trace]   serve QEMU's edu device over vfio-user on SOCKET
        vfio-io demo                         serve edu on a temporary socket and drive it through the library
+       vfio-io info TARGET [--json]         show a device: TARGET is a vfio-user socket, a PCI address
+                                            (0000:00:01.0) or /dev/vfio/devices/vfioN
        vfio-io --help";
 
 /// Prints log records to stderr (the library itself prints nothing).
@@ -142,6 +146,8 @@ fn main() -> ExitCode {
             serve(Path::new(sock), true)
         }
         ["demo"] => demo(),
+        ["info", target] => info::run(target, false),
+        ["info", target, "--json"] | ["info", "--json", target] => info::run(target, true),
         ["--help"] | ["-h"] | ["help"] => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
