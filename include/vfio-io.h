@@ -128,6 +128,18 @@ extern "C" {
 // `socket_path` must be NULL or a NUL-terminated string; `out` NULL or writable.
 int vfio_io_user_connect(const char *socket_path, struct vfio_io_device **out);
 
+// Opens a device through kernel VFIO and stores a new handle in `*out`.
+// `path` is a PCI address such as `"0000:00:01.0"` (legacy container and
+// IOMMU group; devices of one group share them) or `"/dev/vfio/devices/vfioN"`
+// (iommufd and the device cdev). The device's capabilities are probed once
+// here; nothing is logged for a feature it lacks. Returns 0 or -errno
+// (`-ENODEV` for an unknown device, `-EPERM`/`-EACCES` without access,
+// `-EINVAL` for NULL arguments).
+//
+// # Safety
+// `path` must be NULL or a NUL-terminated string; `out` NULL or writable.
+int vfio_io_kernel_open(const char *path, struct vfio_io_device **out);
+
 // Closes a device and frees its handle (NULL is ignored). Must not race with
 // other calls on the same handle. fds the caller received stay open.
 //

@@ -187,6 +187,37 @@ pub unsafe extern "C" fn vfio_io_user_connect(
     })
 }
 
+/// Opens a device through kernel VFIO and stores a new handle in `*out`.
+/// `path` is a PCI address such as `"0000:00:01.0"` (legacy container and
+/// IOMMU group; devices of one group share them) or `"/dev/vfio/devices/vfioN"`
+/// (iommufd and the device cdev). The device's capabilities are probed once
+/// here; nothing is logged for a feature it lacks. Returns 0 or -errno
+/// (`-ENODEV` for an unknown device, `-EPERM`/`-EACCES` without access,
+/// `-EINVAL` for NULL arguments).
+///
+/// # Safety
+/// `path` must be NULL or a NUL-terminated string; `out` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn vfio_io_kernel_open(
+    path: *const c_char,
+    out: *mut *mut vfio_io_device,
+) -> c_int {
+    guard(|| {
+        if out.is_null() {
+            return -libc::EINVAL;
+        }
+        // SAFETY: the caller passes NULL or a C string.
+        match unsafe { path_arg(path) }.and_then(crate::kernel::open) {
+            Ok(d) => {
+                // SAFETY: `out` is non-NULL and writable per the contract.
+                unsafe { *out = new_handle(Box::new(d)) };
+                0
+            }
+            Err(e) => -e.errno(),
+        }
+    })
+}
+
 /// Closes a device and frees its handle (NULL is ignored). Must not race with
 /// other calls on the same handle. fds the caller received stay open.
 ///
@@ -671,6 +702,14 @@ mod tests {
                 -libc::ENOENT
             );
             assert!(vfio_io_device_ops(std::ptr::null()).is_null());
+            assert_eq!(
+                vfio_io_kernel_open(std::ptr::null(), &mut out),
+                -libc::EINVAL
+            );
+            assert_eq!(
+                vfio_io_kernel_open(c"0000:99:99.9".as_ptr(), &mut out),
+                -libc::ENODEV
+            );
             assert_eq!(vfio_io_device_capabilities(std::ptr::null()), 0);
             assert_eq!(vfio_io_dma_unmap(std::ptr::null_mut(), 0, 0), -libc::EINVAL);
             assert_eq!(vfio_io_device_reset(std::ptr::null_mut()), -libc::EINVAL);

@@ -38,9 +38,9 @@ fn open_kernel(target: &str) -> Result<Box<dyn DeviceIo>, String> {
     if !Path::new(target).exists() && !target.contains(':') {
         return Err(format!("{target}: no such socket or device (expected a vfio-user socket, a PCI address or /dev/vfio/devices/vfioN)"));
     }
-    Err(format!(
-        "{target}: the kernel backend is not available in this build"
-    ))
+    vfio_io::kernel::open(target)
+        .map(|d| Box::new(d) as Box<dyn DeviceIo>)
+        .map_err(|e| format!("{target}: {e}"))
 }
 
 fn flag_names(flags: u32, names: &[(u32, &'static str)]) -> Vec<&'static str> {
