@@ -92,7 +92,7 @@ fn parse_cap(id: u16, version: u16, cap: &[u8]) -> Result<RegionCap> {
             let nr = u32_at(cap, h).ok_or(bad("sparse mmap capability truncated"))? as usize;
             let areas_at = h + 8;
             let need = nr.checked_mul(16).and_then(|n| n.checked_add(areas_at));
-            if need.map_or(true, |n| n > cap.len()) {
+            if need.is_none_or(|n| n > cap.len()) {
                 return Err(bad("sparse mmap capability has more areas than bytes"));
             }
             let areas = (0..nr)
