@@ -584,6 +584,55 @@ impl Client {
         }
     }
 
+    /// DEVICE_GET_REGION_IO_FDS: the ioeventfd/ioregionfd sub-regions the
+    /// server offers for region `index`, with the fds they refer to.
+    pub fn region_io_fds(&self, index: u32) -> Result<(Vec<proto::IoFdSubRegion>, Vec<OwnedFd>)> {
+        self.region(index, 0, 0)?;
+        let mut req = [0u8; 16];
+        req[0..4].copy_from_slice(&4096u32.to_ne_bytes());
+        req[8..12].copy_from_slice(&index.to_ne_bytes());
+        self.inner
+            .request(cmd::DEVICE_GET_REGION_IO_FDS, &[&req], &[], |r| {
+                let (got, subs) = proto::decode_io_fds(r.payload)?;
+                if got != index || subs.iter().any(|s| s.fd_index as usize >= r.fds.len()) {
+                    return Err(Error::Protocol(
+                        "REGION_IO_FDS reply names another region or a missing fd".into(),
+                    ));
+                }
+                Ok((subs, std::mem::take(r.fds)))
+            })
+    }
+
+    /// REGION_WRITE_MULTI: several writes of at most 8 bytes in one message,
+    /// when the server negotiated `write_multiple`. Returns the count done.
+    pub fn region_write_multi(&self, writes: &[proto::MultiWrite]) -> Result<u64> {
+        if !self.server.write_multiple {
+            return Err(Error::Unsupported(
+                "the server did not negotiate write_multiple",
+            ));
+        }
+        if writes.len() > proto::MultiWrite::MAX_ENTRIES {
+            return Err(Error::InvalidArgument(
+                "too many writes in one REGION_WRITE_MULTI",
+            ));
+        }
+        for w in writes {
+            if w.count == 0 || w.count > 8 {
+                return Err(Error::InvalidArgument("REGION_WRITE_MULTI entry size"));
+            }
+            self.region(w.region, w.offset, w.count as usize)?;
+        }
+        let mut payload = Vec::with_capacity(8 + writes.len() * proto::MultiWrite::SIZE);
+        proto::encode_write_multi(writes, &mut payload);
+        self.inner
+            .request(cmd::REGION_WRITE_MULTI, &[&payload], &[], |r| {
+                expect_len("REGION_WRITE_MULTI", r.payload, 8)?;
+                Ok(u64::from_ne_bytes(
+                    r.payload[..8].try_into().unwrap_or([0; 8]),
+                ))
+            })
+    }
+
     /// The capabilities the server answered VERSION with.
     pub fn server_version_caps(&self) -> &VersionCaps {
         &self.server

@@ -1,0 +1,285 @@
+//! Region fds with sparse mmap areas, REGION_WRITE_MULTI, REGION_IO_FDS and
+//! INTx resampling through an unmask eventfd, over real sockets.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use vfio_io::caps::Capabilities;
+use vfio_io::device::*;
+use vfio_io::edu::Edu;
+use vfio_io::memory::Mapping;
+use vfio_io::user::client::{Client, ClientConfig};
+use vfio_io::user::proto::MultiWrite;
+use vfio_io::user::server::{DeviceContext, DeviceModel, Server, ServerConfig, ServerStopper};
+use vfio_io::Result;
+
+const SHARED_SIZE: u64 = 0x4000;
+
+/// A device whose BAR2 is shared memory (a memfd) the client may mmap in
+/// part (one sparse area), and whose BAR0 is 16 trapped bytes.
+struct SharedMemDevice {
+    fd: Arc<OwnedFd>,
+    map: Mapping,
+    regs: [u8; 16],
+}
+
+impl SharedMemDevice {
+    fn new() -> Self {
+        let fd =
+            nix::sys::memfd::memfd_create(c"bar2", nix::sys::memfd::MFdFlags::MFD_CLOEXEC).unwrap();
+        nix::unistd::ftruncate(&fd, SHARED_SIZE as i64).unwrap();
+        let map = Mapping::new(fd.as_fd(), 0, SHARED_SIZE as usize, true).unwrap();
+        SharedMemDevice {
+            fd: Arc::new(fd),
+            map,
+            regs: [0; 16],
+        }
+    }
+}
+
+impl DeviceModel for SharedMemDevice {
+    fn device_info(&self) -> DeviceInfo {
+        DeviceInfo {
+            flags: VFIO_DEVICE_FLAGS_PCI,
+            num_regions: pci_region::COUNT,
+            num_irqs: pci_irq::COUNT,
+        }
+    }
+
+    fn region_info(&self, index: u32) -> Option<RegionInfo> {
+        let rw = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
+        let mut r = RegionInfo {
+            index,
+            ..RegionInfo::default()
+        };
+        match index {
+            0 => {
+                r.flags = rw;
+                r.size = 16;
+            }
+            2 => {
+                r.flags = rw | VFIO_REGION_INFO_FLAG_MMAP;
+                r.size = SHARED_SIZE;
+                r.caps = vec![
+                    RegionCap::SparseMmap(vec![SparseArea {
+                        offset: 0x1000,
+                        size: 0x2000,
+                    }]),
+                    RegionCap::Type {
+                        region_type: 0x8000_0000,
+                        subtype: 7,
+                    },
+                ];
+                r.fd = Some(self.fd.clone());
+            }
+            i if i < pci_region::COUNT => {}
+            _ => return None,
+        }
+        Some(r)
+    }
+
+    fn irq_info(&self, index: u32) -> Option<IrqInfo> {
+        (index < pci_irq::COUNT).then_some(IrqInfo {
+            index,
+            flags: VFIO_IRQ_INFO_EVENTFD,
+            count: 0,
+        })
+    }
+
+    fn region_read(
+        &mut self,
+        _: &mut dyn DeviceContext,
+        index: u32,
+        offset: u64,
+        data: &mut [u8],
+    ) -> Result<()> {
+        match index {
+            0 => data.copy_from_slice(&self.regs[offset as usize..offset as usize + data.len()]),
+            _ => self.map.read(offset as usize, data)?,
+        }
+        Ok(())
+    }
+
+    fn region_write(
+        &mut self,
+        _: &mut dyn DeviceContext,
+        index: u32,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<()> {
+        match index {
+            0 => self.regs[offset as usize..offset as usize + data.len()].copy_from_slice(data),
+            _ => self.map.write(offset as usize, data)?,
+        }
+        Ok(())
+    }
+
+    fn reset(&mut self, _: &mut dyn DeviceContext) -> Result<()> {
+        self.regs = [0; 16];
+        Ok(())
+    }
+}
+
+struct Served {
+    path: std::path::PathBuf,
+    stopper: ServerStopper,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.stopper.stop();
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn serve<M: DeviceModel + 'static>(name: &str, model: M) -> Served {
+    let path = std::env::temp_dir().join(format!("vfio-io-{name}-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let mut server = Server::bind(&path, model, ServerConfig::default()).unwrap();
+    let stopper = server.stopper();
+    let thread = Some(std::thread::spawn(move || server.serve().unwrap()));
+    Served {
+        path,
+        stopper,
+        thread,
+    }
+}
+
+#[test]
+fn region_fd_and_sparse_area_reach_the_same_memory_as_messages() {
+    let s = serve("sparse", SharedMemDevice::new());
+    let c = Client::connect(&s.path, ClientConfig::default()).unwrap();
+    let caps = c.capabilities();
+    assert!(
+        caps.contains(Capabilities::REGION_MMAP | Capabilities::REGION_FDS),
+        "{caps:?}"
+    );
+    assert!(
+        !caps.contains(Capabilities::RESET),
+        "this device has no reset flag"
+    );
+    let info = c.region_info(2).unwrap();
+    assert!(info.is_mappable());
+    assert_eq!(
+        info.mmap_areas(),
+        vec![SparseArea {
+            offset: 0x1000,
+            size: 0x2000
+        }]
+    );
+    assert!(info.caps.contains(&RegionCap::Type {
+        region_type: 0x8000_0000,
+        subtype: 7
+    }));
+    let fd = info.fd.clone().unwrap();
+    let area = Mapping::new(fd.as_fd(), info.offset + 0x1000, 0x2000, true).unwrap();
+    area.write(0x10, b"through the mapping").unwrap();
+    let mut back = [0u8; 19];
+    c.region_read(2, 0x1010, &mut back).unwrap();
+    assert_eq!(&back, b"through the mapping");
+    c.region_write(2, 0x1100, b"by message", false).unwrap();
+    let mut seen = [0u8; 10];
+    area.read(0x100, &mut seen).unwrap();
+    assert_eq!(&seen, b"by message");
+    assert!(
+        c.region_info(0).unwrap().fd.is_none(),
+        "a trapped region carries no fd"
+    );
+}
+
+#[test]
+fn write_multi_applies_every_write_in_order() {
+    let s = serve("multi", SharedMemDevice::new());
+    let c = Client::connect(&s.path, ClientConfig::default()).unwrap();
+    assert!(c.capabilities().contains(Capabilities::WRITE_MULTI));
+    let w = |offset: u64, v: u32| {
+        let mut data = [0u8; 8];
+        data[..4].copy_from_slice(&v.to_ne_bytes());
+        MultiWrite {
+            offset,
+            region: 0,
+            count: 4,
+            data,
+        }
+    };
+    assert_eq!(
+        c.region_write_multi(&[w(0, 1), w(4, 2), w(0, 3)]).unwrap(),
+        3
+    );
+    let mut b = [0u8; 8];
+    c.region_read(0, 0, &mut b).unwrap();
+    assert_eq!(b, [3, 0, 0, 0, 2, 0, 0, 0]);
+    assert_eq!(
+        c.region_write_multi(&[w(14, 9)]).unwrap_err().errno(),
+        libc::EINVAL,
+        "past the end"
+    );
+}
+
+#[test]
+fn region_io_fds_reports_no_sub_regions_for_a_plain_device() {
+    let s = serve("iofds", SharedMemDevice::new());
+    let c = Client::connect(&s.path, ClientConfig::default()).unwrap();
+    let (subs, fds) = c.region_io_fds(0).unwrap();
+    assert!(subs.is_empty() && fds.is_empty());
+    assert_eq!(c.region_io_fds(42).unwrap_err().errno(), libc::EINVAL);
+}
+
+fn fired(e: &EventFd, ms: u16) -> bool {
+    let mut p = [PollFd::new(e.as_fd(), PollFlags::POLLIN)];
+    let n = poll(&mut p, PollTimeout::from(ms)).unwrap();
+    if n == 1 {
+        e.read().unwrap();
+    }
+    n == 1
+}
+
+#[test]
+fn intx_resamples_through_the_unmask_eventfd_while_the_line_stays_high() {
+    let s = serve("intx", Edu::new());
+    let c = Client::connect(&s.path, ClientConfig::default()).unwrap();
+    let trigger = EventFd::from_flags(EfdFlags::EFD_CLOEXEC).unwrap();
+    let resample = EventFd::from_flags(EfdFlags::EFD_CLOEXEC).unwrap();
+    let fds = [trigger.as_fd().as_raw_fd()];
+    c.set_irqs(&IrqSet {
+        index: pci_irq::INTX,
+        start: 0,
+        count: 1,
+        action: IrqAction::Trigger,
+        data: IrqData::Eventfds(&fds),
+    })
+    .unwrap();
+    let fds = [resample.as_fd().as_raw_fd()];
+    c.set_irqs(&IrqSet {
+        index: pci_irq::INTX,
+        start: 0,
+        count: 1,
+        action: IrqAction::Unmask,
+        data: IrqData::Eventfds(&fds),
+    })
+    .unwrap();
+    let w = |off: u64, v: u32| c.region_write(0, off, &v.to_ne_bytes(), false).unwrap();
+    w(0x60, 1);
+    assert!(fired(&trigger, 2000), "INTx did not fire");
+    w(0x60, 2);
+    assert!(
+        !fired(&trigger, 100),
+        "an automasked line fired again before the unmask"
+    );
+    resample.write(1).unwrap();
+    assert!(
+        fired(&trigger, 2000),
+        "a line still high must fire again on resample"
+    );
+    w(0x64, 3);
+    resample.write(1).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(!fired(&trigger, 100), "an acknowledged line fired");
+}
