@@ -1,0 +1,512 @@
+//! Round-trip latency of vfio-io's vfio-user client and server, side by side
+//! with the floor: a raw AF_UNIX ping-pong of messages the size of a
+//! REGION_READ (16+16 bytes request, 16+16+4 bytes reply), one read() each.
+//!
+//! Run with `cargo bench --bench roundtrip`. Servers run in child processes
+//! (this binary re-executed with `VFIO_IO_BENCH_ROLE` set), because that is
+//! how vfio-user is deployed: client and device model in different processes,
+//! each woken by the kernel. Re-executing rather than forking keeps the child
+//! free of the parent's threads and allocator state.
+//!
+//! "same core" pins the client thread and the server process to CPU 0;
+//! "cross core" pins the server to CPU 1, so every message is a cross-CPU wake-up.
+
+use std::ffi::CString;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sched::{sched_setaffinity, CpuSet};
+use nix::unistd::Pid;
+use vfio_io::device::DeviceIo;
+use vfio_io::edu::{regs, Edu, DMA_BUF_ADDR, DMA_BUF_SIZE};
+use vfio_io::ffi::{
+    vfio_io_device, vfio_io_device_close, vfio_io_device_ops, vfio_io_user_connect,
+};
+use vfio_io::memory::DmaBuffer;
+use vfio_io::user::client::{Client, ClientConfig};
+use vfio_io::user::server::{Server, ServerConfig};
+
+const ROLE: &str = "VFIO_IO_BENCH_ROLE";
+const SOCK: &str = "VFIO_IO_BENCH_SOCK";
+const CPU: &str = "VFIO_IO_BENCH_CPU";
+
+/// Iterations per same-core row (~10 µs each) and per cross-core row (~40 µs each).
+const N_SAME: usize = 50_000;
+const N_CROSS: usize = 20_000;
+const WARMUP: usize = 2_000;
+/// Posted writes sent between two reads (the read flushes them through the server).
+const POSTED_BATCH: usize = 256;
+/// How long each scaling row runs.
+const SCALE_TIME: Duration = Duration::from_millis(800);
+const DMA_IOVA: u64 = 0x20_0000;
+
+/// CPUs online, read before anything pins this process.
+static NCPU: AtomicUsize = AtomicUsize::new(1);
+
+fn pin(cpu: Option<usize>) {
+    let mut set = CpuSet::new();
+    match cpu {
+        Some(c) => set.set(c).expect("CPU index"),
+        None => {
+            for c in 0..NCPU.load(Ordering::Relaxed) {
+                set.set(c).expect("CPU index");
+            }
+        }
+    }
+    // Pid 0 is the calling thread: threads spawned later inherit its mask.
+    sched_setaffinity(Pid::from_raw(0), &set).expect("sched_setaffinity");
+}
+
+// ---------------------------------------------------------------- children
+
+fn child_main(role: &str) {
+    let path = PathBuf::from(std::env::var(SOCK).expect("socket path"));
+    pin(std::env::var(CPU).ok().and_then(|s| s.parse().ok()));
+    match role {
+        "floor" => {
+            let l = UnixListener::bind(&path).expect("bind");
+            ready();
+            for s in l.incoming() {
+                floor_serve(s.expect("accept"));
+            }
+        }
+        "edu" => {
+            let mut server =
+                Server::bind(&path, Edu::new(), ServerConfig::default()).expect("bind");
+            ready();
+            server.serve().expect("serve");
+        }
+        _ => panic!("unknown {ROLE} {role}"),
+    }
+}
+
+fn ready() {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ready")
+        .and_then(|_| out.flush())
+        .expect("stdout");
+}
+
+/// The floor's server: one read() per 32-byte request, one write() of a
+/// 36-byte reply, nothing else.
+fn floor_serve(mut s: UnixStream) {
+    let mut req = [0u8; 64];
+    let reply = [0x5au8; 36];
+    loop {
+        match s.read(&mut req) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => debug_assert_eq!(n, 32),
+        }
+        if s.write_all(&reply).is_err() {
+            return;
+        }
+    }
+}
+
+/// A server child process, killed (by its own pid) on drop.
+struct Served {
+    child: Child,
+    path: PathBuf,
+    dir: PathBuf,
+}
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+fn spawn_server(role: &str, cpu: Option<usize>) -> Served {
+    let dir = std::env::temp_dir().join(format!(
+        "vfio-io-bench-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("s.sock");
+    let mut child = Command::new(std::env::current_exe().expect("current_exe"))
+        .env(ROLE, role)
+        .env(SOCK, &path)
+        .env(CPU, cpu.map(|c| c.to_string()).unwrap_or_default())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn server");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("server ready line");
+    assert_eq!(line.trim(), "ready", "server child failed to start");
+    Served { child, path, dir }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+// ---------------------------------------------------------------- timing
+
+#[derive(Clone, Copy)]
+struct Stats {
+    p50: f64,
+    p99: f64,
+    ops: f64,
+}
+
+/// Per-op samples from `Instant` (its ~20-30 ns cost is inside every sample).
+fn stats(mut ns: Vec<u64>, ops: usize, total: Duration) -> Stats {
+    ns.sort_unstable();
+    let at = |q: f64| ns[((ns.len() as f64 * q) as usize).min(ns.len() - 1)] as f64 / 1000.0;
+    Stats {
+        p50: at(0.50),
+        p99: at(0.99),
+        ops: ops as f64 / total.as_secs_f64(),
+    }
+}
+
+fn measure(n: usize, mut op: impl FnMut()) -> Stats {
+    for _ in 0..WARMUP {
+        op();
+    }
+    let mut ns = Vec::with_capacity(n);
+    let t0 = Instant::now();
+    for _ in 0..n {
+        let t = Instant::now();
+        op();
+        ns.push(t.elapsed().as_nanos() as u64);
+    }
+    stats(ns, n, t0.elapsed())
+}
+
+struct Row {
+    name: String,
+    s: Stats,
+    /// p50 of the floor this row is compared with.
+    floor: Option<f64>,
+    note: String,
+}
+
+struct Table(Vec<Row>);
+
+impl Table {
+    fn add(&mut self, name: impl Into<String>, s: Stats, floor: Option<f64>, note: String) {
+        let r = Row {
+            name: name.into(),
+            s,
+            floor,
+            note,
+        };
+        // Print as we go: a long run shows progress, and a crash keeps the rows.
+        eprintln!("  {}", fmt_row(&r));
+        self.0.push(r);
+    }
+
+    fn print(&self) {
+        println!("| case | p50 µs | p99 µs | ops/s | p50 / floor | note |");
+        println!("|---|---:|---:|---:|---:|---|");
+        for r in &self.0 {
+            println!("{}", fmt_row(r));
+        }
+    }
+}
+
+fn fmt_row(r: &Row) -> String {
+    let ratio = r
+        .floor
+        .map(|f| format!("{:.2}x", r.s.p50 / f))
+        .unwrap_or_else(|| "-".into());
+    format!(
+        "| {} | {:.2} | {:.2} | {:.0} | {} | {} |",
+        r.name, r.s.p50, r.s.p99, r.s.ops, ratio, r.note
+    )
+}
+
+// ---------------------------------------------------------------- cases
+
+fn floor(t: &mut Table, label: &str, server_cpu: usize, n: usize) -> f64 {
+    let srv = spawn_server("floor", Some(server_cpu));
+    let mut s = UnixStream::connect(&srv.path).expect("connect floor");
+    let req = [0xa5u8; 32];
+    let mut reply = [0u8; 64];
+    let st = measure(n, || {
+        s.write_all(&req).expect("floor write");
+        // One read() per message, as the floor is defined; a short read
+        // (never seen for 36 bytes) is completed so the stream stays in step.
+        let mut got = s.read(&mut reply).expect("floor read");
+        while got < 36 {
+            got += s.read(&mut reply[got..36]).expect("floor read");
+        }
+    });
+    t.add(
+        format!("floor: raw UNIX ping-pong 32/36 B, {label}"),
+        st,
+        Some(st.p50),
+        String::new(),
+    );
+    st.p50
+}
+
+fn client(path: &std::path::Path) -> Client {
+    Client::connect(path, ClientConfig::default()).expect("connect vfio-user")
+}
+
+fn vfio_user(t: &mut Table, label: &str, server_cpu: usize, n: usize, floor: f64) {
+    let srv = spawn_server("edu", Some(server_cpu));
+    let c = client(&srv.path);
+    let mut b4 = [0u8; 4];
+    let mut b8 = [0u8; 8];
+    let s = measure(n, || c.region_read(0, regs::ID, &mut b4).expect("read"));
+    assert_eq!(u32::from_ne_bytes(b4), vfio_io::edu::ID);
+    t.add(
+        format!("vfio-io region read 4 B (BAR0 0x0), {label}"),
+        s,
+        Some(floor),
+        String::new(),
+    );
+    let s = measure(n, || {
+        c.region_read(0, regs::DMA_SRC, &mut b8).expect("read")
+    });
+    t.add(
+        format!("vfio-io region read 8 B (BAR0 0x80), {label}"),
+        s,
+        Some(floor),
+        String::new(),
+    );
+    let mut v = 0u32;
+    let s = measure(n, || {
+        v = v.wrapping_add(1);
+        c.region_write(0, regs::LIVENESS, &v.to_ne_bytes(), false)
+            .expect("write")
+    });
+    t.add(
+        format!("vfio-io region write 4 B (BAR0 0x4), {label}"),
+        s,
+        Some(floor),
+        String::new(),
+    );
+
+    // Posted writes: each sample is one posted write; the read after every
+    // batch waits until the server has processed all of them, so ops/s is
+    // sustained throughput, not just the rate of filling the socket buffer.
+    let batches = n / POSTED_BATCH;
+    for _ in 0..WARMUP / POSTED_BATCH + 1 {
+        for _ in 0..POSTED_BATCH {
+            c.region_write(0, regs::LIVENESS, &1u32.to_ne_bytes(), true)
+                .expect("posted write");
+        }
+        c.region_read(0, regs::LIVENESS, &mut b4).expect("read");
+    }
+    let mut ns = Vec::with_capacity(batches * POSTED_BATCH);
+    let t0 = Instant::now();
+    let mut last = 0u32;
+    for b in 0..batches {
+        for i in 0..POSTED_BATCH {
+            last = (b * POSTED_BATCH + i) as u32;
+            let t = Instant::now();
+            c.region_write(0, regs::LIVENESS, &last.to_ne_bytes(), true)
+                .expect("posted write");
+            ns.push(t.elapsed().as_nanos() as u64);
+        }
+        c.region_read(0, regs::LIVENESS, &mut b4).expect("read");
+    }
+    let s = stats(ns, batches * POSTED_BATCH, t0.elapsed());
+    assert_eq!(
+        u32::from_ne_bytes(b4),
+        !last,
+        "posted writes lost or reordered"
+    );
+    t.add(
+        format!("vfio-io posted write 4 B (BAR0 0x4), {label}"),
+        s,
+        Some(floor),
+        format!("ops/s incl. one read per {POSTED_BATCH} writes"),
+    );
+}
+
+fn scaling(t: &mut Table, floor: f64) {
+    pin(None);
+    let srv = spawn_server("edu", None);
+    let c = client(&srv.path);
+    for threads in [1usize, 2, 4, 8] {
+        let stop = AtomicBool::new(false);
+        let results: Vec<(Vec<u64>, usize)> = std::thread::scope(|sc| {
+            let hs: Vec<_> = (0..threads)
+                .map(|_| {
+                    let (c, stop) = (&c, &stop);
+                    sc.spawn(move || {
+                        let mut b = [0u8; 4];
+                        let mut ns = Vec::with_capacity(1 << 18);
+                        while !stop.load(Ordering::Relaxed) {
+                            let t = Instant::now();
+                            c.region_read(0, regs::ID, &mut b).expect("read");
+                            if ns.len() < ns.capacity() {
+                                ns.push(t.elapsed().as_nanos() as u64);
+                            }
+                        }
+                        let n = ns.len();
+                        (ns, n)
+                    })
+                })
+                .collect();
+            std::thread::sleep(SCALE_TIME);
+            stop.store(true, Ordering::Relaxed);
+            hs.into_iter().map(|h| h.join().expect("thread")).collect()
+        });
+        let total: usize = results.iter().map(|r| r.1).sum();
+        let all: Vec<u64> = results.into_iter().flat_map(|r| r.0).collect();
+        let s = stats(all, total, SCALE_TIME);
+        t.add(
+            format!("scaling: {threads} thread(s), 4 B reads, one Client, unpinned"),
+            s,
+            Some(floor),
+            "ops/s is the total of all threads".into(),
+        );
+    }
+    pin(Some(0));
+}
+
+fn dma(t: &mut Table, n: usize, floor: f64) {
+    let srv = spawn_server("edu", Some(0));
+    let c = client(&srv.path);
+    let buf = DmaBuffer::new(DMA_BUF_SIZE).expect("DMA buffer");
+    let w = |off: u64, v: u64| {
+        c.region_write(0, off, &v.to_ne_bytes(), false)
+            .expect("write")
+    };
+    // A plain 8-byte register write: what every DMA row pays besides the DMA.
+    let s = measure(n, || w(regs::DMA_COUNT, DMA_BUF_SIZE as u64));
+    t.add(
+        "edu 8 B register write, no DMA (baseline), same core",
+        s,
+        Some(floor),
+        String::new(),
+    );
+    for fd_mapped in [true, false] {
+        let mut map = buf.dma_map(DMA_IOVA);
+        if !fd_mapped {
+            map.fd = -1;
+        }
+        // SAFETY: `buf` outlives the mapping, which is removed below.
+        unsafe { c.dma_map(&map).expect("dma_map") };
+        let how = if fd_mapped {
+            "fd-mapped"
+        } else {
+            "fd=-1, DMA_READ/DMA_WRITE msgs"
+        };
+        for (dir, src, dst, cmd) in [
+            ("RAM->edu", DMA_IOVA, DMA_BUF_ADDR, 1u64),
+            ("edu->RAM", DMA_BUF_ADDR, DMA_IOVA, 3u64),
+        ] {
+            w(regs::DMA_SRC, src);
+            w(regs::DMA_DST, dst);
+            w(regs::DMA_COUNT, DMA_BUF_SIZE as u64);
+            // Each op starts one 4 KiB transfer; edu completes it inside the write.
+            let s = measure(n / 4, || w(regs::DMA_CMD, cmd));
+            t.add(
+                format!("edu DMA 4 KiB {dir}, {how}, same core"),
+                s,
+                Some(floor),
+                format!("{:.0} MB/s", s.ops * DMA_BUF_SIZE as f64 / 1e6),
+            );
+        }
+        c.dma_unmap(DMA_IOVA, buf.len() as u64).expect("dma_unmap");
+    }
+    // The ceiling: copying the 4 KiB in this process, timed in batches of
+    // 1000 so Instant's own cost does not swamp it.
+    let src = vec![1u8; DMA_BUF_SIZE];
+    let mut dst = vec![0u8; DMA_BUF_SIZE];
+    let mut ns = Vec::with_capacity(2000);
+    let t0 = Instant::now();
+    for _ in 0..2000 {
+        let t = Instant::now();
+        for _ in 0..1000 {
+            dst.copy_from_slice(std::hint::black_box(&src));
+            std::hint::black_box(&mut dst);
+        }
+        ns.push(t.elapsed().as_nanos() as u64 / 1000);
+    }
+    let s = stats(ns, 2_000_000, t0.elapsed());
+    t.add(
+        "memcpy 4 KiB in process (ceiling)",
+        s,
+        None,
+        format!("{:.0} MB/s", s.ops * DMA_BUF_SIZE as f64 / 1e6),
+    );
+}
+
+fn c_abi(t: &mut Table, n: usize, floor: f64) {
+    let srv = spawn_server("edu", Some(0));
+    let path = CString::new(srv.path.to_str().expect("UTF-8 path")).expect("path");
+    let mut dev: *mut vfio_io_device = std::ptr::null_mut();
+    // SAFETY: a NUL-terminated path and a writable out pointer.
+    let rc = unsafe { vfio_io_user_connect(path.as_ptr(), &mut dev) };
+    assert_eq!(rc, 0, "vfio_io_user_connect");
+    // SAFETY: `dev` is a live handle; the ops table lives as long as it.
+    let ops = unsafe { &*vfio_io_device_ops(dev) };
+    let read = ops.region_read.expect("region_read op");
+    let mut b = [0u8; 4];
+    let s = measure(n, || {
+        // SAFETY: live handle, and a 4-byte buffer for a 4-byte read.
+        let r = unsafe { read(dev, 0, 0, 4, b.as_mut_ptr().cast()) };
+        assert_eq!(r, 4);
+    });
+    assert_eq!(u32::from_ne_bytes(b), vfio_io::edu::ID);
+    t.add(
+        "C ABI ops->region_read 4 B, same core",
+        s,
+        Some(floor),
+        String::new(),
+    );
+    // SAFETY: closed once; the server then takes the next client.
+    unsafe { vfio_io_device_close(dev) };
+    let c = client(&srv.path);
+    let s = measure(n, || c.region_read(0, regs::ID, &mut b).expect("read"));
+    t.add(
+        "Rust Client::region_read 4 B, same core",
+        s,
+        Some(floor),
+        "same server, after the C handle closed".into(),
+    );
+}
+
+fn main() {
+    if let Ok(role) = std::env::var(ROLE) {
+        child_main(&role);
+        return;
+    }
+    let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
+    NCPU.store(ncpu, Ordering::Relaxed);
+    let started = Instant::now();
+    let mut t = Table(Vec::new());
+    pin(Some(0));
+
+    eprintln!("(a) floor");
+    let same = floor(&mut t, "same core", 0, N_SAME);
+    let cross = (ncpu > 1).then(|| floor(&mut t, "cross core", 1, N_CROSS));
+    eprintln!("(b) vfio-io client + server");
+    vfio_user(&mut t, "same core", 0, N_SAME, same);
+    if let Some(cross) = cross {
+        vfio_user(&mut t, "cross core", 1, N_CROSS, cross);
+    }
+    eprintln!("(c) scaling");
+    scaling(&mut t, same);
+    eprintln!("(d) DMA");
+    dma(&mut t, N_SAME / 5, same);
+    eprintln!("(e) C ABI");
+    c_abi(&mut t, N_SAME, same);
+
+    println!();
+    println!(
+        "{ncpu} CPUs; same-core rows compare with the same-core floor, cross-core rows with the cross-core floor."
+    );
+    t.print();
+    println!(
+        "\ntotal bench time {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
