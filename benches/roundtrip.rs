@@ -12,7 +12,8 @@
 //! "cross core" pins the server to CPU 1, so every message is a cross-CPU wake-up.
 
 use std::ffi::CString;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, IoSlice, IoSliceMut, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -20,6 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sched::{sched_setaffinity, CpuSet};
+use nix::sys::socket::{recvmsg, sendmsg, MsgFlags};
 use nix::unistd::Pid;
 use vfio_io::device::DeviceIo;
 use vfio_io::edu::{regs, Edu, DMA_BUF_ADDR, DMA_BUF_SIZE};
@@ -67,11 +69,16 @@ fn child_main(role: &str) {
     let path = PathBuf::from(std::env::var(SOCK).expect("socket path"));
     pin(std::env::var(CPU).ok().and_then(|s| s.parse().ok()));
     match role {
-        "floor" => {
+        "floor" | "floor-msg" => {
             let l = UnixListener::bind(&path).expect("bind");
             ready();
             for s in l.incoming() {
-                floor_serve(s.expect("accept"));
+                let s = s.expect("accept");
+                if role == "floor" {
+                    floor_serve(s);
+                } else {
+                    floor_serve_msg(s);
+                }
             }
         }
         "edu" => {
@@ -105,6 +112,43 @@ fn floor_serve(mut s: UnixStream) {
             return;
         }
     }
+}
+
+/// The floor in the shape of vfio-io's I/O: sendmsg of header and payload as
+/// two iovecs, recvmsg with room for SCM_RIGHTS, still one call per message.
+/// The gap between this and [`floor_serve`] is the cost of the system calls
+/// vfio-io has to use (fds may ride on any message), not of vfio-io itself.
+fn floor_serve_msg(s: UnixStream) {
+    let mut req = [0u8; 64];
+    let (hdr, body) = ([0x5au8; 16], [0x5au8; 20]);
+    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 32]);
+    loop {
+        match recv_msg(&s, &mut req, &mut cmsg) {
+            0 => return,
+            n => debug_assert_eq!(n, 32),
+        }
+        if send_msg(&s, &hdr, &body).is_err() {
+            return;
+        }
+    }
+}
+
+fn recv_msg(s: &UnixStream, buf: &mut [u8], cmsg: &mut [u8]) -> usize {
+    let mut iov = [IoSliceMut::new(buf)];
+    match recvmsg::<()>(
+        s.as_raw_fd(),
+        &mut iov,
+        Some(cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    ) {
+        Ok(m) => m.bytes,
+        Err(_) => 0,
+    }
+}
+
+fn send_msg(s: &UnixStream, hdr: &[u8], body: &[u8]) -> nix::Result<usize> {
+    let iov = [IoSlice::new(hdr), IoSlice::new(body)];
+    sendmsg::<()>(s.as_raw_fd(), &iov, &[], MsgFlags::MSG_NOSIGNAL, None)
 }
 
 /// A server child process, killed (by its own pid) on drop.
@@ -228,67 +272,117 @@ fn fmt_row(r: &Row) -> String {
 
 // ---------------------------------------------------------------- cases
 
-fn floor(t: &mut Table, label: &str, server_cpu: usize, n: usize) -> f64 {
-    let srv = spawn_server("floor", Some(server_cpu));
-    let mut s = UnixStream::connect(&srv.path).expect("connect floor");
+/// Runs `ops` in turn, `BLOCK` calls at a time, until each has run `n` times,
+/// and returns their stats in order. Alternating in blocks means a burst of
+/// load from elsewhere on this shared machine hits every case alike, so the
+/// ratios between them hold even when absolute figures wander.
+fn interleaved(n: usize, ops: &mut [&mut dyn FnMut()]) -> Vec<Stats> {
+    const BLOCK: usize = 500;
+    for op in ops.iter_mut() {
+        for _ in 0..WARMUP {
+            op();
+        }
+    }
+    let mut ns: Vec<Vec<u64>> = ops.iter().map(|_| Vec::with_capacity(n)).collect();
+    let mut time = vec![Duration::ZERO; ops.len()];
+    let rounds = n.div_ceil(BLOCK);
+    for _ in 0..rounds {
+        for (i, op) in ops.iter_mut().enumerate() {
+            let t0 = Instant::now();
+            for _ in 0..BLOCK {
+                let t = Instant::now();
+                op();
+                ns[i].push(t.elapsed().as_nanos() as u64);
+            }
+            time[i] += t0.elapsed();
+        }
+    }
+    ns.into_iter()
+        .zip(time)
+        .map(|(ns, time)| stats(ns, rounds * BLOCK, time))
+        .collect()
+}
+
+/// A client of the floor's server: one write() of the 32-byte request, one
+/// read() of the 36-byte reply.
+fn floor_client(path: &std::path::Path) -> impl FnMut() {
+    let mut s = UnixStream::connect(path).expect("connect floor");
     let req = [0xa5u8; 32];
     let mut reply = [0u8; 64];
-    let st = measure(n, || {
+    move || {
         s.write_all(&req).expect("floor write");
-        // One read() per message, as the floor is defined; a short read
-        // (never seen for 36 bytes) is completed so the stream stays in step.
+        // A short read (never seen for 36 bytes) is completed so the stream
+        // stays in step; the common case is exactly one read().
         let mut got = s.read(&mut reply).expect("floor read");
         while got < 36 {
             got += s.read(&mut reply[got..36]).expect("floor read");
         }
-    });
-    t.add(
-        format!("floor: raw UNIX ping-pong 32/36 B, {label}"),
-        st,
-        Some(st.p50),
-        String::new(),
-    );
-    st.p50
+    }
+}
+
+/// A client of the sendmsg/recvmsg floor.
+fn floor_msg_client(path: &std::path::Path) -> impl FnMut() {
+    let s = UnixStream::connect(path).expect("connect floor");
+    let (hdr, body) = ([0xa5u8; 16], [0xa5u8; 16]);
+    let mut reply = [0u8; 64];
+    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 32]);
+    move || {
+        send_msg(&s, &hdr, &body).expect("floor sendmsg");
+        let got = recv_msg(&s, &mut reply, &mut cmsg);
+        assert_eq!(got, 36, "short recvmsg");
+    }
 }
 
 fn client(path: &std::path::Path) -> Client {
     Client::connect(path, ClientConfig::default()).expect("connect vfio-user")
 }
 
-fn vfio_user(t: &mut Table, label: &str, server_cpu: usize, n: usize, floor: f64) {
-    let srv = spawn_server("edu", Some(server_cpu));
+/// The floors and vfio-io's synchronous accesses, interleaved, with every
+/// server process pinned to `server_cpu` and this thread to CPU 0. Returns
+/// the raw floor's p50.
+fn vfio_user(t: &mut Table, label: &str, server_cpu: usize, n: usize) -> f64 {
+    let (f1, f2, srv) = (
+        spawn_server("floor", Some(server_cpu)),
+        spawn_server("floor-msg", Some(server_cpu)),
+        spawn_server("edu", Some(server_cpu)),
+    );
+    let mut floor = floor_client(&f1.path);
+    let mut floor_msg = floor_msg_client(&f2.path);
     let c = client(&srv.path);
-    let mut b4 = [0u8; 4];
-    let mut b8 = [0u8; 8];
-    let s = measure(n, || c.region_read(0, regs::ID, &mut b4).expect("read"));
-    assert_eq!(u32::from_ne_bytes(b4), vfio_io::edu::ID);
-    t.add(
-        format!("vfio-io region read 4 B (BAR0 0x0), {label}"),
-        s,
-        Some(floor),
-        String::new(),
-    );
-    let s = measure(n, || {
-        c.region_read(0, regs::DMA_SRC, &mut b8).expect("read")
-    });
-    t.add(
-        format!("vfio-io region read 8 B (BAR0 0x80), {label}"),
-        s,
-        Some(floor),
-        String::new(),
-    );
-    let mut v = 0u32;
-    let s = measure(n, || {
+    let (mut b4, mut b8, mut v) = ([0u8; 4], [0u8; 8], 0u32);
+    let mut read4 = || c.region_read(0, regs::ID, &mut b4).expect("read");
+    let mut read8 = || c.region_read(0, regs::DMA_SRC, &mut b8).expect("read");
+    let mut write4 = || {
         v = v.wrapping_add(1);
         c.region_write(0, regs::LIVENESS, &v.to_ne_bytes(), false)
             .expect("write")
-    });
-    t.add(
-        format!("vfio-io region write 4 B (BAR0 0x4), {label}"),
-        s,
-        Some(floor),
-        String::new(),
+    };
+    let st = interleaved(
+        n,
+        &mut [
+            &mut floor,
+            &mut floor_msg,
+            &mut read4,
+            &mut read8,
+            &mut write4,
+        ],
     );
+    let f = st[0].p50;
+    let names = [
+        ("floor: raw UNIX ping-pong 32/36 B, read()/write()", ""),
+        (
+            "floor: same, sendmsg/recvmsg with cmsg room",
+            "the syscalls vfio-io uses",
+        ),
+        ("vfio-io region read 4 B (BAR0 0x0)", ""),
+        ("vfio-io region read 8 B (BAR0 0x80)", ""),
+        ("vfio-io region write 4 B (BAR0 0x4)", ""),
+    ];
+    for (s, (name, note)) in st.into_iter().zip(names) {
+        t.add(format!("{name}, {label}"), s, Some(f), note.into());
+    }
+    assert_eq!(u32::from_ne_bytes(b4), vfio_io::edu::ID);
+    let mut b4 = [0u8; 4];
 
     // Posted writes: each sample is one posted write; the read after every
     // batch waits until the server has processed all of them, so ops/s is
@@ -323,9 +417,10 @@ fn vfio_user(t: &mut Table, label: &str, server_cpu: usize, n: usize, floor: f64
     t.add(
         format!("vfio-io posted write 4 B (BAR0 0x4), {label}"),
         s,
-        Some(floor),
+        Some(f),
         format!("ops/s incl. one read per {POSTED_BATCH} writes"),
     );
+    f
 }
 
 fn scaling(t: &mut Table, floor: f64) {
@@ -439,9 +534,12 @@ fn dma(t: &mut Table, n: usize, floor: f64) {
     );
 }
 
+/// The C ABI and the Rust call, each on its own server process (a server
+/// takes one client at a time), measured in alternating blocks so that drift
+/// in the machine's speed hits both alike.
 fn c_abi(t: &mut Table, n: usize, floor: f64) {
-    let srv = spawn_server("edu", Some(0));
-    let path = CString::new(srv.path.to_str().expect("UTF-8 path")).expect("path");
+    let (srv_c, srv_rust) = (spawn_server("edu", Some(0)), spawn_server("edu", Some(0)));
+    let path = CString::new(srv_c.path.to_str().expect("UTF-8 path")).expect("path");
     let mut dev: *mut vfio_io_device = std::ptr::null_mut();
     // SAFETY: a NUL-terminated path and a writable out pointer.
     let rc = unsafe { vfio_io_user_connect(path.as_ptr(), &mut dev) };
@@ -449,29 +547,52 @@ fn c_abi(t: &mut Table, n: usize, floor: f64) {
     // SAFETY: `dev` is a live handle; the ops table lives as long as it.
     let ops = unsafe { &*vfio_io_device_ops(dev) };
     let read = ops.region_read.expect("region_read op");
+    let c = client(&srv_rust.path);
     let mut b = [0u8; 4];
-    let s = measure(n, || {
+    let mut via_c = || {
         // SAFETY: live handle, and a 4-byte buffer for a 4-byte read.
         let r = unsafe { read(dev, 0, 0, 4, b.as_mut_ptr().cast()) };
         assert_eq!(r, 4);
-    });
-    assert_eq!(u32::from_ne_bytes(b), vfio_io::edu::ID);
+    };
+    let mut b2 = [0u8; 4];
+    let mut via_rust = || c.region_read(0, regs::ID, &mut b2).expect("read");
+    for _ in 0..WARMUP {
+        via_c();
+        via_rust();
+    }
+    const BLOCK: usize = 1000;
+    let (mut ns_c, mut ns_rust) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut time_c, mut time_rust) = (Duration::ZERO, Duration::ZERO);
+    for _ in 0..n / BLOCK {
+        for (op, ns, time) in [
+            (&mut via_c as &mut dyn FnMut(), &mut ns_c, &mut time_c),
+            (&mut via_rust, &mut ns_rust, &mut time_rust),
+        ] {
+            let t0 = Instant::now();
+            for _ in 0..BLOCK {
+                let t = Instant::now();
+                op();
+                ns.push(t.elapsed().as_nanos() as u64);
+            }
+            *time += t0.elapsed();
+        }
+    }
+    let done = n / BLOCK * BLOCK;
     t.add(
         "C ABI ops->region_read 4 B, same core",
-        s,
+        stats(ns_c, done, time_c),
         Some(floor),
-        String::new(),
+        "alternating blocks with the next row".into(),
     );
-    // SAFETY: closed once; the server then takes the next client.
-    unsafe { vfio_io_device_close(dev) };
-    let c = client(&srv.path);
-    let s = measure(n, || c.region_read(0, regs::ID, &mut b).expect("read"));
     t.add(
         "Rust Client::region_read 4 B, same core",
-        s,
+        stats(ns_rust, done, time_rust),
         Some(floor),
-        "same server, after the C handle closed".into(),
+        "alternating blocks with the previous row".into(),
     );
+    assert_eq!(u32::from_ne_bytes(b), vfio_io::edu::ID);
+    // SAFETY: closed once, after its last use.
+    unsafe { vfio_io_device_close(dev) };
 }
 
 fn main() {
@@ -485,13 +606,11 @@ fn main() {
     let mut t = Table(Vec::new());
     pin(Some(0));
 
-    eprintln!("(a) floor");
-    let same = floor(&mut t, "same core", 0, N_SAME);
-    let cross = (ncpu > 1).then(|| floor(&mut t, "cross core", 1, N_CROSS));
-    eprintln!("(b) vfio-io client + server");
-    vfio_user(&mut t, "same core", 0, N_SAME, same);
-    if let Some(cross) = cross {
-        vfio_user(&mut t, "cross core", 1, N_CROSS, cross);
+    eprintln!("(a)");
+    eprintln!("(b) vfio-io client + server, interleaved with the floors");
+    let same = vfio_user(&mut t, "same core", 0, N_SAME);
+    if ncpu > 1 {
+        vfio_user(&mut t, "cross core", 1, N_CROSS);
     }
     eprintln!("(c) scaling");
     scaling(&mut t, same);
