@@ -465,52 +465,67 @@ fn scaling(t: &mut Table, floor: f64) {
     pin(Some(0));
 }
 
-fn dma(t: &mut Table, n: usize, floor: f64) {
-    let srv = spawn_server("edu", Some(0));
-    let c = client(&srv.path);
-    let buf = DmaBuffer::new(DMA_BUF_SIZE).expect("DMA buffer");
-    let w = |off: u64, v: u64| {
+/// edu DMA of its whole 4 KiB buffer, each op one DMA_CMD write that edu
+/// completes inside the write: from server A, whose mapping of the client's
+/// buffer came with its fd (the server mmaps it), and from server B, mapped
+/// with fd=-1 (the server sends DMA_READ/DMA_WRITE to the client). Interleaved
+/// with the floor and a plain 8-byte register write, so the DMA's own cost is
+/// the difference from that write.
+fn dma(t: &mut Table, n: usize) {
+    let f = spawn_server("floor", Some(0));
+    let mut floor = floor_client(&f.path);
+    let (srv_a, srv_b) = (spawn_server("edu", Some(0)), spawn_server("edu", Some(0)));
+    let (ca, cb) = (client(&srv_a.path), client(&srv_b.path));
+    let (buf_a, buf_b) = (
+        DmaBuffer::new(DMA_BUF_SIZE).expect("DMA buffer"),
+        DmaBuffer::new(DMA_BUF_SIZE).expect("DMA buffer"),
+    );
+    let map_a = buf_a.dma_map(DMA_IOVA);
+    let mut map_b = buf_b.dma_map(DMA_IOVA);
+    map_b.fd = -1;
+    // SAFETY: the buffers outlive their mappings, which are removed below.
+    unsafe {
+        ca.dma_map(&map_a).expect("dma_map");
+        cb.dma_map(&map_b).expect("dma_map");
+    }
+    let w = |c: &Client, off: u64, v: u64| {
         c.region_write(0, off, &v.to_ne_bytes(), false)
             .expect("write")
     };
-    // A plain 8-byte register write: what every DMA row pays besides the DMA.
-    let s = measure(n, || w(regs::DMA_COUNT, DMA_BUF_SIZE as u64));
-    t.add(
-        "edu 8 B register write, no DMA (baseline), same core",
-        s,
-        Some(floor),
-        String::new(),
-    );
-    for fd_mapped in [true, false] {
-        let mut map = buf.dma_map(DMA_IOVA);
-        if !fd_mapped {
-            map.fd = -1;
+    for (dir, src, dst, cmd) in [
+        ("RAM->edu", DMA_IOVA, DMA_BUF_ADDR, 1u64),
+        ("edu->RAM", DMA_BUF_ADDR, DMA_IOVA, 3u64),
+    ] {
+        for c in [&ca, &cb] {
+            w(c, regs::DMA_SRC, src);
+            w(c, regs::DMA_DST, dst);
+            w(c, regs::DMA_COUNT, DMA_BUF_SIZE as u64);
         }
-        // SAFETY: `buf` outlives the mapping, which is removed below.
-        unsafe { c.dma_map(&map).expect("dma_map") };
-        let how = if fd_mapped {
-            "fd-mapped"
-        } else {
-            "fd=-1, DMA_READ/DMA_WRITE msgs"
-        };
-        for (dir, src, dst, cmd) in [
-            ("RAM->edu", DMA_IOVA, DMA_BUF_ADDR, 1u64),
-            ("edu->RAM", DMA_BUF_ADDR, DMA_IOVA, 3u64),
-        ] {
-            w(regs::DMA_SRC, src);
-            w(regs::DMA_DST, dst);
-            w(regs::DMA_COUNT, DMA_BUF_SIZE as u64);
-            // Each op starts one 4 KiB transfer; edu completes it inside the write.
-            let s = measure(n / 4, || w(regs::DMA_CMD, cmd));
-            t.add(
-                format!("edu DMA 4 KiB {dir}, {how}, same core"),
-                s,
-                Some(floor),
-                format!("{:.0} MB/s", s.ops * DMA_BUF_SIZE as f64 / 1e6),
-            );
+        // DMA_COUNT rewritten with its own value: a write with no side effect.
+        let mut plain = || w(&ca, regs::DMA_COUNT, DMA_BUF_SIZE as u64);
+        let mut mapped = || w(&ca, regs::DMA_CMD, cmd);
+        let mut msgs = || w(&cb, regs::DMA_CMD, cmd);
+        let st = interleaved(n, &mut [&mut floor, &mut plain, &mut mapped, &mut msgs]);
+        let fl = st[0].p50;
+        let names = [
+            "floor (this section's), same core",
+            "edu 8 B register write, no DMA (baseline), same core",
+            "edu DMA 4 KiB {dir}, fd-mapped, same core",
+            "edu DMA 4 KiB {dir}, fd=-1 via DMA_READ/DMA_WRITE msgs, same core",
+        ];
+        for (i, (s, name)) in st.into_iter().zip(names).enumerate() {
+            let note = if i >= 2 {
+                format!("{:.0} MB/s", s.ops * DMA_BUF_SIZE as f64 / 1e6)
+            } else {
+                String::new()
+            };
+            t.add(name.replace("{dir}", dir), s, Some(fl), note);
         }
-        c.dma_unmap(DMA_IOVA, buf.len() as u64).expect("dma_unmap");
     }
+    ca.dma_unmap(DMA_IOVA, buf_a.len() as u64)
+        .expect("dma_unmap");
+    cb.dma_unmap(DMA_IOVA, buf_b.len() as u64)
+        .expect("dma_unmap");
     // The ceiling: copying the 4 KiB in this process, timed in batches of
     // 1000 so Instant's own cost does not swamp it.
     let src = vec![1u8; DMA_BUF_SIZE];
@@ -535,9 +550,10 @@ fn dma(t: &mut Table, n: usize, floor: f64) {
 }
 
 /// The C ABI and the Rust call, each on its own server process (a server
-/// takes one client at a time), measured in alternating blocks so that drift
-/// in the machine's speed hits both alike.
-fn c_abi(t: &mut Table, n: usize, floor: f64) {
+/// takes one client at a time), interleaved with the floor.
+fn c_abi(t: &mut Table, n: usize) {
+    let f = spawn_server("floor", Some(0));
+    let mut floor = floor_client(&f.path);
     let (srv_c, srv_rust) = (spawn_server("edu", Some(0)), spawn_server("edu", Some(0)));
     let path = CString::new(srv_c.path.to_str().expect("UTF-8 path")).expect("path");
     let mut dev: *mut vfio_io_device = std::ptr::null_mut();
@@ -556,43 +572,45 @@ fn c_abi(t: &mut Table, n: usize, floor: f64) {
     };
     let mut b2 = [0u8; 4];
     let mut via_rust = || c.region_read(0, regs::ID, &mut b2).expect("read");
-    for _ in 0..WARMUP {
-        via_c();
-        via_rust();
-    }
-    const BLOCK: usize = 1000;
-    let (mut ns_c, mut ns_rust) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    let (mut time_c, mut time_rust) = (Duration::ZERO, Duration::ZERO);
-    for _ in 0..n / BLOCK {
-        for (op, ns, time) in [
-            (&mut via_c as &mut dyn FnMut(), &mut ns_c, &mut time_c),
-            (&mut via_rust, &mut ns_rust, &mut time_rust),
-        ] {
-            let t0 = Instant::now();
-            for _ in 0..BLOCK {
-                let t = Instant::now();
-                op();
-                ns.push(t.elapsed().as_nanos() as u64);
-            }
-            *time += t0.elapsed();
-        }
-    }
-    let done = n / BLOCK * BLOCK;
-    t.add(
+    let st = interleaved(n, &mut [&mut floor, &mut via_c, &mut via_rust]);
+    let fl = st[0].p50;
+    let names = [
+        "floor (this section's), same core",
         "C ABI ops->region_read 4 B, same core",
-        stats(ns_c, done, time_c),
-        Some(floor),
-        "alternating blocks with the next row".into(),
-    );
-    t.add(
         "Rust Client::region_read 4 B, same core",
-        stats(ns_rust, done, time_rust),
-        Some(floor),
-        "alternating blocks with the previous row".into(),
-    );
+    ];
+    for (s, name) in st.into_iter().zip(names) {
+        t.add(name, s, Some(fl), String::new());
+    }
     assert_eq!(u32::from_ne_bytes(b), vfio_io::edu::ID);
     // SAFETY: closed once, after its last use.
     unsafe { vfio_io_device_close(dev) };
+}
+
+/// What the client's hot path pays besides the socket: std's futex-based
+/// Condvar makes a FUTEX_WAKE system call on every notify, waiters or not,
+/// and a lone synchronous request notifies twice (strace: 2 futex calls per
+/// request). Timed in batches of 100 so Instant's cost does not swamp it.
+fn attribution(t: &mut Table) {
+    let m = std::sync::Mutex::new(());
+    let cv = std::sync::Condvar::new();
+    let s = measure(N_SAME / 10, || {
+        for _ in 0..100 {
+            let _g = m.lock().expect("lock");
+            cv.notify_all();
+        }
+    });
+    let per = |x: f64| x / 100.0;
+    t.add(
+        "Mutex lock + Condvar::notify_all, no waiters",
+        Stats {
+            p50: per(s.p50),
+            p99: per(s.p99),
+            ops: s.ops * 100.0,
+        },
+        None,
+        "the client does this twice per request".into(),
+    );
 }
 
 fn main() {
@@ -615,9 +633,11 @@ fn main() {
     eprintln!("(c) scaling");
     scaling(&mut t, same);
     eprintln!("(d) DMA");
-    dma(&mut t, N_SAME / 5, same);
+    dma(&mut t, N_SAME / 5);
     eprintln!("(e) C ABI");
-    c_abi(&mut t, N_SAME, same);
+    c_abi(&mut t, N_SAME);
+    eprintln!("(f) attribution");
+    attribution(&mut t);
 
     println!();
     println!(
