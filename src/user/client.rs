@@ -90,6 +90,9 @@ struct State {
     free: Vec<usize>,
     reader_busy: bool,
     dead: Option<&'static str>,
+    /// Threads blocked on the condvar: notifying none would still cost a
+    /// futex call per request, so wake-ups are skipped when this is 0.
+    sleepers: usize,
 }
 
 #[derive(Clone, Copy)]
@@ -132,6 +135,24 @@ struct Reply<'a> {
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn sleep<'a>(&self, st: MutexGuard<'a, State>, left: Duration) -> MutexGuard<'a, State> {
+        let mut st = st;
+        st.sleepers += 1;
+        let mut st = self
+            .cond
+            .wait_timeout(st, left)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+        st.sleepers -= 1;
+        st
+    }
+
+    fn wake(&self, st: &State) {
+        if st.sleepers > 0 {
+            self.cond.notify_all();
+        }
     }
 
     fn kill(&self, st: &mut State, why: &'static str) {
@@ -181,11 +202,7 @@ impl Inner {
                 if left.is_zero() {
                     return Err(Error::Timeout);
                 }
-                st = self
-                    .cond
-                    .wait_timeout(st, left)
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0;
+                st = self.sleep(st, left);
             }
         };
         let len: usize = parts.iter().map(|p| p.len()).sum();
@@ -208,7 +225,7 @@ impl Inner {
         s.done = false;
         s.fds.clear();
         st.free.push(slot);
-        self.cond.notify_all();
+        self.wake(&st);
     }
 
     fn wait<T>(
@@ -257,7 +274,7 @@ impl Inner {
                 let r = self.read_one();
                 st = self.lock();
                 st.reader_busy = false;
-                self.cond.notify_all();
+                self.wake(&st);
                 if let Err(e) = r {
                     match e {
                         Error::Timeout => {}
@@ -266,11 +283,7 @@ impl Inner {
                 }
                 continue;
             }
-            st = self
-                .cond
-                .wait_timeout(st, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            st = self.sleep(st, left);
         }
     }
 
@@ -427,6 +440,7 @@ impl Client {
                 free: (0..MAX_OUTSTANDING).rev().collect(),
                 reader_busy: false,
                 dead: None,
+                sleepers: 0,
             }),
             cond: Condvar::new(),
             reader: Mutex::new(Receiver::new(max_msg)),
