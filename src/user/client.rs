@@ -90,6 +90,19 @@ struct State {
     free: Vec<usize>,
     reader_busy: bool,
     dead: Option<&'static str>,
+    /// Why the peer broke the link, when it sent something malformed: the
+    /// requests that fail with it report EPROTO rather than ENOTCONN.
+    broken: Option<String>,
+}
+
+impl State {
+    /// The error a request gets once the link is down.
+    fn dead_error(&self) -> Error {
+        match &self.broken {
+            Some(m) => Error::Protocol(m.clone()),
+            None => Error::Disconnected,
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -168,7 +181,7 @@ impl Inner {
             let mut st = self.lock();
             loop {
                 if st.dead.is_some() {
-                    return Err(Error::Disconnected);
+                    return Err(st.dead_error());
                 }
                 if let Some(i) = st.free.pop() {
                     let s = &mut st.slots[i];
@@ -241,9 +254,10 @@ impl Inner {
                 return result;
             }
             if st.dead.is_some() {
+                let e = st.dead_error();
                 drop(st);
                 self.release(slot);
-                return Err(Error::Disconnected);
+                return Err(e);
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -261,6 +275,12 @@ impl Inner {
                 if let Err(e) = r {
                     match e {
                         Error::Timeout => {}
+                        Error::Protocol(m) => {
+                            if st.dead.is_none() {
+                                st.broken = Some(m);
+                            }
+                            self.kill(&mut st, "malformed message from the server");
+                        }
                         _ => self.kill(&mut st, "connection lost"),
                     }
                 }
@@ -427,6 +447,7 @@ impl Client {
                 free: (0..MAX_OUTSTANDING).rev().collect(),
                 reader_busy: false,
                 dead: None,
+                broken: None,
             }),
             cond: Condvar::new(),
             reader: Mutex::new(Receiver::new(max_msg)),
