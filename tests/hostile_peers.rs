@@ -742,6 +742,91 @@ fn server_dma_read_outside_any_mapping_gets_efault() {
 }
 
 #[test]
+fn server_dma_write_length_mismatch_and_unknown_command() {
+    hostile(LIMIT, || {
+        let f = fake(|p| {
+            handshake(p);
+            let r = p.expect(cmd::DEVICE_RESET);
+            // DMA_WRITE claiming 64 bytes but carrying 4.
+            let a = DmaAccess {
+                address: 0x1000,
+                count: 64,
+            };
+            let h = Header::command(0x100, cmd::DMA_WRITE, DmaAccess::SIZE + 4);
+            p.bytes(&[h.encode().as_slice(), &a.encode(), &[1, 2, 3, 4]].concat());
+            let m = p.recv().expect("the client answers DMA_WRITE");
+            assert_eq!((m.h.id, m.h.error_errno()), (0x100, Some(libc::EINVAL)));
+            // A command the client does not implement.
+            let h = Header::command(0x101, 0x6666, DmaAccess::SIZE);
+            p.bytes(&[h.encode().as_slice(), &a.encode()].concat());
+            let m = p.recv().expect("the client answers the unknown command");
+            assert_eq!((m.h.id, m.h.error_errno()), (0x101, Some(libc::ENOSYS)));
+            p.reply(&r.h, &[], &[]);
+            p.drain();
+        });
+        let c = Client::connect(&f.path, client_config()).unwrap();
+        c.reset()
+            .expect("the pending request completes after the bad commands");
+        drop(c);
+        f.join();
+    });
+}
+
+#[test]
+fn server_twin_fd_index_names_no_fd() {
+    hostile(LIMIT, || {
+        let f = fake(|p| {
+            let v = p.expect(cmd::VERSION);
+            let json = r#"{"capabilities":{"twin_socket":{"supported":true,"fd_index":3}}}"#;
+            let efd = eventfd();
+            // One fd attached, index 3 claimed: the one fd must still be closed.
+            p.reply(
+                &v.h,
+                &[&proto::encode_version(0, 0, json)],
+                &[efd.as_raw_fd()],
+            );
+            p.drain();
+        });
+        let e = Client::connect(
+            &f.path,
+            ClientConfig {
+                twin_socket: true,
+                ..client_config()
+            },
+        )
+        .err()
+        .expect("connect must fail");
+        assert_protocol(&e);
+        f.join();
+    });
+}
+
+#[test]
+fn server_region_info_needs_more_than_the_limit() {
+    hostile(LIMIT, || {
+        let mut b = region_with_caps(two_caps());
+        b.truncate(proto::REGION_INFO_SIZE);
+        // argsz: "retry with 16 MiB of room".
+        put_u32(&mut b, 0, 16 << 20);
+        assert_protocol(&region_info_reply(b));
+    });
+}
+
+#[test]
+fn server_region_info_for_another_index() {
+    hostile(LIMIT, || {
+        let b = proto::encode_region_info(
+            &RegionInfo {
+                index: 5,
+                ..plain_region()
+            },
+            4096,
+        );
+        assert_protocol(&region_info_reply(b));
+    });
+}
+
+#[test]
 fn server_stops_answering() {
     hostile(LIMIT, || {
         let f = fake(|p| {
@@ -1127,6 +1212,46 @@ fn client_dma_map_without_fd_works_with_two_fds_refused() {
         );
         assert_eq!(two, Some(libc::EINVAL));
         drop((a, b));
+        drop(p);
+        s.assert_serves();
+    });
+}
+
+#[test]
+fn client_dma_map_with_unmappable_fd_is_refused_and_closed() {
+    hostile(LIMIT, || {
+        let s = serve();
+        let mut p = Peer::connect(&s.path);
+        p.version();
+        let efd = eventfd();
+        let e = p.errno_of(
+            cmd::DMA_MAP,
+            &[&dma_map_msg(0x10_0000, 0x1000)],
+            &[efd.as_raw_fd()],
+        );
+        assert_eq!(e, Some(libc::ENODEV), "an eventfd cannot be mmapped");
+        drop(efd);
+        // The refused map left no mapping behind: the same range maps now.
+        let ok = p.errno_of(cmd::DMA_MAP, &[&dma_map_msg(0x10_0000, 0x1000)], &[]);
+        assert_eq!(ok, None);
+        drop(p);
+        s.assert_serves();
+    });
+}
+
+#[test]
+fn client_sends_dma_read_to_the_server() {
+    hostile(LIMIT, || {
+        let s = serve();
+        let mut p = Peer::connect(&s.path);
+        p.version();
+        let a = DmaAccess {
+            address: 0,
+            count: 4,
+        };
+        let e = p.errno_of(cmd::DMA_READ, &[&a.encode()], &[]);
+        assert_eq!(e, Some(libc::EINVAL), "DMA_READ goes server to client");
+        assert_eq!(p.read32(0), EDU_ID);
         drop(p);
         s.assert_serves();
     });
