@@ -42,17 +42,27 @@ const PEER_TIMEOUT: Duration = Duration::from_secs(3);
 /// so every test in this file holds this lock for its whole body.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn fd_count() -> usize {
+/// The open fds and what they are, for the leak check and its message.
+fn open_fds() -> Vec<String> {
     std::fs::read_dir("/proc/self/fd")
         .expect("read /proc/self/fd")
-        .count()
+        .filter_map(|e| e.ok())
+        .map(|e| {
+            let target = std::fs::read_link(e.path()).unwrap_or_default();
+            format!(
+                "{} -> {}",
+                e.file_name().to_string_lossy(),
+                target.display()
+            )
+        })
+        .collect()
 }
 
 /// Runs `body` on its own thread under the lock; fails if it takes longer than
 /// `limit` (a hang) or leaves more or fewer fds open than before.
 fn hostile(limit: Duration, body: impl FnOnce() + Send + 'static) {
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let before = fd_count();
+    let before = open_fds();
     let start = Instant::now();
     let (tx, rx) = mpsc::channel();
     let t = std::thread::spawn(move || {
@@ -68,10 +78,11 @@ fn hostile(limit: Duration, body: impl FnOnce() + Send + 'static) {
         },
     }
     assert!(start.elapsed() < limit);
+    let after = open_fds();
     assert_eq!(
-        fd_count(),
-        before,
-        "fds leaked (or closed twice) by this test"
+        after.len(),
+        before.len(),
+        "fds leaked (or closed twice) by this test: before {before:?}, after {after:?}"
     );
 }
 
@@ -1321,6 +1332,85 @@ fn client_dma_unmap_of_nothing_is_enoent() {
             p.errno_of(cmd::DMA_UNMAP, &[&u.encode()], &[]),
             Some(libc::ENOENT)
         );
+        drop(p);
+        s.assert_serves();
+    });
+}
+
+/// Raw client: maps 0x10_0000 without an fd (so the server's DMA goes through
+/// messages) and starts an edu DMA from it: the REGION_WRITE of the command
+/// register makes the server send DMA_READ before it replies. Returns the id
+/// of that REGION_WRITE and the DMA_READ header.
+fn start_message_dma(p: &mut Peer) -> (u16, Header) {
+    assert_eq!(
+        p.errno_of(cmd::DMA_MAP, &[&dma_map_msg(0x10_0000, 0x1000)], &[]),
+        None
+    );
+    for (reg, val) in [(0x80u64, 0x10_0000u64), (0x88, 0x40000), (0x90, 4)] {
+        let a = RegionAccess {
+            offset: reg,
+            region: 0,
+            count: 8,
+        };
+        let m = p.call(cmd::REGION_WRITE, &[&a.encode(), &val.to_le_bytes()], &[]);
+        assert_eq!(m.h.error_errno(), None);
+    }
+    let a = RegionAccess {
+        offset: 0x98,
+        region: 0,
+        count: 8,
+    };
+    let id = p.send_cmd(cmd::REGION_WRITE, &[&a.encode(), &1u64.to_le_bytes()], &[]);
+    let m = p.recv().expect("the server's DMA_READ");
+    assert!(!m.h.is_reply());
+    assert_eq!(m.h.command, cmd::DMA_READ);
+    (id, m.h)
+}
+
+#[test]
+fn client_never_answers_the_servers_dma_read() {
+    hostile(LIMIT, || {
+        let s = serve();
+        let mut p = Peer::connect(&s.path);
+        p.version();
+        let t = Instant::now();
+        let (id, dma) = start_message_dma(&mut p);
+        // Ignore it: the server gives up after its timeout and goes on.
+        let m = p.recv().expect("the REGION_WRITE reply");
+        assert_eq!((m.h.id, m.h.command), (id, cmd::REGION_WRITE));
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        // A late answer is a reply to nothing now: ignored.
+        let late = Header::reply(&dma, DmaAccess::SIZE + 4);
+        p.bytes(&[late.encode().as_slice(), &[0u8; DmaAccess::SIZE], &[9; 4]].concat());
+        assert_eq!(p.read32(0), EDU_ID);
+        drop(p);
+        s.assert_serves();
+    });
+}
+
+#[test]
+fn client_floods_commands_while_the_server_waits_for_dma() {
+    hostile(LIMIT, || {
+        let s = serve();
+        let mut p = Peer::connect(&s.path);
+        p.version();
+        let (id, _) = start_message_dma(&mut p);
+        // More commands than the server queues while it waits (max_queued 256).
+        let mut flood = Vec::new();
+        for i in 0..server_config().max_queued as u16 + 10 {
+            flood.extend_from_slice(&Header::command(500 + i, cmd::REGION_READ, 16).encode());
+            flood.extend_from_slice(&region_read_msg(0, 4));
+        }
+        // The server may hang up before it has all of it.
+        match send_msg(p.s.as_fd(), &[&flood], &[]) {
+            Ok(()) | Err(Error::Disconnected) => {}
+            Err(e) => panic!("flood: {e:?}"),
+        }
+        // The flood ends the session: the REGION_WRITE still gets its reply
+        // (edu completes a failed DMA), the queued commands none.
+        let seen = p.expect_closed();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert_eq!((seen[0].id, seen[0].command), (id, cmd::REGION_WRITE));
         drop(p);
         s.assert_serves();
     });
