@@ -1188,6 +1188,48 @@ fn client_sends_more_fds_than_max_msg_fds() {
 }
 
 #[test]
+fn client_set_irqs_fd_count_differs_from_count() {
+    hostile(LIMIT, || {
+        let s = serve();
+        let mut p = Peer::connect(&s.path);
+        p.version();
+        let (a, b) = (eventfd(), eventfd());
+        let m = IrqSetMsg {
+            argsz: proto::IRQ_SET_SIZE as u32,
+            flags: 0x20 | 0x4, // ACTION_TRIGGER | DATA_EVENTFD
+            index: 0,
+            start: 0,
+            count: 1,
+        };
+        let e = p.errno_of(
+            cmd::DEVICE_SET_IRQS,
+            &[&m.encode()],
+            &[a.as_raw_fd(), b.as_raw_fd()],
+        );
+        assert_eq!(e, Some(libc::EINVAL));
+        drop((a, b));
+        assert_eq!(p.read32(0), EDU_ID);
+        drop(p);
+        s.assert_serves();
+    });
+}
+
+#[test]
+fn client_asks_region_info_of_u32_max() {
+    hostile(LIMIT, || {
+        let s = serve();
+        let mut p = Peer::connect(&s.path);
+        p.version();
+        let req = proto::encode_region_info_request(u32::MAX, u32::MAX);
+        let e = p.errno_of(cmd::DEVICE_GET_REGION_INFO, &[&req], &[]);
+        assert_eq!(e, Some(libc::EINVAL));
+        assert_eq!(p.read32(0), EDU_ID);
+        drop(p);
+        s.assert_serves();
+    });
+}
+
+#[test]
 fn client_sends_fd_with_region_read() {
     hostile(LIMIT, || {
         let s = serve();
@@ -1475,6 +1517,11 @@ fn client_version_json_invalid_is_dropped() {
             r#"{"capabilities":"#.to_string(),
             format!(r#"{{"capabilities":{{"pad":"{}"}}}}"#, "y".repeat(5000)),
             r#"{"capabilities":{"max_msg_fds":true}}"#.to_string(),
+            format!(
+                r#"{{"capabilities":{{"x":{}{}}}}}"#,
+                "[".repeat(1000),
+                "]".repeat(1000)
+            ),
         ] {
             let mut p = Peer::connect(&s.path);
             p.send_cmd(cmd::VERSION, &[&proto::encode_version(0, 0, &json)], &[]);
