@@ -93,6 +93,19 @@ struct State {
     /// Threads blocked on the condvar: notifying none would still cost a
     /// futex call per request, so wake-ups are skipped when this is 0.
     sleepers: usize,
+    /// Why the peer broke the link, when it sent something malformed: the
+    /// requests that fail with it report EPROTO rather than ENOTCONN.
+    broken: Option<String>,
+}
+
+impl State {
+    /// The error a request gets once the link is down.
+    fn dead_error(&self) -> Error {
+        match &self.broken {
+            Some(m) => Error::Protocol(m.clone()),
+            None => Error::Disconnected,
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -189,7 +202,7 @@ impl Inner {
             let mut st = self.lock();
             loop {
                 if st.dead.is_some() {
-                    return Err(Error::Disconnected);
+                    return Err(st.dead_error());
                 }
                 if let Some(i) = st.free.pop() {
                     let s = &mut st.slots[i];
@@ -258,9 +271,10 @@ impl Inner {
                 return result;
             }
             if st.dead.is_some() {
+                let e = st.dead_error();
                 drop(st);
                 self.release(slot);
-                return Err(Error::Disconnected);
+                return Err(e);
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -278,6 +292,12 @@ impl Inner {
                 if let Err(e) = r {
                     match e {
                         Error::Timeout => {}
+                        Error::Protocol(m) => {
+                            if st.dead.is_none() {
+                                st.broken = Some(m);
+                            }
+                            self.kill(&mut st, "malformed message from the server");
+                        }
                         _ => self.kill(&mut st, "connection lost"),
                     }
                 }
@@ -441,6 +461,7 @@ impl Client {
                 reader_busy: false,
                 dead: None,
                 sleepers: 0,
+                broken: None,
             }),
             cond: Condvar::new(),
             reader: Mutex::new(Receiver::new(max_msg)),

@@ -23,6 +23,11 @@ use crate::error::{Error, Result};
 /// Most fds one received message may carry; more is a protocol error.
 pub const MAX_RECV_FDS: usize = 32;
 
+/// Linux's SCM_MAX_FD: the most fds one sendmsg can pass, and so the most one
+/// recvmsg on a stream socket can receive (a read stops after the segment that
+/// carried fds).
+const SCM_MAX_FD: usize = 253;
+
 fn send_error(e: Errno) -> Error {
     match e {
         Errno::EAGAIN => Error::Timeout,
@@ -140,7 +145,11 @@ impl Receiver {
             end: 0,
             base: 0,
             fd_batches: VecDeque::new(),
-            cmsg: nix::cmsg_space!([RawFd; MAX_RECV_FDS]),
+            // Room for every fd a peer can pass at once: on truncation the
+            // kernel installs the fds that fit but nix then refuses to parse
+            // the control data, which leaked them. Excess fds are received,
+            // owned, and closed with a protocol error instead.
+            cmsg: nix::cmsg_space!([RawFd; SCM_MAX_FD]),
             max_msg,
         }
     }
@@ -193,7 +202,8 @@ impl Receiver {
                 Err(e) => return Err(Error::sys("recvmsg", e)),
             }
         };
-        if truncated {
+        if truncated || fds.len() > MAX_RECV_FDS {
+            // `fds` are owned here and close as the error returns.
             return Err(Error::Protocol(format!(
                 "more than {MAX_RECV_FDS} fds in one message"
             )));

@@ -47,12 +47,24 @@ struct Link<'a> {
     next_id: u16,
     /// The client's max_data_xfer_size: bounds DMA messages we send.
     peer_max_xfer: usize,
+    /// Set when a server-to-client request broke the link (flood, malformed
+    /// or lost stream). The model may swallow the error it gets, as edu does
+    /// for a failed DMA, so the session checks this after each command.
+    broken: Option<String>,
 }
 
 impl Link<'_> {
     /// Sends a server-to-client command and waits for its reply, buffering
     /// client commands that arrive meanwhile on a shared socket.
     fn request(&mut self, command: u16, parts: &[&[u8]], reply_into: &mut [u8]) -> Result<()> {
+        let r = self.request_once(command, parts, reply_into);
+        if let Err(e @ (Error::Protocol(_) | Error::Disconnected | Error::Sys { .. })) = &r {
+            self.broken.get_or_insert_with(|| e.to_string());
+        }
+        r
+    }
+
+    fn request_once(&mut self, command: u16, parts: &[&[u8]], reply_into: &mut [u8]) -> Result<()> {
         self.next_id = self.next_id.wrapping_add(1);
         let id = self.next_id;
         let len: usize = parts.iter().map(|p| p.len()).sum();
@@ -206,6 +218,7 @@ impl<'a, M: DeviceModel> Session<'a, M> {
                 max_queued: config.max_queued,
                 next_id: 0,
                 peer_max_xfer: version::DEFAULT_MAX_DATA_XFER as usize,
+                broken: None,
             },
             model,
             config,
@@ -232,6 +245,9 @@ impl<'a, M: DeviceModel> Session<'a, M> {
                 Ok(Some((hdr, fds))) => {
                     if let Err(e) = self.dispatch(hdr, fds) {
                         break SessionEnd::Dropped(e);
+                    }
+                    if let Some(why) = self.link.broken.take() {
+                        break SessionEnd::Dropped(Error::Protocol(why));
                     }
                 }
                 Ok(None) => continue,

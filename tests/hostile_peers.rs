@@ -1,0 +1,1544 @@
+//! Hostile peers in both directions: a scripted fake server that answers our
+//! `Client` with crafted bytes, and a raw client that sends crafted bytes to
+//! our `Server` serving `Edu`. Every test checks a specific outcome, bounded
+//! time, and that no fd leaks (the process fd count is back where it started).
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use vfio_io::device::{
+    DeviceInfo, DeviceIo, RegionCap, RegionInfo, SparseArea, VFIO_REGION_INFO_FLAG_CAPS,
+    VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
+};
+use vfio_io::edu::Edu;
+use vfio_io::error::Error;
+use vfio_io::user::client::{Client, ClientConfig};
+use vfio_io::user::proto::{
+    self, cmd, DmaAccess, DmaMapMsg, DmaUnmapMsg, Header, IrqSetMsg, RegionAccess, DMA_MAP_READ,
+    DMA_MAP_WRITE, FLAG_NO_REPLY,
+};
+use vfio_io::user::server::{Server, ServerConfig, ServerStopper};
+use vfio_io::user::wire::{send_msg, set_timeouts, Receiver};
+
+const EDU_ID: u32 = 0x0100_00ed;
+const EDU_LIVENESS: u64 = 0x04;
+/// How long our client waits for a reply in these tests.
+const CLIENT_TIMEOUT: Duration = Duration::from_millis(400);
+/// How long a scripted peer waits before giving up (it never should).
+const PEER_TIMEOUT: Duration = Duration::from_secs(3);
+
+// ---------------------------------------------------------------------------
+// Harness: serialisation, watchdog, fd accounting.
+// ---------------------------------------------------------------------------
+
+/// fd counts are process-wide and the harness runs tests on parallel threads,
+/// so every test in this file holds this lock for its whole body.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// The open fds and what they are, for the leak check and its message.
+fn open_fds() -> Vec<String> {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("read /proc/self/fd")
+        .filter_map(|e| e.ok())
+        .map(|e| {
+            let target = std::fs::read_link(e.path()).unwrap_or_default();
+            format!(
+                "{} -> {}",
+                e.file_name().to_string_lossy(),
+                target.display()
+            )
+        })
+        .collect()
+}
+
+/// Runs `body` on its own thread under the lock; fails if it takes longer than
+/// `limit` (a hang) or leaves more or fewer fds open than before.
+fn hostile(limit: Duration, body: impl FnOnce() + Send + 'static) {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let before = open_fds();
+    let start = Instant::now();
+    let (tx, rx) = mpsc::channel();
+    let t = std::thread::spawn(move || {
+        body();
+        let _ = tx.send(());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(()) => t.join().expect("test body"),
+        Err(mpsc::RecvTimeoutError::Timeout) => panic!("test body still running after {limit:?}"),
+        Err(mpsc::RecvTimeoutError::Disconnected) => match t.join() {
+            Err(p) => std::panic::resume_unwind(p),
+            Ok(()) => unreachable!("body finished without reporting"),
+        },
+    }
+    assert!(start.elapsed() < limit);
+    let after = open_fds();
+    assert_eq!(
+        after.len(),
+        before.len(),
+        "fds leaked (or closed twice) by this test: before {before:?}, after {after:?}"
+    );
+}
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+struct TempDir(PathBuf);
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn temp_sock() -> (TempDir, PathBuf) {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "vfio-io-hostile-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("s.sock");
+    (TempDir(dir), path)
+}
+
+fn eventfd() -> OwnedFd {
+    EventFd::from_flags(EfdFlags::EFD_CLOEXEC)
+        .expect("eventfd")
+        .into()
+}
+
+// ---------------------------------------------------------------------------
+// A peer on a raw socket, used both as the fake server and as the raw client.
+// ---------------------------------------------------------------------------
+
+struct Msg {
+    h: Header,
+    p: Vec<u8>,
+    fds: Vec<OwnedFd>,
+}
+
+struct Peer {
+    s: UnixStream,
+    rx: Receiver,
+    next_id: u16,
+}
+
+impl Peer {
+    fn new(s: UnixStream) -> Peer {
+        set_timeouts(s.as_fd(), Some(PEER_TIMEOUT), Some(PEER_TIMEOUT)).unwrap();
+        Peer {
+            s,
+            rx: Receiver::new((1 << 20) + 64 * 1024),
+            next_id: 0,
+        }
+    }
+
+    fn connect(path: &Path) -> Peer {
+        Peer::new(UnixStream::connect(path).expect("connect"))
+    }
+
+    fn bytes(&self, b: &[u8]) {
+        send_msg(self.s.as_fd(), &[b], &[]).expect("send raw bytes");
+    }
+
+    fn recv(&mut self) -> vfio_io::Result<Msg> {
+        let m = self.rx.recv(self.s.as_fd(), false)?;
+        Ok(Msg {
+            h: m.header,
+            p: m.payload.to_vec(),
+            fds: m.fds,
+        })
+    }
+
+    /// Receives a command, which must be `command`.
+    fn expect(&mut self, command: u16) -> Msg {
+        let m = self.recv().expect("a command from the peer");
+        assert!(!m.h.is_reply(), "expected a command, got a reply");
+        assert_eq!(cmd::name(m.h.command), cmd::name(command));
+        m
+    }
+
+    fn send_cmd(&mut self, command: u16, parts: &[&[u8]], fds: &[RawFd]) -> u16 {
+        self.next_id = self.next_id.wrapping_add(1);
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let h = Header::command(self.next_id, command, len).encode();
+        let mut all: Vec<&[u8]> = vec![&h];
+        all.extend_from_slice(parts);
+        send_msg(self.s.as_fd(), &all, fds).expect("send command");
+        self.next_id
+    }
+
+    /// Sends a command and returns its reply (which must carry the same id).
+    fn call(&mut self, command: u16, parts: &[&[u8]], fds: &[RawFd]) -> Msg {
+        let id = self.send_cmd(command, parts, fds);
+        let m = self.recv().expect("a reply");
+        assert!(m.h.is_reply());
+        assert_eq!((m.h.id, m.h.command), (id, command));
+        m
+    }
+
+    /// The errno of the reply to a command, `None` for success.
+    fn errno_of(&mut self, command: u16, parts: &[&[u8]], fds: &[RawFd]) -> Option<i32> {
+        self.call(command, parts, fds).h.error_errno()
+    }
+
+    fn reply(&self, req: &Header, parts: &[&[u8]], fds: &[RawFd]) {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let h = Header::reply(req, len).encode();
+        let mut all: Vec<&[u8]> = vec![&h];
+        all.extend_from_slice(parts);
+        send_msg(self.s.as_fd(), &all, fds).expect("send reply");
+    }
+
+    fn error(&self, req: &Header, errno: i32) {
+        send_msg(
+            self.s.as_fd(),
+            &[&Header::error_reply(req, errno).encode()],
+            &[],
+        )
+        .expect("send error reply");
+    }
+
+    /// Raw client: a proper VERSION exchange (no twin socket).
+    fn version(&mut self) {
+        let v = proto::encode_version(0, 0, r#"{"capabilities":{"max_msg_fds":32}}"#);
+        assert_eq!(self.errno_of(cmd::VERSION, &[&v], &[]), None);
+    }
+
+    /// Raw client: reads 4 bytes of BAR0 at `offset`.
+    fn read32(&mut self, offset: u64) -> u32 {
+        let a = RegionAccess {
+            offset,
+            region: 0,
+            count: 4,
+        };
+        let m = self.call(cmd::REGION_READ, &[&a.encode()], &[]);
+        assert_eq!(m.h.error_errno(), None);
+        assert_eq!(m.p.len(), RegionAccess::SIZE + 4);
+        u32::from_ne_bytes(m.p[RegionAccess::SIZE..].try_into().unwrap())
+    }
+
+    /// Reads until the peer closes; returns what came before. Fails if the
+    /// peer neither closes nor talks within PEER_TIMEOUT.
+    fn expect_closed(&mut self) -> Vec<Header> {
+        let mut seen = Vec::new();
+        loop {
+            match self.recv() {
+                Ok(m) => seen.push(m.h),
+                Err(Error::Disconnected) => return seen,
+                Err(e) => panic!("expected the peer to close, got {e:?}"),
+            }
+        }
+    }
+
+    /// Fake server: lets the client go, consuming whatever it still sends.
+    fn drain(&mut self) {
+        while self.recv().is_ok() {}
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The fake server and its scripts.
+// ---------------------------------------------------------------------------
+
+struct Fake {
+    path: PathBuf,
+    thread: Option<JoinHandle<()>>,
+    _dir: TempDir,
+}
+
+/// Listens on a temp socket; the first connection is handed to `script`.
+fn fake(script: impl FnOnce(&mut Peer) + Send + 'static) -> Fake {
+    let (dir, path) = temp_sock();
+    let listener = UnixListener::bind(&path).unwrap();
+    let thread = std::thread::spawn(move || {
+        let (s, _) = listener.accept().expect("accept");
+        drop(listener);
+        let mut p = Peer::new(s);
+        script(&mut p);
+    });
+    Fake {
+        path,
+        thread: Some(thread),
+        _dir: dir,
+    }
+}
+
+impl Fake {
+    /// Waits for the script; its assertion failures fail the test.
+    fn join(mut self) {
+        if let Some(t) = self.thread.take() {
+            if let Err(p) = t.join() {
+                std::panic::resume_unwind(p);
+            }
+        }
+    }
+}
+
+fn client_config() -> ClientConfig {
+    ClientConfig {
+        timeout: CLIENT_TIMEOUT,
+        twin_socket: false,
+        ..ClientConfig::default()
+    }
+}
+
+const PLAIN_JSON: &str = r#"{"capabilities":{"max_msg_fds":8}}"#;
+
+/// The one region the fake device has: 16 MiB, read/write, no caps.
+fn plain_region() -> RegionInfo {
+    RegionInfo {
+        index: 0,
+        flags: VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE,
+        size: 16 << 20,
+        ..RegionInfo::default()
+    }
+}
+
+fn device_info(num_regions: u32, num_irqs: u32) -> [u8; 16] {
+    proto::encode_device_info(
+        16,
+        &DeviceInfo {
+            flags: 0,
+            num_regions,
+            num_irqs,
+        },
+    )
+}
+
+fn answer_version(p: &mut Peer, json: &str) {
+    let v = p.expect(cmd::VERSION);
+    p.reply(&v.h, &[&proto::encode_version(0, 0, json)], &[]);
+}
+
+/// Answers GET_INFO with one region, that region's info with `region`, and
+/// refuses the feature probes: what `Client::connect` needs after VERSION.
+fn answer_discovery(p: &mut Peer, region: &[u8]) {
+    let i = p.expect(cmd::DEVICE_GET_INFO);
+    p.reply(&i.h, &[&device_info(1, 0)], &[]);
+    let r = p.expect(cmd::DEVICE_GET_REGION_INFO);
+    p.reply(&r.h, &[region], &[]);
+    for _ in 0..2 {
+        let f = p.expect(cmd::DEVICE_FEATURE);
+        p.error(&f.h, libc::ENOTTY);
+    }
+}
+
+fn handshake(p: &mut Peer) {
+    answer_version(p, PLAIN_JSON);
+    answer_discovery(p, &proto::encode_region_info(&plain_region(), 4096));
+}
+
+fn connect_err(f: &Fake) -> Error {
+    match Client::connect(&f.path, client_config()) {
+        Ok(_) => panic!("connect to a hostile server succeeded"),
+        Err(e) => e,
+    }
+}
+
+/// A fake server whose reply to VERSION is `bytes` (raw); then it closes, or
+/// with `stay` keeps the connection open until the client leaves (so an error
+/// is the client's own finding, not the EOF's).
+fn version_reply_raw(bytes: Vec<u8>, stay: bool) -> Error {
+    let f = fake(move |p| {
+        let _ = p.expect(cmd::VERSION);
+        p.bytes(&bytes);
+        if stay {
+            p.drain();
+        }
+    });
+    let e = connect_err(&f);
+    f.join();
+    e
+}
+
+/// A fake server whose VERSION reply carries `json`.
+fn version_reply_json(json: String) -> Error {
+    let f = fake(move |p| {
+        answer_version(p, &json);
+        p.drain();
+    });
+    let e = connect_err(&f);
+    f.join();
+    e
+}
+
+/// A fake server whose region 0 info reply is `region`.
+fn region_info_reply(region: Vec<u8>) -> Error {
+    let f = fake(move |p| {
+        answer_version(p, PLAIN_JSON);
+        let i = p.expect(cmd::DEVICE_GET_INFO);
+        p.reply(&i.h, &[&device_info(1, 0)], &[]);
+        let r = p.expect(cmd::DEVICE_GET_REGION_INFO);
+        p.reply(&r.h, &[&region], &[]);
+        p.drain();
+    });
+    let e = connect_err(&f);
+    f.join();
+    e
+}
+
+fn put_u32(b: &mut [u8], off: usize, v: u32) {
+    b[off..off + 4].copy_from_slice(&v.to_ne_bytes());
+}
+
+fn region_with_caps(caps: Vec<RegionCap>) -> Vec<u8> {
+    let b = proto::encode_region_info(
+        &RegionInfo {
+            caps,
+            ..plain_region()
+        },
+        4096,
+    );
+    // The corruptions below only mean something if the chain is really walked.
+    let flags = u32::from_ne_bytes(b[4..8].try_into().unwrap());
+    assert_ne!(flags & VFIO_REGION_INFO_FLAG_CAPS, 0);
+    b
+}
+
+fn two_caps() -> Vec<RegionCap> {
+    vec![
+        RegionCap::SparseMmap(vec![SparseArea {
+            offset: 0,
+            size: 0x1000,
+        }]),
+        RegionCap::Type {
+            region_type: 1,
+            subtype: 2,
+        },
+    ]
+}
+
+fn assert_protocol(e: &Error) {
+    assert!(
+        matches!(e, Error::Protocol(_)),
+        "expected Protocol, got {e:?}"
+    );
+    assert_eq!(e.errno(), libc::EPROTO);
+}
+
+// ---------------------------------------------------------------------------
+// Hostile servers against our client.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn server_sends_truncated_header_then_closes() {
+    hostile(LIMIT, || {
+        let e = version_reply_raw(vec![1, 0, 1, 0, 20, 0], false);
+        assert!(matches!(e, Error::Disconnected), "{e:?}");
+    });
+}
+
+#[test]
+fn server_reply_size_smaller_than_header() {
+    hostile(LIMIT, || {
+        let mut h = Header::reply(&Header::command(0, cmd::VERSION, 0), 0);
+        h.size = 8;
+        // The reader refuses the header and takes the link down.
+        assert_protocol(&version_reply_raw(h.encode().to_vec(), true));
+    });
+}
+
+#[test]
+fn server_reply_size_larger_than_maximum() {
+    hostile(LIMIT, || {
+        let mut h = Header::reply(&Header::command(0, cmd::VERSION, 0), 0);
+        h.size = u32::MAX;
+        assert_protocol(&version_reply_raw(h.encode().to_vec(), true));
+    });
+}
+
+#[test]
+fn server_disconnects_mid_message() {
+    hostile(LIMIT, || {
+        let f = fake(|p| {
+            let v = p.expect(cmd::VERSION);
+            let mut h = Header::reply(&v.h, 4096);
+            h.size = 4096;
+            p.bytes(&h.encode());
+            p.bytes(&[0u8; 100]);
+            // Closing here leaves the message 3980 bytes short.
+        });
+        let e = connect_err(&f);
+        assert!(matches!(e, Error::Disconnected), "{e:?}");
+        f.join();
+    });
+}
+
+#[test]
+fn server_replies_with_unknown_id_carrying_an_fd() {
+    hostile(LIMIT, || {
+        let f = fake(|p| {
+            handshake(p);
+            let r = p.expect(cmd::DEVICE_RESET);
+            let mut bogus = r.h;
+            bogus.id ^= 0x5a5a;
+            let efd = eventfd();
+            // Nobody waits for this id: dropped, and its fd closed by the client.
+            p.reply(&bogus, &[], &[efd.as_raw_fd()]);
+            p.reply(&r.h, &[], &[]);
+            p.drain();
+        });
+        let c = Client::connect(&f.path, client_config()).unwrap();
+        c.reset()
+            .expect("the real reply still completes the request");
+        drop(c);
+        f.join();
+    });
+}
+
+#[test]
+fn server_sends_duplicate_reply() {
+    hostile(LIMIT, || {
+        let f = fake(|p| {
+            handshake(p);
+            let r = p.expect(cmd::DEVICE_RESET);
+            p.reply(&r.h, &[], &[]);
+            let efd = eventfd();
+            p.reply(&r.h, &[], &[efd.as_raw_fd()]);
+            let r2 = p.expect(cmd::DEVICE_RESET);
+            assert_ne!(r2.h.id, r.h.id, "a reused id would match the duplicate");
+            p.reply(&r2.h, &[], &[]);
+            p.drain();
+        });
+        let c = Client::connect(&f.path, client_config()).unwrap();
+        c.reset().unwrap();
+        // The duplicate must not be taken as the answer to this second request.
+        c.reset().unwrap();
+        drop(c);
+        f.join();
+    });
+}
+
+#[test]
+fn server_replies_with_the_wrong_command() {
+    hostile(LIMIT, || {
+        let f = fake(|p| {
+            handshake(p);
+            let r = p.expect(cmd::DEVICE_RESET);
+            let mut h = r.h;
+            h.command = cmd::REGION_READ;
+            p.reply(&h, &[], &[]);
+            p.drain();
+        });
+        let c = Client::connect(&f.path, client_config()).unwrap();
+        let e = c.reset().unwrap_err();
+        assert_protocol(&e);
+        drop(c);
+        f.join();
+    });
+}
+
+#[test]
+fn server_region_read_reply_too_short() {
+    hostile(LIMIT, || {
+        let f = fake(|p| {
+            handshake(p);
+            let r = p.expect(cmd::REGION_READ);
+            // Success, echoing the access, but 2 data bytes of the 4 asked.
+            p.reply(&r.h, &[&r.p[..RegionAccess::SIZE], &[1, 2]], &[]);
+            p.drain();
+        });
+        let c = Client::connect(&f.path, client_config()).unwrap();
+        let mut b = [0u8; 4];
+        assert_protocol(&c.region_read(0, 0, &mut b).unwrap_err());
+        drop(c);
+        f.join();
+    });
+}
+
+#[test]
+fn server_region_info_cap_points_outside_reply() {
+    hostile(LIMIT, || {
+        let mut b = region_with_caps(two_caps());
+        let len = b.len() as u32;
+        put_u32(&mut b, 12, len + 64);
+        assert_protocol(&region_info_reply(b));
+    });
+}
+
+#[test]
+fn server_region_info_cap_chain_loops() {
+    hostile(LIMIT, || {
+        let mut b = region_with_caps(two_caps());
+        // The second cap's next points back at the first.
+        let second = u32::from_ne_bytes(b[36..40].try_into().unwrap()) as usize;
+        put_u32(&mut b, second + 4, proto::REGION_INFO_SIZE as u32);
+        assert_protocol(&region_info_reply(b));
+    });
+}
+
+#[test]
+fn server_region_info_caps_overlap() {
+    hostile(LIMIT, || {
+        let mut b = region_with_caps(two_caps());
+        // The sparse cap needs 8+8+16 bytes; make the next cap start 8 bytes in,
+        // inside the first one's area list.
+        put_u32(
+            &mut b,
+            proto::REGION_INFO_SIZE + 4,
+            proto::REGION_INFO_SIZE as u32 + 16,
+        );
+        assert_protocol(&region_info_reply(b));
+    });
+}
+
+#[test]
+fn server_sparse_area_past_region_end() {
+    hostile(LIMIT, || {
+        let b = region_with_caps(vec![RegionCap::SparseMmap(vec![SparseArea {
+            offset: (16 << 20) - 0x1000,
+            size: 0x2000,
+        }])]);
+        assert_protocol(&region_info_reply(b));
+    });
+}
+
+#[test]
+fn server_declares_u32_max_regions() {
+    hostile(LIMIT, || {
+        let f = fake(|p| {
+            answer_version(p, PLAIN_JSON);
+            let i = p.expect(cmd::DEVICE_GET_INFO);
+            p.reply(&i.h, &[&device_info(u32::MAX, 0)], &[]);
+            p.drain();
+        });
+        assert_protocol(&connect_err(&f));
+        f.join();
+    });
+}
+
+#[test]
+fn server_declares_u32_max_irqs() {
+    hostile(LIMIT, || {
+        let f = fake(|p| {
+            answer_version(p, PLAIN_JSON);
+            let i = p.expect(cmd::DEVICE_GET_INFO);
+            p.reply(&i.h, &[&device_info(1, u32::MAX)], &[]);
+            p.drain();
+        });
+        assert_protocol(&connect_err(&f));
+        f.join();
+    });
+}
+
+#[test]
+fn server_version_json_invalid() {
+    hostile(LIMIT, || {
+        assert_protocol(&version_reply_json(r#"{"capabilities":{"#.into()));
+    });
+}
+
+#[test]
+fn server_version_json_huge() {
+    hostile(LIMIT, || {
+        let pad = "x".repeat(8192);
+        assert_protocol(&version_reply_json(format!(
+            r#"{{"capabilities":{{"pad":"{pad}"}}}}"#
+        )));
+    });
+}
+
+#[test]
+fn server_version_json_deeply_nested() {
+    hostile(LIMIT, || {
+        let deep = format!("{}{}", "[".repeat(1000), "]".repeat(1000));
+        assert_protocol(&version_reply_json(format!(
+            r#"{{"capabilities":{{"x":{deep}}}}}"#
+        )));
+    });
+}
+
+#[test]
+fn server_version_json_wrong_types() {
+    hostile(LIMIT, || {
+        assert_protocol(&version_reply_json(
+            r#"{"capabilities":{"max_data_xfer_size":"lots"}}"#.into(),
+        ));
+    });
+}
+
+#[test]
+fn server_answers_another_major_version() {
+    hostile(LIMIT, || {
+        let f = fake(|p| {
+            let v = p.expect(cmd::VERSION);
+            p.reply(&v.h, &[&proto::encode_version(1, 0, PLAIN_JSON)], &[]);
+            p.drain();
+        });
+        assert_protocol(&connect_err(&f));
+        f.join();
+    });
+}
+
+#[test]
+fn server_claims_twin_socket_without_fd_index() {
+    hostile(LIMIT, || {
+        let f = fake(|p| {
+            answer_version(p, r#"{"capabilities":{"twin_socket":{"supported":true}}}"#);
+            p.drain();
+        });
+        let e = Client::connect(
+            &f.path,
+            ClientConfig {
+                twin_socket: true,
+                ..client_config()
+            },
+        )
+        .err()
+        .expect("connect must fail");
+        assert_eq!(e.errno(), libc::EPROTO, "{e:?}");
+        f.join();
+    });
+}
+
+#[test]
+fn server_sends_more_fds_than_the_client_accepts() {
+    hostile(LIMIT, || {
+        let f = fake(|p| {
+            handshake(p);
+            let r = p.expect(cmd::DEVICE_RESET);
+            let efd = eventfd();
+            // 40 > MAX_RECV_FDS: the kernel truncates the control data.
+            let many = vec![efd.as_raw_fd(); 40];
+            p.reply(&r.h, &[], &many);
+            p.drain();
+        });
+        let c = Client::connect(&f.path, client_config()).unwrap();
+        assert_protocol(&c.reset().unwrap_err());
+        drop(c);
+        f.join();
+    });
+}
+
+#[test]
+fn server_dma_read_outside_any_mapping_gets_efault() {
+    hostile(LIMIT, || {
+        let f = fake(|p| {
+            handshake(p);
+            let r = p.expect(cmd::REGION_READ);
+            // While the client waits for this read, ask it for memory it never mapped.
+            let a = DmaAccess {
+                address: 0xdead_0000,
+                count: 8,
+            };
+            let h = Header::command(0x4242, cmd::DMA_READ, DmaAccess::SIZE);
+            p.bytes(&[h.encode().as_slice(), &a.encode()].concat());
+            let m = p.recv().expect("the client answers DMA_READ");
+            assert!(m.h.is_reply());
+            assert_eq!((m.h.id, m.h.command), (0x4242, cmd::DMA_READ));
+            assert_eq!(m.h.error_errno(), Some(libc::EFAULT));
+            assert!(m.fds.is_empty());
+            p.reply(
+                &r.h,
+                &[&r.p[..RegionAccess::SIZE], &[0x11, 0x22, 0x33, 0x44]],
+                &[],
+            );
+            p.drain();
+        });
+        let c = Client::connect(&f.path, client_config()).unwrap();
+        let mut b = [0u8; 4];
+        c.region_read(0, 0x100, &mut b).unwrap();
+        assert_eq!(b, [0x11, 0x22, 0x33, 0x44]);
+        drop(c);
+        f.join();
+    });
+}
+
+#[test]
+fn server_dma_write_length_mismatch_and_unknown_command() {
+    hostile(LIMIT, || {
+        let f = fake(|p| {
+            handshake(p);
+            let r = p.expect(cmd::DEVICE_RESET);
+            // DMA_WRITE claiming 64 bytes but carrying 4.
+            let a = DmaAccess {
+                address: 0x1000,
+                count: 64,
+            };
+            let h = Header::command(0x100, cmd::DMA_WRITE, DmaAccess::SIZE + 4);
+            p.bytes(&[h.encode().as_slice(), &a.encode(), &[1, 2, 3, 4]].concat());
+            let m = p.recv().expect("the client answers DMA_WRITE");
+            assert_eq!((m.h.id, m.h.error_errno()), (0x100, Some(libc::EINVAL)));
+            // A command the client does not implement.
+            let h = Header::command(0x101, 0x6666, DmaAccess::SIZE);
+            p.bytes(&[h.encode().as_slice(), &a.encode()].concat());
+            let m = p.recv().expect("the client answers the unknown command");
+            assert_eq!((m.h.id, m.h.error_errno()), (0x101, Some(libc::ENOSYS)));
+            p.reply(&r.h, &[], &[]);
+            p.drain();
+        });
+        let c = Client::connect(&f.path, client_config()).unwrap();
+        c.reset()
+            .expect("the pending request completes after the bad commands");
+        drop(c);
+        f.join();
+    });
+}
+
+#[test]
+fn server_twin_fd_index_names_no_fd() {
+    hostile(LIMIT, || {
+        let f = fake(|p| {
+            let v = p.expect(cmd::VERSION);
+            let json = r#"{"capabilities":{"twin_socket":{"supported":true,"fd_index":3}}}"#;
+            let efd = eventfd();
+            // One fd attached, index 3 claimed: the one fd must still be closed.
+            p.reply(
+                &v.h,
+                &[&proto::encode_version(0, 0, json)],
+                &[efd.as_raw_fd()],
+            );
+            p.drain();
+        });
+        let e = Client::connect(
+            &f.path,
+            ClientConfig {
+                twin_socket: true,
+                ..client_config()
+            },
+        )
+        .err()
+        .expect("connect must fail");
+        assert_protocol(&e);
+        f.join();
+    });
+}
+
+#[test]
+fn server_region_info_needs_more_than_the_limit() {
+    hostile(LIMIT, || {
+        let mut b = region_with_caps(two_caps());
+        b.truncate(proto::REGION_INFO_SIZE);
+        // argsz: "retry with 16 MiB of room".
+        put_u32(&mut b, 0, 16 << 20);
+        assert_protocol(&region_info_reply(b));
+    });
+}
+
+#[test]
+fn server_region_info_for_another_index() {
+    hostile(LIMIT, || {
+        let b = proto::encode_region_info(
+            &RegionInfo {
+                index: 5,
+                ..plain_region()
+            },
+            4096,
+        );
+        assert_protocol(&region_info_reply(b));
+    });
+}
+
+#[test]
+fn server_stops_answering() {
+    hostile(LIMIT, || {
+        let f = fake(|p| {
+            handshake(p);
+            let _ = p.expect(cmd::DEVICE_RESET);
+            p.drain();
+        });
+        let c = Client::connect(&f.path, client_config()).unwrap();
+        let t = Instant::now();
+        let e = c.reset().unwrap_err();
+        assert!(matches!(e, Error::Timeout), "{e:?}");
+        assert_eq!(e.errno(), libc::ETIMEDOUT);
+        assert!(t.elapsed() < CLIENT_TIMEOUT * 3, "took {:?}", t.elapsed());
+        drop(c);
+        f.join();
+    });
+}
+
+#[test]
+fn server_stops_reading() {
+    hostile(LIMIT, || {
+        let (done_tx, done_rx) = mpsc::channel::<()>();
+        let f = fake(move |p| {
+            handshake(p);
+            // Never read again: the client's writes fill the socket buffer.
+            let _ = done_rx.recv_timeout(PEER_TIMEOUT);
+        });
+        let c = Client::connect(&f.path, client_config()).unwrap();
+        let big = vec![0xa5u8; 8 << 20];
+        let t = Instant::now();
+        let e = c.region_write(0, 0, &big, false).unwrap_err();
+        assert!(matches!(e, Error::Timeout), "{e:?}");
+        assert_eq!(e.errno(), libc::ETIMEDOUT);
+        assert!(t.elapsed() < CLIENT_TIMEOUT * 5, "took {:?}", t.elapsed());
+        done_tx.send(()).unwrap();
+        drop(c);
+        f.join();
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Hostile clients against our server.
+// ---------------------------------------------------------------------------
+
+struct Served {
+    path: PathBuf,
+    stopper: ServerStopper,
+    thread: Option<JoinHandle<()>>,
+    _dir: TempDir,
+}
+
+fn server_config() -> ServerConfig {
+    ServerConfig {
+        timeout: Duration::from_millis(300),
+        max_data_xfer_size: 4096,
+        max_msg_fds: 16,
+        max_dma_maps: 4,
+        ..ServerConfig::default()
+    }
+}
+
+fn serve() -> Served {
+    let (dir, path) = temp_sock();
+    let mut server = Server::bind(&path, Edu::new(), server_config()).unwrap();
+    let stopper = server.stopper();
+    let thread = std::thread::spawn(move || server.serve().expect("server loop"));
+    Served {
+        path,
+        stopper,
+        thread: Some(thread),
+        _dir: dir,
+    }
+}
+
+impl Served {
+    /// A well-behaved client is served after whatever came before.
+    fn assert_serves(&self) {
+        let c = Client::connect(
+            &self.path,
+            ClientConfig {
+                timeout: Duration::from_secs(2),
+                ..ClientConfig::default()
+            },
+        )
+        .expect("a well-behaved client is served");
+        let mut b = [0u8; 4];
+        c.region_read(0, 0, &mut b).unwrap();
+        assert_eq!(u32::from_ne_bytes(b), EDU_ID);
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.stopper.stop();
+        if let Some(t) = self.thread.take() {
+            if let Err(p) = t.join() {
+                if !std::thread::panicking() {
+                    std::panic::resume_unwind(p);
+                }
+            }
+        }
+    }
+}
+
+/// The raw client is dropped by the server, with at most an error reply first.
+fn assert_dropped(p: &mut Peer, errno: Option<i32>) {
+    let seen = p.expect_closed();
+    match errno {
+        None => assert!(seen.is_empty(), "unexpected replies {seen:?}"),
+        Some(e) => {
+            assert_eq!(seen.len(), 1, "{seen:?}");
+            assert_eq!(seen[0].error_errno(), Some(e));
+        }
+    }
+}
+
+fn region_read_msg(offset: u64, count: u32) -> [u8; RegionAccess::SIZE] {
+    RegionAccess {
+        offset,
+        region: 0,
+        count,
+    }
+    .encode()
+}
+
+fn dma_map_msg(address: u64, size: u64) -> [u8; DmaMapMsg::SIZE] {
+    DmaMapMsg {
+        argsz: DmaMapMsg::SIZE as u32,
+        flags: DMA_MAP_READ | DMA_MAP_WRITE,
+        offset: 0,
+        address,
+        size,
+    }
+    .encode()
+}
+
+#[test]
+fn client_command_before_version_is_dropped() {
+    hostile(LIMIT, || {
+        let s = serve();
+        let mut p = Peer::connect(&s.path);
+        p.send_cmd(cmd::REGION_READ, &[&region_read_msg(0, 4)], &[]);
+        assert_dropped(&mut p, Some(libc::EPROTO));
+        drop(p);
+        s.assert_serves();
+    });
+}
+
+#[test]
+fn client_second_version_is_dropped() {
+    hostile(LIMIT, || {
+        let s = serve();
+        let mut p = Peer::connect(&s.path);
+        p.version();
+        let v = proto::encode_version(0, 0, "{}");
+        p.send_cmd(cmd::VERSION, &[&v], &[]);
+        assert_dropped(&mut p, Some(libc::EPROTO));
+        drop(p);
+        s.assert_serves();
+    });
+}
+
+#[test]
+fn client_truncated_header_then_close() {
+    hostile(LIMIT, || {
+        let s = serve();
+        let p = Peer::connect(&s.path);
+        p.bytes(&Header::command(1, cmd::VERSION, 40).encode()[..7]);
+        drop(p);
+        s.assert_serves();
+    });
+}
+
+#[test]
+fn client_size_smaller_than_header_is_dropped() {
+    hostile(LIMIT, || {
+        let s = serve();
+        let mut p = Peer::connect(&s.path);
+        p.version();
+        let mut h = Header::command(9, cmd::DEVICE_RESET, 0);
+        h.size = 4;
+        p.bytes(&h.encode());
+        assert_dropped(&mut p, None);
+        drop(p);
+        s.assert_serves();
+    });
+}
+
+#[test]
+fn client_size_larger_than_maximum_is_dropped() {
+    hostile(LIMIT, || {
+        let s = serve();
+        let mut p = Peer::connect(&s.path);
+        p.version();
+        let mut h = Header::command(9, cmd::REGION_WRITE, 0);
+        h.size = 64 << 20;
+        p.bytes(&h.encode());
+        assert_dropped(&mut p, None);
+        drop(p);
+        s.assert_serves();
+    });
+}
+
+#[test]
+fn client_disconnects_mid_message() {
+    hostile(LIMIT, || {
+        let s = serve();
+        let mut p = Peer::connect(&s.path);
+        p.version();
+        let h = Header::command(9, cmd::REGION_WRITE, RegionAccess::SIZE + 1024);
+        p.bytes(&h.encode());
+        p.bytes(&region_read_msg(0, 1024));
+        drop(p);
+        s.assert_serves();
+    });
+}
+
+#[test]
+fn client_unknown_message_type_is_dropped() {
+    hostile(LIMIT, || {
+        let s = serve();
+        let mut p = Peer::connect(&s.path);
+        p.version();
+        let mut h = Header::command(9, cmd::DEVICE_RESET, 0);
+        h.flags = 0x7;
+        p.bytes(&h.encode());
+        assert_dropped(&mut p, None);
+        drop(p);
+        s.assert_serves();
+    });
+}
+
+#[test]
+fn client_stray_reply_with_fd_is_ignored() {
+    hostile(LIMIT, || {
+        let s = serve();
+        let mut p = Peer::connect(&s.path);
+        p.version();
+        let efd = eventfd();
+        let h = Header::reply(&Header::command(77, cmd::DMA_READ, 0), 0);
+        send_msg(p.s.as_fd(), &[&h.encode()], &[efd.as_raw_fd()]).unwrap();
+        drop(efd);
+        assert_eq!(p.read32(0), EDU_ID, "the session goes on");
+        drop(p);
+        s.assert_serves();
+    });
+}
+
+#[test]
+fn client_unknown_command_gets_enosys_and_session_continues() {
+    hostile(LIMIT, || {
+        let s = serve();
+        let mut p = Peer::connect(&s.path);
+        p.version();
+        assert_eq!(p.errno_of(0x7777, &[&[0u8; 8]], &[]), Some(libc::ENOSYS));
+        assert_eq!(p.read32(0), EDU_ID);
+        drop(p);
+        s.assert_serves();
+    });
+}
+
+#[test]
+fn client_region_write_count_differs_from_data() {
+    hostile(LIMIT, || {
+        let s = serve();
+        let mut p = Peer::connect(&s.path);
+        p.version();
+        let a = RegionAccess {
+            offset: EDU_LIVENESS,
+            region: 0,
+            count: 8,
+        };
+        let errno = p.errno_of(cmd::REGION_WRITE, &[&a.encode(), &[1, 2, 3, 4]], &[]);
+        assert_eq!(errno, Some(libc::EINVAL));
+        assert_eq!(p.read32(0), EDU_ID);
+        drop(p);
+        s.assert_serves();
+    });
+}
+
+#[test]
+fn client_region_read_past_end_or_too_large() {
+    hostile(LIMIT, || {
+        let s = serve();
+        let mut p = Peer::connect(&s.path);
+        p.version();
+        let past = p.errno_of(cmd::REGION_READ, &[&region_read_msg((1 << 20) - 2, 4)], &[]);
+        assert_eq!(past, Some(libc::EINVAL));
+        let wraps = p.errno_of(cmd::REGION_READ, &[&region_read_msg(u64::MAX - 1, 4)], &[]);
+        assert_eq!(wraps, Some(libc::EINVAL));
+        let big = p.errno_of(cmd::REGION_READ, &[&region_read_msg(0, 4097)], &[]);
+        assert_eq!(big, Some(libc::EINVAL), "count over max_data_xfer_size");
+        assert_eq!(p.read32(0), EDU_ID);
+        drop(p);
+        s.assert_serves();
+    });
+}
+
+#[test]
+fn client_set_irqs_bad_index_or_overflowing_range() {
+    hostile(LIMIT, || {
+        let s = serve();
+        let mut p = Peer::connect(&s.path);
+        p.version();
+        let set = |index, start, count| {
+            IrqSetMsg {
+                argsz: proto::IRQ_SET_SIZE as u32,
+                flags: 0x20 | 0x1, // ACTION_TRIGGER | DATA_NONE
+                index,
+                start,
+                count,
+            }
+            .encode()
+        };
+        let e = p.errno_of(cmd::DEVICE_SET_IRQS, &[&set(99, 0, 1)], &[]);
+        assert_eq!(e, Some(libc::EINVAL), "index out of range");
+        let e = p.errno_of(cmd::DEVICE_SET_IRQS, &[&set(0, u32::MAX, 2)], &[]);
+        assert_eq!(e, Some(libc::EINVAL), "start + count overflows");
+        assert_eq!(p.read32(0), EDU_ID);
+        drop(p);
+        s.assert_serves();
+    });
+}
+
+#[test]
+fn client_sends_more_fds_than_max_msg_fds() {
+    hostile(LIMIT, || {
+        let s = serve();
+        let mut p = Peer::connect(&s.path);
+        p.version();
+        let fds: Vec<OwnedFd> = (0..20).map(|_| eventfd()).collect();
+        let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+        let m = IrqSetMsg {
+            argsz: proto::IRQ_SET_SIZE as u32,
+            flags: 0x20 | 0x4, // ACTION_TRIGGER | DATA_EVENTFD
+            index: 1,
+            start: 0,
+            count: 20,
+        };
+        let e = p.errno_of(cmd::DEVICE_SET_IRQS, &[&m.encode()], &raw);
+        assert_eq!(e, Some(libc::EINVAL));
+        // Ours close here; the fd check in `hostile` catches copies the server kept.
+        drop(fds);
+        assert_eq!(p.read32(0), EDU_ID);
+        drop(p);
+        s.assert_serves();
+    });
+}
+
+#[test]
+fn client_set_irqs_fd_count_differs_from_count() {
+    hostile(LIMIT, || {
+        let s = serve();
+        let mut p = Peer::connect(&s.path);
+        p.version();
+        let (a, b) = (eventfd(), eventfd());
+        let m = IrqSetMsg {
+            argsz: proto::IRQ_SET_SIZE as u32,
+            flags: 0x20 | 0x4, // ACTION_TRIGGER | DATA_EVENTFD
+            index: 0,
+            start: 0,
+            count: 1,
+        };
+        let e = p.errno_of(
+            cmd::DEVICE_SET_IRQS,
+            &[&m.encode()],
+            &[a.as_raw_fd(), b.as_raw_fd()],
+        );
+        assert_eq!(e, Some(libc::EINVAL));
+        drop((a, b));
+        assert_eq!(p.read32(0), EDU_ID);
+        drop(p);
+        s.assert_serves();
+    });
+}
+
+#[test]
+fn client_asks_region_info_of_u32_max() {
+    hostile(LIMIT, || {
+        let s = serve();
+        let mut p = Peer::connect(&s.path);
+        p.version();
+        let req = proto::encode_region_info_request(u32::MAX, u32::MAX);
+        let e = p.errno_of(cmd::DEVICE_GET_REGION_INFO, &[&req], &[]);
+        assert_eq!(e, Some(libc::EINVAL));
+        assert_eq!(p.read32(0), EDU_ID);
+        drop(p);
+        s.assert_serves();
+    });
+}
+
+#[test]
+fn client_sends_fd_with_region_read() {
+    hostile(LIMIT, || {
+        let s = serve();
+        let mut p = Peer::connect(&s.path);
+        p.version();
+        let efd = eventfd();
+        let e = p.errno_of(
+            cmd::REGION_READ,
+            &[&region_read_msg(0, 4)],
+            &[efd.as_raw_fd()],
+        );
+        assert_eq!(e, Some(libc::EINVAL));
+        drop(efd);
+        assert_eq!(p.read32(0), EDU_ID);
+        drop(p);
+        s.assert_serves();
+    });
+}
+
+#[test]
+fn client_dma_map_without_fd_works_with_two_fds_refused() {
+    hostile(LIMIT, || {
+        let s = serve();
+        let mut p = Peer::connect(&s.path);
+        p.version();
+        let ok = p.errno_of(cmd::DMA_MAP, &[&dma_map_msg(0x10_0000, 0x1000)], &[]);
+        assert_eq!(ok, None, "message-path DMA_MAP");
+        let (a, b) = (eventfd(), eventfd());
+        let two = p.errno_of(
+            cmd::DMA_MAP,
+            &[&dma_map_msg(0x20_0000, 0x1000)],
+            &[a.as_raw_fd(), b.as_raw_fd()],
+        );
+        assert_eq!(two, Some(libc::EINVAL));
+        drop((a, b));
+        drop(p);
+        s.assert_serves();
+    });
+}
+
+#[test]
+fn client_dma_map_with_unmappable_fd_is_refused_and_closed() {
+    hostile(LIMIT, || {
+        let s = serve();
+        let mut p = Peer::connect(&s.path);
+        p.version();
+        let efd = eventfd();
+        let e = p.errno_of(
+            cmd::DMA_MAP,
+            &[&dma_map_msg(0x10_0000, 0x1000)],
+            &[efd.as_raw_fd()],
+        );
+        assert_eq!(e, Some(libc::ENODEV), "an eventfd cannot be mmapped");
+        drop(efd);
+        // The refused map left no mapping behind: the same range maps now.
+        let ok = p.errno_of(cmd::DMA_MAP, &[&dma_map_msg(0x10_0000, 0x1000)], &[]);
+        assert_eq!(ok, None);
+        drop(p);
+        s.assert_serves();
+    });
+}
+
+#[test]
+fn client_sends_dma_read_to_the_server() {
+    hostile(LIMIT, || {
+        let s = serve();
+        let mut p = Peer::connect(&s.path);
+        p.version();
+        let a = DmaAccess {
+            address: 0,
+            count: 4,
+        };
+        let e = p.errno_of(cmd::DMA_READ, &[&a.encode()], &[]);
+        assert_eq!(e, Some(libc::EINVAL), "DMA_READ goes server to client");
+        assert_eq!(p.read32(0), EDU_ID);
+        drop(p);
+        s.assert_serves();
+    });
+}
+
+#[test]
+fn client_dma_map_overlapping_is_eexist() {
+    hostile(LIMIT, || {
+        let s = serve();
+        let mut p = Peer::connect(&s.path);
+        p.version();
+        assert_eq!(
+            p.errno_of(cmd::DMA_MAP, &[&dma_map_msg(0x10_0000, 0x2000)], &[]),
+            None
+        );
+        let e = p.errno_of(cmd::DMA_MAP, &[&dma_map_msg(0x10_1000, 0x2000)], &[]);
+        assert_eq!(e, Some(libc::EEXIST));
+        drop(p);
+        s.assert_serves();
+    });
+}
+
+#[test]
+fn client_dma_map_wrapping_is_einval() {
+    hostile(LIMIT, || {
+        let s = serve();
+        let mut p = Peer::connect(&s.path);
+        p.version();
+        let e = p.errno_of(cmd::DMA_MAP, &[&dma_map_msg(u64::MAX - 0xfff, 0x2000)], &[]);
+        assert_eq!(e, Some(libc::EINVAL));
+        drop(p);
+        s.assert_serves();
+    });
+}
+
+#[test]
+fn client_dma_map_past_max_dma_maps_is_enospc() {
+    hostile(LIMIT, || {
+        let s = serve();
+        let mut p = Peer::connect(&s.path);
+        p.version();
+        let max = server_config().max_dma_maps as u64;
+        for i in 0..max {
+            let m = dma_map_msg(0x10_0000 + i * 0x1000, 0x1000);
+            assert_eq!(p.errno_of(cmd::DMA_MAP, &[&m], &[]), None);
+        }
+        let e = p.errno_of(cmd::DMA_MAP, &[&dma_map_msg(0x90_0000, 0x1000)], &[]);
+        assert_eq!(e, Some(libc::ENOSPC));
+        drop(p);
+        s.assert_serves();
+    });
+}
+
+#[test]
+fn client_dma_unmap_of_nothing_is_enoent() {
+    hostile(LIMIT, || {
+        let s = serve();
+        let mut p = Peer::connect(&s.path);
+        p.version();
+        let u = DmaUnmapMsg {
+            argsz: DmaUnmapMsg::SIZE as u32,
+            flags: 0,
+            address: 0x10_0000,
+            size: 0x1000,
+        };
+        assert_eq!(
+            p.errno_of(cmd::DMA_UNMAP, &[&u.encode()], &[]),
+            Some(libc::ENOENT)
+        );
+        drop(p);
+        s.assert_serves();
+    });
+}
+
+/// Raw client: maps 0x10_0000 without an fd (so the server's DMA goes through
+/// messages) and starts an edu DMA from it: the REGION_WRITE of the command
+/// register makes the server send DMA_READ before it replies. Returns the id
+/// of that REGION_WRITE and the DMA_READ header.
+fn start_message_dma(p: &mut Peer) -> (u16, Header) {
+    assert_eq!(
+        p.errno_of(cmd::DMA_MAP, &[&dma_map_msg(0x10_0000, 0x1000)], &[]),
+        None
+    );
+    for (reg, val) in [(0x80u64, 0x10_0000u64), (0x88, 0x40000), (0x90, 4)] {
+        let a = RegionAccess {
+            offset: reg,
+            region: 0,
+            count: 8,
+        };
+        let m = p.call(cmd::REGION_WRITE, &[&a.encode(), &val.to_le_bytes()], &[]);
+        assert_eq!(m.h.error_errno(), None);
+    }
+    let a = RegionAccess {
+        offset: 0x98,
+        region: 0,
+        count: 8,
+    };
+    let id = p.send_cmd(cmd::REGION_WRITE, &[&a.encode(), &1u64.to_le_bytes()], &[]);
+    let m = p.recv().expect("the server's DMA_READ");
+    assert!(!m.h.is_reply());
+    assert_eq!(m.h.command, cmd::DMA_READ);
+    (id, m.h)
+}
+
+#[test]
+fn client_never_answers_the_servers_dma_read() {
+    hostile(LIMIT, || {
+        let s = serve();
+        let mut p = Peer::connect(&s.path);
+        p.version();
+        let t = Instant::now();
+        let (id, dma) = start_message_dma(&mut p);
+        // Ignore it: the server gives up after its timeout and goes on.
+        let m = p.recv().expect("the REGION_WRITE reply");
+        assert_eq!((m.h.id, m.h.command), (id, cmd::REGION_WRITE));
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        // A late answer is a reply to nothing now: ignored.
+        let late = Header::reply(&dma, DmaAccess::SIZE + 4);
+        p.bytes(&[late.encode().as_slice(), &[0u8; DmaAccess::SIZE], &[9; 4]].concat());
+        assert_eq!(p.read32(0), EDU_ID);
+        drop(p);
+        s.assert_serves();
+    });
+}
+
+#[test]
+fn client_floods_commands_while_the_server_waits_for_dma() {
+    hostile(LIMIT, || {
+        let s = serve();
+        let mut p = Peer::connect(&s.path);
+        p.version();
+        let (id, _) = start_message_dma(&mut p);
+        // More commands than the server queues while it waits (max_queued 256).
+        let mut flood = Vec::new();
+        for i in 0..server_config().max_queued as u16 + 10 {
+            flood.extend_from_slice(&Header::command(500 + i, cmd::REGION_READ, 16).encode());
+            flood.extend_from_slice(&region_read_msg(0, 4));
+        }
+        // The server may hang up before it has all of it.
+        match send_msg(p.s.as_fd(), &[&flood], &[]) {
+            Ok(()) | Err(Error::Disconnected) => {}
+            Err(e) => panic!("flood: {e:?}"),
+        }
+        // The flood ends the session: the REGION_WRITE still gets its reply
+        // (edu completes a failed DMA), the queued commands none.
+        let seen = p.expect_closed();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert_eq!((seen[0].id, seen[0].command), (id, cmd::REGION_WRITE));
+        drop(p);
+        s.assert_serves();
+    });
+}
+
+#[test]
+fn client_floods_posted_writes_then_reads() {
+    hostile(LIMIT, || {
+        let s = serve();
+        let mut p = Peer::connect(&s.path);
+        p.version();
+        let mut stream = Vec::new();
+        for i in 0..10_000u32 {
+            let a = RegionAccess {
+                offset: EDU_LIVENESS,
+                region: 0,
+                count: 4,
+            };
+            let mut h = Header::command(1000, cmd::REGION_WRITE, RegionAccess::SIZE + 4);
+            h.flags |= FLAG_NO_REPLY;
+            stream.extend_from_slice(&h.encode());
+            stream.extend_from_slice(&a.encode());
+            stream.extend_from_slice(&i.to_ne_bytes());
+        }
+        p.bytes(&stream);
+        // No reply to any posted write may precede the read's reply (call checks the id).
+        assert_eq!(p.read32(EDU_LIVENESS), !9_999u32);
+        drop(p);
+        s.assert_serves();
+    });
+}
+
+#[test]
+fn client_connects_twice() {
+    hostile(LIMIT, || {
+        let s = serve();
+        let mut first = Peer::connect(&s.path);
+        first.version();
+        let mut second = Peer::connect(&s.path);
+        let v = proto::encode_version(0, 0, "{}");
+        second.send_cmd(cmd::VERSION, &[&v], &[]);
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            matches!(second.rx.recv(second.s.as_fd(), true), Err(Error::Timeout)),
+            "the second connection must wait while the first is served"
+        );
+        assert_eq!(first.read32(0), EDU_ID);
+        drop(first);
+        let m = second.recv().expect("served after the first leaves");
+        assert_eq!((m.h.command, m.h.error_errno()), (cmd::VERSION, None));
+        assert_eq!(second.read32(0), EDU_ID);
+        drop(second);
+        s.assert_serves();
+    });
+}
+
+#[test]
+fn client_version_json_invalid_is_dropped() {
+    hostile(LIMIT, || {
+        let s = serve();
+        for json in [
+            r#"{"capabilities":"#.to_string(),
+            format!(r#"{{"capabilities":{{"pad":"{}"}}}}"#, "y".repeat(5000)),
+            r#"{"capabilities":{"max_msg_fds":true}}"#.to_string(),
+            format!(
+                r#"{{"capabilities":{{"x":{}{}}}}}"#,
+                "[".repeat(1000),
+                "]".repeat(1000)
+            ),
+        ] {
+            let mut p = Peer::connect(&s.path);
+            p.send_cmd(cmd::VERSION, &[&proto::encode_version(0, 0, &json)], &[]);
+            assert_dropped(&mut p, Some(libc::EPROTO));
+        }
+        s.assert_serves();
+    });
+}
+
+#[test]
+fn client_speaks_another_major_version() {
+    hostile(LIMIT, || {
+        let s = serve();
+        let mut p = Peer::connect(&s.path);
+        p.send_cmd(cmd::VERSION, &[&proto::encode_version(7, 0, "{}")], &[]);
+        assert_dropped(&mut p, Some(libc::EPROTO));
+        drop(p);
+        s.assert_serves();
+    });
+}
