@@ -65,6 +65,11 @@ fuzz_target!(|data: &[u8]| {
     let chunk = usize::from(c.u8()).max(1);
     let fd_mask = c.u8();
     let stream = c.bytes(MAX_INPUT);
+    // The stream's own first message, as the decoders would see it framed.
+    decoders(stream);
+    if stream.len() > proto::HEADER_SIZE {
+        decoders(&stream[proto::HEADER_SIZE..]);
+    }
     let (a, b) = UnixStream::pair().expect("socketpair");
     // Many small writes can fill the socket's buffer (each costs an skb), so
     // a thread writes while this one receives.
