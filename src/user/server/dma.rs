@@ -30,6 +30,22 @@ pub enum DmaTarget<'a> {
     Message,
 }
 
+/// Refuses a file range that goes past the end of a regular file (a memfd,
+/// a hugetlbfs or tmpfs file): mmap() accepts it, but touching the pages
+/// beyond the end raises SIGBUS and kills the whole server process.
+fn check_backed(fd: &OwnedFd, offset: u64, size: u64) -> Result<()> {
+    let st = nix::sys::stat::fstat(fd).map_err(|e| Error::sys("fstat DMA_MAP fd", e))?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Ok(());
+    }
+    match offset.checked_add(size) {
+        Some(end) if end <= st.st_size as u64 => Ok(()),
+        _ => Err(Error::InvalidArgument(
+            "DMA_MAP range past the end of the file",
+        )),
+    }
+}
+
 /// The DMA mappings of one client session.
 #[derive(Debug, Default)]
 pub struct DmaSpace {
@@ -87,6 +103,7 @@ impl DmaSpace {
             Some(fd) => {
                 let len =
                     usize::try_from(m.size).map_err(|_| Error::InvalidArgument("DMA_MAP size"))?;
+                check_backed(&fd, m.offset, m.size)?;
                 Some(Mapping::new(fd.as_fd(), m.offset, len, writable)?)
             }
             None => None,

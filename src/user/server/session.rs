@@ -285,6 +285,7 @@ impl<'a, M: DeviceModel> Session<'a, M> {
     /// Without unmask eventfds, returns at once and lets recvmsg block.
     fn wait_readable(&mut self) -> Result<bool> {
         let fired: Vec<(u32, u32)>;
+        let sock_ready: bool;
         {
             let watched = self.irqs.unmask_fds();
             if watched.is_empty() {
@@ -307,6 +308,11 @@ impl<'a, M: DeviceModel> Session<'a, M> {
                 Err(e) => return Err(Error::sys("poll", e)),
             }
             let ready = |p: &PollFd<'_>| p.revents().is_some_and(|r| !r.is_empty());
+            // The socket's readiness counts even when unmask fds fired: a
+            // client may pass an fd that is always readable (a file, not an
+            // eventfd), and answering only the unmasks would then starve the
+            // socket forever, wedging the session and the server behind it.
+            sock_ready = ready(&pfds[0]);
             fired = watched
                 .iter()
                 .zip(&pfds[1..])
@@ -317,14 +323,11 @@ impl<'a, M: DeviceModel> Session<'a, M> {
                     (*i, *v)
                 })
                 .collect();
-            if fired.is_empty() {
-                return Ok(ready(&pfds[0]));
-            }
         }
         for (i, v) in fired {
             self.irqs.unmask(i, v);
         }
-        Ok(false)
+        Ok(sock_ready)
     }
 
     fn dispatch(&mut self, hdr: Header, fds: Vec<OwnedFd>) -> Result<()> {
