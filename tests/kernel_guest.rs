@@ -96,6 +96,15 @@ fn liveness(dev: &dyn DeviceIo) -> Result<()> {
     Ok(())
 }
 
+/// Turns on bus mastering (PCI command register bit 2): without it edu's
+/// DMA goes nowhere, and so do its MSI messages, which are DMA writes too.
+fn bus_master_on(dev: &dyn DeviceIo) -> Result<()> {
+    let mut cmd = [0u8; 2];
+    dev.region_read(pci_region::CONFIG, 4, &mut cmd)?;
+    let cmd = u16::from_le_bytes(cmd) | 0x4;
+    dev.region_write(pci_region::CONFIG, 4, &cmd.to_le_bytes(), false)
+}
+
 /// One edu DMA transfer; waits for the engine to finish.
 fn edu_dma(dev: &dyn DeviceIo, src: u64, dst: u64, len: u32, to_ram: bool) -> Result<()> {
     write64(dev, 0x80, src)?;
@@ -115,12 +124,7 @@ fn edu_dma(dev: &dyn DeviceIo, src: u64, dst: u64, len: u32, to_ram: bool) -> Re
 /// Memory to the device and back through the IOMMU: edu copies a pattern
 /// into its internal buffer and then out to another part of our buffer.
 fn dma_round_trip(dev: &dyn DeviceIo) -> Result<()> {
-    // Bus mastering on (PCI command register bit 2), or edu's DMA goes nowhere.
-    let mut cmd = [0u8; 2];
-    dev.region_read(pci_region::CONFIG, 4, &mut cmd)?;
-    let cmd = u16::from_le_bytes(cmd) | 0x4;
-    dev.region_write(pci_region::CONFIG, 4, &cmd.to_le_bytes(), false)?;
-
+    bus_master_on(dev)?;
     let buf = DmaBuffer::new(4096)?;
     // edu's DMA mask is 28 bits: keep the IOVA low.
     let iova = 0x10_0000;
@@ -142,12 +146,59 @@ fn dma_round_trip(dev: &dyn DeviceIo) -> Result<()> {
     result.and(unmapped)
 }
 
+/// edu raises its interrupt on request (register 0x60); with MSI routed to
+/// an eventfd through SET_IRQS, the eventfd fires.
+fn interrupt(dev: &dyn DeviceIo) -> Result<()> {
+    use nix::sys::eventfd::{EfdFlags, EventFd};
+    use std::os::fd::AsRawFd;
+    use vfio_io::device::{pci_irq, IrqAction, IrqData, IrqSet};
+
+    let efd = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+        .map_err(|e| Error::sys("eventfd", e))?;
+    let fds = [efd.as_fd().as_raw_fd()];
+    let on = IrqSet {
+        index: pci_irq::MSI,
+        start: 0,
+        count: 1,
+        action: IrqAction::Trigger,
+        data: IrqData::Eventfds(&fds),
+    };
+    bus_master_on(dev)?;
+    dev.set_irqs(&on)?;
+    let result = (|| {
+        write32(dev, 0x60, 1)?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match efd.read() {
+                Ok(n) if n > 0 => break,
+                _ if Instant::now() > deadline => {
+                    return Err(fail("edu interrupt never reached the eventfd"))
+                }
+                _ => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        if read32(dev, 0x24)? & 1 == 0 {
+            return Err(fail("edu interrupt status lacks the raised bit"));
+        }
+        write32(dev, 0x64, 1)
+    })();
+    let off = IrqSet {
+        index: pci_irq::MSI,
+        start: 0,
+        count: 0,
+        action: IrqAction::Trigger,
+        data: IrqData::None,
+    };
+    result.and(dev.set_irqs(&off))
+}
+
 // Until the shared conformance suite lands in this branch, this is its
-// stand-in: identify, liveness and DMA, the same names and result shape.
+// stand-in: identify, liveness, interrupt and DMA, the same names and result shape.
 fn local_edu_suite(dev: &dyn DeviceIo) -> Vec<(&'static str, Result<()>)> {
     vec![
         ("identify", identify(dev)),
         ("liveness", liveness(dev)),
+        ("interrupt", interrupt(dev)),
         ("dma", dma_round_trip(dev)),
     ]
 }
