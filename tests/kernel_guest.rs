@@ -393,3 +393,31 @@ fn bad_input_is_a_clear_errno_and_leaks_nothing() {
     }
     assert_eq!(open_fds(), fds, "fds leaked");
 }
+
+#[test]
+#[ignore = "needs real kernel VFIO: run by vm/run-guest-tests"]
+fn second_open_shares_the_group_or_is_refused() {
+    let fds = open_fds();
+    {
+        let first = open();
+        let second = kernel::open(&device_name());
+        if device_name().starts_with('/') {
+            // A cdev can be bound to only one iommufd at a time.
+            let e = second.expect_err("a second bind of one cdev");
+            assert_ne!(e.errno(), 0, "{e}");
+        } else {
+            // The group path allows several fds of one device; both must go
+            // through the one group and container the registry kept.
+            let second = second.expect("a second open through the shared group");
+            assert_eq!(first.group(), second.group());
+            assert!(first.group().is_some());
+            assert_eq!(read32(&second, 0).unwrap(), EDU_ID);
+            drop(first);
+            // The group stays open while the second device lives.
+            assert_eq!(read32(&second, 0).unwrap(), EDU_ID);
+        }
+    }
+    assert_eq!(open_fds(), fds, "fds leaked");
+    // Everything was released: the device opens again from scratch.
+    assert_eq!(read32(&open(), 0).unwrap(), EDU_ID);
+}
