@@ -124,14 +124,24 @@ fn edu_dma(dev: &dyn DeviceIo, src: u64, dst: u64, len: u32, to_ram: bool) -> Re
 /// Memory to the device and back through the IOMMU: edu copies a pattern
 /// into its internal buffer and then out to another part of our buffer.
 fn dma_round_trip(dev: &dyn DeviceIo) -> Result<()> {
+    dma_round_trip_mapped(dev, false)
+}
+
+/// The round trip with the buffer mapped by address, or (`by_fd`) only by its
+/// memfd, which takes iommufd's MAP_FILE.
+fn dma_round_trip_mapped(dev: &dyn DeviceIo, by_fd: bool) -> Result<()> {
     bus_master_on(dev)?;
     let buf = DmaBuffer::new(4096)?;
     // edu's DMA mask is 28 bits: keep the IOVA low.
     let iova = 0x10_0000;
     let pattern: Vec<u8> = (0..256u32).map(|i| (i * 7 + 3) as u8).collect();
     buf.write(0, &pattern)?;
+    let mut map = buf.dma_map(iova);
+    if by_fd {
+        map.vaddr = 0;
+    }
     // SAFETY: `buf` outlives the mapping, which is removed below.
-    unsafe { dev.dma_map(&buf.dma_map(iova))? };
+    unsafe { dev.dma_map(&map)? };
     let result = (|| {
         edu_dma(dev, iova, 0x40000, 256, false)?;
         edu_dma(dev, 0x40000, iova + 2048, 256, true)?;
@@ -420,4 +430,18 @@ fn second_open_shares_the_group_or_is_refused() {
     assert_eq!(open_fds(), fds, "fds leaked");
     // Everything was released: the device opens again from scratch.
     assert_eq!(read32(&open(), 0).unwrap(), EDU_ID);
+}
+
+#[test]
+#[ignore = "needs real kernel VFIO: run by vm/run-guest-tests"]
+fn dma_by_fd_alone() {
+    let dev = open();
+    let r = dma_round_trip_mapped(&dev, true);
+    if device_name().starts_with('/') {
+        r.expect("iommufd maps a memfd with IOMMU_IOAS_MAP_FILE");
+    } else {
+        // type1 pins by virtual address: a mapping without one is refused
+        // before the kernel is asked.
+        assert_eq!(r.unwrap_err().errno(), libc::EINVAL);
+    }
 }
