@@ -96,6 +96,15 @@ fn liveness(dev: &dyn DeviceIo) -> Result<()> {
     Ok(())
 }
 
+/// Turns on bus mastering (PCI command register bit 2): without it edu's
+/// DMA goes nowhere, and so do its MSI messages, which are DMA writes too.
+fn bus_master_on(dev: &dyn DeviceIo) -> Result<()> {
+    let mut cmd = [0u8; 2];
+    dev.region_read(pci_region::CONFIG, 4, &mut cmd)?;
+    let cmd = u16::from_le_bytes(cmd) | 0x4;
+    dev.region_write(pci_region::CONFIG, 4, &cmd.to_le_bytes(), false)
+}
+
 /// One edu DMA transfer; waits for the engine to finish.
 fn edu_dma(dev: &dyn DeviceIo, src: u64, dst: u64, len: u32, to_ram: bool) -> Result<()> {
     write64(dev, 0x80, src)?;
@@ -115,19 +124,24 @@ fn edu_dma(dev: &dyn DeviceIo, src: u64, dst: u64, len: u32, to_ram: bool) -> Re
 /// Memory to the device and back through the IOMMU: edu copies a pattern
 /// into its internal buffer and then out to another part of our buffer.
 fn dma_round_trip(dev: &dyn DeviceIo) -> Result<()> {
-    // Bus mastering on (PCI command register bit 2), or edu's DMA goes nowhere.
-    let mut cmd = [0u8; 2];
-    dev.region_read(pci_region::CONFIG, 4, &mut cmd)?;
-    let cmd = u16::from_le_bytes(cmd) | 0x4;
-    dev.region_write(pci_region::CONFIG, 4, &cmd.to_le_bytes(), false)?;
+    dma_round_trip_mapped(dev, false)
+}
 
+/// The round trip with the buffer mapped by address, or (`by_fd`) only by its
+/// memfd, which takes iommufd's MAP_FILE.
+fn dma_round_trip_mapped(dev: &dyn DeviceIo, by_fd: bool) -> Result<()> {
+    bus_master_on(dev)?;
     let buf = DmaBuffer::new(4096)?;
     // edu's DMA mask is 28 bits: keep the IOVA low.
     let iova = 0x10_0000;
     let pattern: Vec<u8> = (0..256u32).map(|i| (i * 7 + 3) as u8).collect();
     buf.write(0, &pattern)?;
+    let mut map = buf.dma_map(iova);
+    if by_fd {
+        map.vaddr = 0;
+    }
     // SAFETY: `buf` outlives the mapping, which is removed below.
-    unsafe { dev.dma_map(&buf.dma_map(iova))? };
+    unsafe { dev.dma_map(&map)? };
     let result = (|| {
         edu_dma(dev, iova, 0x40000, 256, false)?;
         edu_dma(dev, 0x40000, iova + 2048, 256, true)?;
@@ -142,12 +156,59 @@ fn dma_round_trip(dev: &dyn DeviceIo) -> Result<()> {
     result.and(unmapped)
 }
 
+/// edu raises its interrupt on request (register 0x60); with MSI routed to
+/// an eventfd through SET_IRQS, the eventfd fires.
+fn interrupt(dev: &dyn DeviceIo) -> Result<()> {
+    use nix::sys::eventfd::{EfdFlags, EventFd};
+    use std::os::fd::AsRawFd;
+    use vfio_io::device::{pci_irq, IrqAction, IrqData, IrqSet};
+
+    let efd = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+        .map_err(|e| Error::sys("eventfd", e))?;
+    let fds = [efd.as_fd().as_raw_fd()];
+    let on = IrqSet {
+        index: pci_irq::MSI,
+        start: 0,
+        count: 1,
+        action: IrqAction::Trigger,
+        data: IrqData::Eventfds(&fds),
+    };
+    bus_master_on(dev)?;
+    dev.set_irqs(&on)?;
+    let result = (|| {
+        write32(dev, 0x60, 1)?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match efd.read() {
+                Ok(n) if n > 0 => break,
+                _ if Instant::now() > deadline => {
+                    return Err(fail("edu interrupt never reached the eventfd"))
+                }
+                _ => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        if read32(dev, 0x24)? & 1 == 0 {
+            return Err(fail("edu interrupt status lacks the raised bit"));
+        }
+        write32(dev, 0x64, 1)
+    })();
+    let off = IrqSet {
+        index: pci_irq::MSI,
+        start: 0,
+        count: 0,
+        action: IrqAction::Trigger,
+        data: IrqData::None,
+    };
+    result.and(dev.set_irqs(&off))
+}
+
 // Until the shared conformance suite lands in this branch, this is its
-// stand-in: identify, liveness and DMA, the same names and result shape.
+// stand-in: identify, liveness, interrupt and DMA, the same names and result shape.
 fn local_edu_suite(dev: &dyn DeviceIo) -> Vec<(&'static str, Result<()>)> {
     vec![
         ("identify", identify(dev)),
         ("liveness", liveness(dev)),
+        ("interrupt", interrupt(dev)),
         ("dma", dma_round_trip(dev)),
     ]
 }
@@ -341,4 +402,46 @@ fn bad_input_is_a_clear_errno_and_leaks_nothing() {
         assert!(dev.dma_unmap(0x0dead000, 4096).is_err());
     }
     assert_eq!(open_fds(), fds, "fds leaked");
+}
+
+#[test]
+#[ignore = "needs real kernel VFIO: run by vm/run-guest-tests"]
+fn second_open_shares_the_group_or_is_refused() {
+    let fds = open_fds();
+    {
+        let first = open();
+        let second = kernel::open(&device_name());
+        if device_name().starts_with('/') {
+            // A cdev can be bound to only one iommufd at a time.
+            let e = second.expect_err("a second bind of one cdev");
+            assert_ne!(e.errno(), 0, "{e}");
+        } else {
+            // The group path allows several fds of one device; both must go
+            // through the one group and container the registry kept.
+            let second = second.expect("a second open through the shared group");
+            assert_eq!(first.group(), second.group());
+            assert!(first.group().is_some());
+            assert_eq!(read32(&second, 0).unwrap(), EDU_ID);
+            drop(first);
+            // The group stays open while the second device lives.
+            assert_eq!(read32(&second, 0).unwrap(), EDU_ID);
+        }
+    }
+    assert_eq!(open_fds(), fds, "fds leaked");
+    // Everything was released: the device opens again from scratch.
+    assert_eq!(read32(&open(), 0).unwrap(), EDU_ID);
+}
+
+#[test]
+#[ignore = "needs real kernel VFIO: run by vm/run-guest-tests"]
+fn dma_by_fd_alone() {
+    let dev = open();
+    let r = dma_round_trip_mapped(&dev, true);
+    if device_name().starts_with('/') {
+        r.expect("iommufd maps a memfd with IOMMU_IOAS_MAP_FILE");
+    } else {
+        // type1 pins by virtual address: a mapping without one is refused
+        // before the kernel is asked.
+        assert_eq!(r.unwrap_err().errno(), libc::EINVAL);
+    }
 }

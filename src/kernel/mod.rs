@@ -10,7 +10,7 @@
 
 mod container;
 mod device;
-pub mod ioctl;
+mod ioctl;
 mod iommufd;
 mod probe;
 mod region;
