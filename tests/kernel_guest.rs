@@ -79,23 +79,6 @@ fn fail(what: &'static str) -> Error {
     }
 }
 
-fn identify(dev: &dyn DeviceIo) -> Result<()> {
-    if read32(dev, 0)? != EDU_ID {
-        return Err(fail("edu identification register"));
-    }
-    Ok(())
-}
-
-fn liveness(dev: &dyn DeviceIo) -> Result<()> {
-    for v in [0x1234_5678u32, 0, 0xffff_ffff] {
-        write32(dev, 0x04, v)?;
-        if read32(dev, 0x04)? != !v {
-            return Err(fail("edu liveness register does not invert"));
-        }
-    }
-    Ok(())
-}
-
 /// Turns on bus mastering (PCI command register bit 2): without it edu's
 /// DMA goes nowhere, and so do its MSI messages, which are DMA writes too.
 fn bus_master_on(dev: &dyn DeviceIo) -> Result<()> {
@@ -119,12 +102,6 @@ fn edu_dma(dev: &dyn DeviceIo, src: u64, dst: u64, len: u32, to_ram: bool) -> Re
         std::thread::sleep(Duration::from_millis(5));
     }
     Ok(())
-}
-
-/// Memory to the device and back through the IOMMU: edu copies a pattern
-/// into its internal buffer and then out to another part of our buffer.
-fn dma_round_trip(dev: &dyn DeviceIo) -> Result<()> {
-    dma_round_trip_mapped(dev, false)
 }
 
 /// The round trip with the buffer mapped by address, or (`by_fd`) only by its
@@ -156,70 +133,11 @@ fn dma_round_trip_mapped(dev: &dyn DeviceIo, by_fd: bool) -> Result<()> {
     result.and(unmapped)
 }
 
-/// edu raises its interrupt on request (register 0x60); with MSI routed to
-/// an eventfd through SET_IRQS, the eventfd fires.
-fn interrupt(dev: &dyn DeviceIo) -> Result<()> {
-    use nix::sys::eventfd::{EfdFlags, EventFd};
-    use std::os::fd::AsRawFd;
-    use vfio_io::device::{pci_irq, IrqAction, IrqData, IrqSet};
-
-    let efd = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
-        .map_err(|e| Error::sys("eventfd", e))?;
-    let fds = [efd.as_fd().as_raw_fd()];
-    let on = IrqSet {
-        index: pci_irq::MSI,
-        start: 0,
-        count: 1,
-        action: IrqAction::Trigger,
-        data: IrqData::Eventfds(&fds),
-    };
-    bus_master_on(dev)?;
-    dev.set_irqs(&on)?;
-    let result = (|| {
-        write32(dev, 0x60, 1)?;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match efd.read() {
-                Ok(n) if n > 0 => break,
-                _ if Instant::now() > deadline => {
-                    return Err(fail("edu interrupt never reached the eventfd"))
-                }
-                _ => std::thread::sleep(Duration::from_millis(5)),
-            }
-        }
-        if read32(dev, 0x24)? & 1 == 0 {
-            return Err(fail("edu interrupt status lacks the raised bit"));
-        }
-        write32(dev, 0x64, 1)
-    })();
-    let off = IrqSet {
-        index: pci_irq::MSI,
-        start: 0,
-        count: 0,
-        action: IrqAction::Trigger,
-        data: IrqData::None,
-    };
-    result.and(dev.set_irqs(&off))
-}
-
-// Until the shared conformance suite lands in this branch, this is its
-// stand-in: identify, liveness, interrupt and DMA, the same names and result shape.
-fn local_edu_suite(dev: &dyn DeviceIo) -> Vec<(&'static str, Result<()>)> {
-    vec![
-        ("identify", identify(dev)),
-        ("liveness", liveness(dev)),
-        ("interrupt", interrupt(dev)),
-        ("dma", dma_round_trip(dev)),
-    ]
-}
-
 #[test]
 #[ignore = "needs real kernel VFIO: run by vm/run-guest-tests"]
 fn conformance_suite() {
     let dev = open();
-    // CONFORMANCE CALL SITE: switch to vfio_io::conformance::run_edu_suite(&dev)
-    // once src/conformance.rs is merged.
-    let results = local_edu_suite(&dev);
+    let results = vfio_io::conformance::run_edu_suite(&dev);
     let mut failed = Vec::new();
     for (name, r) in &results {
         match r {
