@@ -130,9 +130,17 @@ impl DmaBuffer {
             .ok_or(Error::InvalidArgument("size"))?
             / page
             * page;
-        let fd = memfd_create(c"vfio-io-dma", MFdFlags::MFD_CLOEXEC)
-            .map_err(|e| Error::sys("memfd_create", e))?;
+        let fd = memfd_create(
+            c"vfio-io-dma",
+            MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+        )
+        .map_err(|e| Error::sys("memfd_create", e))?;
         nix::unistd::ftruncate(&fd, len as i64).map_err(|e| Error::sys("ftruncate", e))?;
+        // Sealed against resizing, a device side that mmaps the buffer can
+        // trust it never to shrink under it (which would raise SIGBUS there).
+        let seals = nix::fcntl::SealFlag::F_SEAL_SHRINK | nix::fcntl::SealFlag::F_SEAL_GROW;
+        nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_ADD_SEALS(seals))
+            .map_err(|e| Error::sys("F_ADD_SEALS", e))?;
         let map = Mapping::new(fd.as_fd(), 0, len, true)?;
         Ok(DmaBuffer { fd, map })
     }

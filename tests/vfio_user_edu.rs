@@ -1,6 +1,7 @@
 //! The edu conformance suite and the vfio-user commands, over a real UNIX
 //! socket to a server thread in this process.
 
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::thread::JoinHandle;
 
@@ -257,4 +258,38 @@ fn server_dma_through_messages_on_the_main_socket() {
     )
     .unwrap();
     dma_round_trip_through_messages(&c);
+}
+
+/// A client fd that could still shrink is not mmapped by the server (pages
+/// past a shrunk end would raise SIGBUS there): DMA goes by messages. Shown
+/// by handing the server an unsealed memfd that is then truncated to nothing,
+/// while the client answers DMA messages from a different buffer.
+#[test]
+fn server_does_not_mmap_a_shrinkable_fd() {
+    let s = serve(ServerConfig::default());
+    let c = Client::connect(&s.path, ClientConfig::default()).unwrap();
+    let memory = vfio_io::memory::DmaBuffer::new(8192).unwrap();
+    let loose =
+        nix::sys::memfd::memfd_create(c"loose", nix::sys::memfd::MFdFlags::MFD_CLOEXEC).unwrap();
+    nix::unistd::ftruncate(&loose, 8192).unwrap();
+    let mut map = memory.dma_map(0x300000);
+    map.fd = loose.as_raw_fd();
+    // SAFETY: `memory` outlives the mapping, which is removed below.
+    unsafe { c.dma_map(&map).unwrap() };
+    nix::unistd::ftruncate(&loose, 0).unwrap();
+    memory.write(0, &[0x5a; 64]).unwrap();
+    let w = |off: u64, v: u64| c.region_write(0, off, &v.to_ne_bytes(), false).unwrap();
+    w(0x80, 0x300000);
+    w(0x88, 0x40000);
+    w(0x90, 64);
+    w(0x98, 1);
+    w(0x80, 0x40000);
+    w(0x88, 0x301000);
+    w(0x98, 3);
+    let mut back = [0u8; 64];
+    memory.read(0x1000, &mut back).unwrap();
+    assert_eq!(back, [0x5a; 64]);
+    let mut id = [0u8; 4];
+    c.region_read(0, 0, &mut id).unwrap();
+    assert_eq!(u32::from_ne_bytes(id), 0x010000ed, "the server survived");
 }

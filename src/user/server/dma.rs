@@ -30,20 +30,27 @@ pub enum DmaTarget<'a> {
     Message,
 }
 
-/// Refuses a file range that goes past the end of a regular file (a memfd,
-/// a hugetlbfs or tmpfs file): mmap() accepts it, but touching the pages
-/// beyond the end raises SIGBUS and kills the whole server process.
-fn check_backed(fd: &OwnedFd, offset: u64, size: u64) -> Result<()> {
+/// Whether the server may mmap this fd for DMA. A range past the end of a
+/// regular file (memfd, tmpfs, hugetlbfs) is refused: touching those pages
+/// raises SIGBUS, which would kill the whole server. A regular file that the
+/// client could still shrink later is not mapped either (the same SIGBUS,
+/// later): its accesses go through DMA_READ/DMA_WRITE messages instead.
+/// Sealed memfds (QEMU's memory-backend-memfd seals by default) are mapped.
+fn mappable(fd: &OwnedFd, offset: u64, size: u64) -> Result<bool> {
     let st = nix::sys::stat::fstat(fd).map_err(|e| Error::sys("fstat DMA_MAP fd", e))?;
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-        return Ok(());
+        return Ok(true);
     }
     match offset.checked_add(size) {
-        Some(end) if end <= st.st_size as u64 => Ok(()),
-        _ => Err(Error::InvalidArgument(
-            "DMA_MAP range past the end of the file",
-        )),
+        Some(end) if end <= st.st_size as u64 => {}
+        _ => {
+            return Err(Error::InvalidArgument(
+                "DMA_MAP range past the end of the file",
+            ))
+        }
     }
+    let seals = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GET_SEALS).unwrap_or(0);
+    Ok(seals & libc::F_SEAL_SHRINK != 0)
 }
 
 /// The DMA mappings of one client session.
@@ -100,11 +107,14 @@ impl DmaSpace {
         }
         let writable = m.flags & DMA_MAP_WRITE != 0;
         let mapping = match fd {
-            Some(fd) => {
+            Some(fd) if mappable(&fd, m.offset, m.size)? => {
                 let len =
                     usize::try_from(m.size).map_err(|_| Error::InvalidArgument("DMA_MAP size"))?;
-                check_backed(&fd, m.offset, m.size)?;
                 Some(Mapping::new(fd.as_fd(), m.offset, len, writable)?)
+            }
+            Some(_) => {
+                log::debug!(target: "vfio_io::server", "DMA_MAP fd can shrink: DMA by messages");
+                None
             }
             None => None,
         };
