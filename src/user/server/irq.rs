@@ -1,6 +1,8 @@
 //! Server-side IRQ state: the eventfds a client attached and the mask bits.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::device::{IrqAction, IrqInfo, VFIO_IRQ_INFO_AUTOMASKED};
 use crate::error::{Error, Result};
@@ -32,13 +34,25 @@ pub const MAX_VECTORS: u32 = 2048;
 fn signal(fd: &Option<OwnedFd>) -> bool {
     match fd {
         Some(fd) => {
-            // An eventfd takes an 8-byte counter increment; a full counter
-            // (EAGAIN) still leaves the event pending, which is all we need.
-            let _ = nix::unistd::write(fd, &1u64.to_ne_bytes());
+            // The client owns the eventfd and shares its file description, so
+            // it cannot be made non-blocking here; a counter the client ran up
+            // to its maximum would block the write, and the server with it.
+            // Such a counter is not writable, and its event is pending anyway.
+            let mut p = [PollFd::new(fd.as_fd(), PollFlags::POLLOUT)];
+            if matches!(poll(&mut p, PollTimeout::ZERO), Ok(1)) {
+                let _ = nix::unistd::write(fd, &1u64.to_ne_bytes());
+            }
             true
         }
         None => false,
     }
+}
+
+/// Whether `fd` is an eventfd. Anything else (a pipe that blocks, a file that
+/// always polls readable) would let a client stall or spin the server.
+fn is_eventfd(fd: &OwnedFd) -> bool {
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .is_ok_and(|l| l.as_os_str() == "anon_inode:[eventfd]")
 }
 
 impl IrqState {
@@ -142,6 +156,9 @@ impl IrqState {
                 return Err(Error::InvalidArgument(
                     "SET_IRQS fd count differs from count",
                 ));
+            }
+            if !fds.iter().all(is_eventfd) {
+                return Err(Error::InvalidArgument("SET_IRQS fd that is not an eventfd"));
             }
             let mut it = fds.into_iter();
             for v in &mut idx.vectors[start as usize..end as usize] {
