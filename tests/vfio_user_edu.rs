@@ -293,3 +293,57 @@ fn server_does_not_mmap_a_shrinkable_fd() {
     c.region_read(0, 0, &mut id).unwrap();
     assert_eq!(u32::from_ne_bytes(id), 0x010000ed, "the server survived");
 }
+
+/// Overlapping maps from racing threads: one wins, the others get EEXIST,
+/// and DMA then reaches the winner's memory.
+#[test]
+fn racing_overlapping_dma_maps_leave_exactly_the_winner() {
+    let s = serve(ServerConfig::default());
+    let c = Client::connect(&s.path, ClientConfig::default()).unwrap();
+    let bufs: Vec<_> = (0..4u8)
+        .map(|i| {
+            let b = vfio_io::memory::DmaBuffer::new(4096).unwrap();
+            b.write(0, &[i + 1; 16]).unwrap();
+            b
+        })
+        .collect();
+    let results: Vec<_> = std::thread::scope(|sc| {
+        let hs: Vec<_> = bufs
+            .iter()
+            .map(|b| {
+                let c = &c;
+                sc.spawn(move || {
+                    let mut m = b.dma_map(0x400000);
+                    m.fd = -1;
+                    // SAFETY: every buffer outlives the client's use of it below.
+                    unsafe { c.dma_map(&m) }.map_err(|e| e.errno())
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let winners: Vec<_> = results
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.is_ok())
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(winners.len(), 1, "{results:?}");
+    assert!(
+        results.iter().all(|r| r.is_ok() || *r == Err(libc::EEXIST)),
+        "{results:?}"
+    );
+    let w = |off: u64, v: u64| c.region_write(0, off, &v.to_ne_bytes(), false).unwrap();
+    w(0x80, 0x400000);
+    w(0x88, 0x40000);
+    w(0x90, 16);
+    w(0x98, 1);
+    // Back out of edu's buffer into the winner's memory.
+    w(0x80, 0x40000);
+    w(0x88, 0x400000 + 64);
+    w(0x98, 3);
+    let mut back = [0u8; 16];
+    bufs[winners[0]].read(64, &mut back).unwrap();
+    assert_eq!(back, [winners[0] as u8 + 1; 16]);
+    c.dma_unmap(0x400000, 4096).unwrap();
+}

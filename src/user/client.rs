@@ -218,6 +218,10 @@ impl Inner {
                 st = self.sleep(st, left);
             }
         };
+        if parts.len() > 3 {
+            self.release(slot);
+            return Err(Error::InvalidArgument("a request has at most three parts"));
+        }
         let len: usize = parts.iter().map(|p| p.len()).sum();
         let hdr = Header::command(id, command, len).encode();
         let mut iov: [&[u8]; 4] = [&hdr, &[], &[], &[]];
@@ -889,19 +893,9 @@ impl DeviceIo for Client {
     }
 
     unsafe fn dma_map(&self, map: &DmaMap) -> Result<()> {
-        let end = map.iova.checked_add(map.size).filter(|_| map.size > 0);
-        if end.is_none() {
+        let Some(end) = map.iova.checked_add(map.size).filter(|_| map.size > 0) else {
             return Err(Error::InvalidArgument("DMA range empty or wraps"));
-        }
-        {
-            let table = self.inner.dma.read().unwrap_or_else(|p| p.into_inner());
-            if table.len() >= self.server.max_dma_maps as usize {
-                return Err(Error::Sys {
-                    op: "more DMA mappings than max_dma_maps",
-                    errno: libc::ENOSPC,
-                });
-            }
-        }
+        };
         let mut flags = 0;
         if map.readable {
             flags |= DMA_MAP_READ;
@@ -922,28 +916,39 @@ impl DeviceIo for Client {
             &[]
         };
         // Register first: the server may DMA as soon as it has the mapping.
-        self.inner
-            .dma
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(DmaEntry {
+        // Overlaps and the limit are checked under the same lock as the push,
+        // so each entry is unique and a failed map removes its own entry only.
+        {
+            let mut table = self.inner.dma.write().unwrap_or_else(|p| p.into_inner());
+            if table
+                .iter()
+                .any(|e| map.iova < e.iova + e.size && e.iova < end)
+            {
+                return Err(Error::Sys {
+                    op: "DMA mapping overlaps another",
+                    errno: libc::EEXIST,
+                });
+            }
+            if table.len() >= self.server.max_dma_maps as usize {
+                return Err(Error::Sys {
+                    op: "more DMA mappings than max_dma_maps",
+                    errno: libc::ENOSPC,
+                });
+            }
+            table.push(DmaEntry {
                 iova: map.iova,
                 size: map.size,
                 vaddr: map.vaddr,
                 readable: map.readable,
                 writable: map.writable,
             });
+        }
         let r = self
             .inner
             .request(cmd::DMA_MAP, &[&m.encode()], fds, |_| Ok(()));
         if r.is_err() {
             let mut t = self.inner.dma.write().unwrap_or_else(|p| p.into_inner());
-            if let Some(i) = t
-                .iter()
-                .rposition(|e| e.iova == map.iova && e.size == map.size)
-            {
-                t.remove(i);
-            }
+            t.retain(|e| e.iova != map.iova || e.size != map.size);
         }
         r
     }
