@@ -127,6 +127,7 @@ fuzz_target!(|data: &[u8]| {
         timeout: Duration::from_millis(50),
         twin_socket: mode & 1 != 0,
         max_data_xfer_size: if mode & 2 != 0 { 4096 } else { 1 << 20 },
+        spin: None,
     };
     let (ours, theirs) = UnixStream::pair().expect("socketpair");
     std::thread::scope(|scope| {

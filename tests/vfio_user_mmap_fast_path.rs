@@ -1,0 +1,376 @@
+//! Region areas the server offers with an fd are mmapped by the client at
+//! connect, and accesses that fall inside them never become messages.
+//!
+//! The device model counts every region_read/region_write the server hands
+//! it, so "went through the mapping" is observed as "the server never saw
+//! it"; the bytes are checked both ways against the model's own memory.
+//! A counting allocator also checks that the mapped path allocates nothing.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use vfio_io::device::*;
+use vfio_io::memory::Mapping;
+use vfio_io::user::client::{Client, ClientConfig};
+use vfio_io::user::server::{DeviceContext, DeviceModel, Server, ServerConfig, ServerStopper};
+use vfio_io::Result;
+
+const BAR2_SIZE: u64 = 0x4000;
+/// BAR2's one sparse (mmappable) area; the rest of BAR2 is trapped.
+const AREA: SparseArea = SparseArea {
+    offset: 0x1000,
+    size: 0x2000,
+};
+
+struct Counting;
+
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+}
+
+fn note() {
+    if COUNTING.try_with(|c| c.get()).unwrap_or(false) {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: every call is forwarded unchanged to the system allocator; the
+// counting touches only an atomic and a const thread-local.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note();
+        // SAFETY: forwarded with the caller's layout.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note();
+        // SAFETY: as in alloc.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note();
+        // SAFETY: `ptr` came from this allocator (hence System) with `layout`.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from this allocator (hence System) with `layout`.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations(f: impl FnOnce()) -> usize {
+    let before = ALLOCS.load(Ordering::Relaxed);
+    COUNTING.with(|c| c.set(true));
+    f();
+    COUNTING.with(|c| c.set(false));
+    ALLOCS.load(Ordering::Relaxed) - before
+}
+
+/// How many region accesses reached the model.
+#[derive(Default)]
+struct Seen {
+    reads: AtomicUsize,
+    writes: AtomicUsize,
+}
+
+/// BAR0: 16 trapped bytes. BAR2: a memfd, mmappable only in [`AREA`].
+struct CountingDevice {
+    fd: Arc<OwnedFd>,
+    map: Mapping,
+    regs: [u8; 16],
+    seen: Arc<Seen>,
+}
+
+impl CountingDevice {
+    fn new() -> (Self, Arc<OwnedFd>, Arc<Seen>) {
+        let fd =
+            nix::sys::memfd::memfd_create(c"bar2", nix::sys::memfd::MFdFlags::MFD_CLOEXEC).unwrap();
+        nix::unistd::ftruncate(&fd, BAR2_SIZE as i64).unwrap();
+        let map = Mapping::new(fd.as_fd(), 0, BAR2_SIZE as usize, true).unwrap();
+        let fd = Arc::new(fd);
+        let seen = Arc::new(Seen::default());
+        let dev = CountingDevice {
+            fd: fd.clone(),
+            map,
+            regs: [0; 16],
+            seen: seen.clone(),
+        };
+        (dev, fd, seen)
+    }
+}
+
+impl DeviceModel for CountingDevice {
+    fn device_info(&self) -> DeviceInfo {
+        DeviceInfo {
+            flags: VFIO_DEVICE_FLAGS_PCI,
+            num_regions: pci_region::COUNT,
+            num_irqs: pci_irq::COUNT,
+        }
+    }
+
+    fn region_info(&self, index: u32) -> Option<RegionInfo> {
+        let rw = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
+        let mut r = RegionInfo {
+            index,
+            ..RegionInfo::default()
+        };
+        match index {
+            0 => {
+                r.flags = rw;
+                r.size = 16;
+            }
+            2 => {
+                r.flags = rw | VFIO_REGION_INFO_FLAG_MMAP;
+                r.size = BAR2_SIZE;
+                r.caps = vec![RegionCap::SparseMmap(vec![AREA])];
+                r.fd = Some(self.fd.clone());
+            }
+            i if i < pci_region::COUNT => {}
+            _ => return None,
+        }
+        Some(r)
+    }
+
+    fn irq_info(&self, index: u32) -> Option<IrqInfo> {
+        (index < pci_irq::COUNT).then_some(IrqInfo {
+            index,
+            flags: VFIO_IRQ_INFO_EVENTFD,
+            count: 0,
+        })
+    }
+
+    fn region_read(
+        &mut self,
+        _: &mut dyn DeviceContext,
+        index: u32,
+        offset: u64,
+        data: &mut [u8],
+    ) -> Result<()> {
+        self.seen.reads.fetch_add(1, Ordering::SeqCst);
+        match index {
+            0 => data.copy_from_slice(&self.regs[offset as usize..offset as usize + data.len()]),
+            _ => self.map.read(offset as usize, data)?,
+        }
+        Ok(())
+    }
+
+    fn region_write(
+        &mut self,
+        _: &mut dyn DeviceContext,
+        index: u32,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<()> {
+        self.seen.writes.fetch_add(1, Ordering::SeqCst);
+        match index {
+            0 => self.regs[offset as usize..offset as usize + data.len()].copy_from_slice(data),
+            _ => self.map.write(offset as usize, data)?,
+        }
+        Ok(())
+    }
+
+    fn reset(&mut self, _: &mut dyn DeviceContext) -> Result<()> {
+        Ok(())
+    }
+}
+
+struct Served {
+    path: std::path::PathBuf,
+    stopper: ServerStopper,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.stopper.stop();
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn serve(name: &str, model: CountingDevice) -> Served {
+    let path = std::env::temp_dir().join(format!("vfio-io-{name}-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let mut server = Server::bind(&path, model, ServerConfig::default()).unwrap();
+    let stopper = server.stopper();
+    let thread = Some(std::thread::spawn(move || server.serve().unwrap()));
+    Served {
+        path,
+        stopper,
+        thread,
+    }
+}
+
+/// The device's view of BAR2: the same memfd, mapped by the test.
+fn device_view(fd: &OwnedFd) -> Mapping {
+    Mapping::new(fd.as_fd(), 0, BAR2_SIZE as usize, true).unwrap()
+}
+
+#[test]
+fn accesses_inside_the_sparse_area_never_reach_the_server() {
+    let (dev, fd, seen) = CountingDevice::new();
+    let s = serve("mmap-inside", dev);
+    let c = Client::connect(&s.path, ClientConfig::default()).unwrap();
+    assert!(c.has_mapped_areas());
+    let bar2 = device_view(&fd);
+
+    // Client writes of every width, and an odd size, land in the device's memory.
+    let start = AREA.offset;
+    c.region_write(2, start, &[0x11], false).unwrap();
+    c.region_write(2, start + 2, &0x2233u16.to_ne_bytes(), false)
+        .unwrap();
+    c.region_write(2, start + 4, &0x4455_6677u32.to_ne_bytes(), true)
+        .unwrap();
+    c.region_write(2, start + 8, &0x0102_0304_0506_0708u64.to_ne_bytes(), false)
+        .unwrap();
+    c.region_write(2, start + 0x101, b"odd-sized", false)
+        .unwrap();
+    let last = AREA.offset + AREA.size - 4;
+    c.region_write(2, last, &0xdead_beefu32.to_ne_bytes(), false)
+        .unwrap();
+    let mut got = [0u8; 16];
+    bar2.read(start as usize, &mut got).unwrap();
+    let mut want = [0u8; 16];
+    want[0] = 0x11;
+    want[2..4].copy_from_slice(&0x2233u16.to_ne_bytes());
+    want[4..8].copy_from_slice(&0x4455_6677u32.to_ne_bytes());
+    want[8..16].copy_from_slice(&0x0102_0304_0506_0708u64.to_ne_bytes());
+    assert_eq!(got, want);
+    let mut odd = [0u8; 9];
+    bar2.read(start as usize + 0x101, &mut odd).unwrap();
+    assert_eq!(&odd, b"odd-sized");
+    let mut tail = [0u8; 4];
+    bar2.read(last as usize, &mut tail).unwrap();
+    assert_eq!(u32::from_ne_bytes(tail), 0xdead_beef);
+
+    // Device-side stores are what client reads of every width return.
+    bar2.write(start as usize + 0x200, &0x99u8.to_ne_bytes())
+        .unwrap();
+    bar2.write(start as usize + 0x202, &0xabcdu16.to_ne_bytes())
+        .unwrap();
+    bar2.write(start as usize + 0x204, &0x1234_5678u32.to_ne_bytes())
+        .unwrap();
+    bar2.write(
+        start as usize + 0x208,
+        &0x1122_3344_5566_7788u64.to_ne_bytes(),
+    )
+    .unwrap();
+    bar2.write(start as usize + 0x301, b"from the device")
+        .unwrap();
+    let mut b1 = [0u8; 1];
+    let mut b2 = [0u8; 2];
+    let mut b4 = [0u8; 4];
+    let mut b8 = [0u8; 8];
+    let mut b15 = [0u8; 15];
+    c.region_read(2, start + 0x200, &mut b1).unwrap();
+    c.region_read(2, start + 0x202, &mut b2).unwrap();
+    c.region_read(2, start + 0x204, &mut b4).unwrap();
+    c.region_read(2, start + 0x208, &mut b8).unwrap();
+    c.region_read(2, start + 0x301, &mut b15).unwrap();
+    assert_eq!(b1, [0x99]);
+    assert_eq!(u16::from_ne_bytes(b2), 0xabcd);
+    assert_eq!(u32::from_ne_bytes(b4), 0x1234_5678);
+    assert_eq!(u64::from_ne_bytes(b8), 0x1122_3344_5566_7788);
+    assert_eq!(&b15, b"from the device");
+
+    assert_eq!(seen.reads.load(Ordering::SeqCst), 0, "a read was trapped");
+    assert_eq!(seen.writes.load(Ordering::SeqCst), 0, "a write was trapped");
+}
+
+#[test]
+fn ranges_outside_or_straddling_the_area_go_by_message() {
+    let (dev, fd, seen) = CountingDevice::new();
+    let s = serve("mmap-outside", dev);
+    let c = Client::connect(&s.path, ClientConfig::default()).unwrap();
+    let bar2 = device_view(&fd);
+
+    // Wholly in the trapped part of BAR2, before and after the area.
+    c.region_write(2, 0x10, b"trapped", false).unwrap();
+    let mut t = [0u8; 7];
+    bar2.read(0x10, &mut t).unwrap();
+    assert_eq!(&t, b"trapped");
+    bar2.write(0x3800, &0x5555_aaaau32.to_ne_bytes()).unwrap();
+    let mut b4 = [0u8; 4];
+    c.region_read(2, 0x3800, &mut b4).unwrap();
+    assert_eq!(u32::from_ne_bytes(b4), 0x5555_aaaa);
+    assert_eq!(seen.writes.load(Ordering::SeqCst), 1);
+    assert_eq!(seen.reads.load(Ordering::SeqCst), 1);
+
+    // Straddling the area's start and its end: one message each, whole.
+    let before = AREA.offset - 2;
+    c.region_write(2, before, &[1, 2, 3, 4], false).unwrap();
+    bar2.read(before as usize, &mut b4).unwrap();
+    assert_eq!(b4, [1, 2, 3, 4]);
+    let after = AREA.offset + AREA.size - 2;
+    bar2.write(after as usize, &[9, 8, 7, 6]).unwrap();
+    c.region_read(2, after, &mut b4).unwrap();
+    assert_eq!(b4, [9, 8, 7, 6]);
+    assert_eq!(seen.writes.load(Ordering::SeqCst), 2);
+    assert_eq!(seen.reads.load(Ordering::SeqCst), 2);
+
+    // A region without an fd (BAR0) is always trapped.
+    c.region_write(0, 4, &7u32.to_ne_bytes(), false).unwrap();
+    c.region_read(0, 4, &mut b4).unwrap();
+    assert_eq!(u32::from_ne_bytes(b4), 7);
+    assert_eq!(seen.writes.load(Ordering::SeqCst), 3);
+    assert_eq!(seen.reads.load(Ordering::SeqCst), 3);
+}
+
+#[test]
+fn posted_writes_to_trapped_ranges_wait_once_areas_are_mapped() {
+    let (dev, fd, seen) = CountingDevice::new();
+    let s = serve("mmap-posted", dev);
+    let c = Client::connect(&s.path, ClientConfig::default()).unwrap();
+    let bar2 = device_view(&fd);
+    // A "posted" write to the trapped part, then a store through the mapping:
+    // the trapped write must already be in the device when the mapped store
+    // lands, so the device sees them in program order. With a real post the
+    // message could still sit in the socket here.
+    c.region_write(2, 0x20, &0x1111_2222u32.to_ne_bytes(), true)
+        .unwrap();
+    assert_eq!(
+        seen.writes.load(Ordering::SeqCst),
+        1,
+        "the posted write had not reached the device when region_write returned"
+    );
+    let mut b4 = [0u8; 4];
+    bar2.read(0x20, &mut b4).unwrap();
+    assert_eq!(u32::from_ne_bytes(b4), 0x1111_2222);
+    c.region_write(2, AREA.offset, &1u32.to_ne_bytes(), true)
+        .unwrap();
+    assert_eq!(seen.writes.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn the_mapped_path_does_not_allocate() {
+    let (dev, _fd, seen) = CountingDevice::new();
+    let s = serve("mmap-alloc", dev);
+    let c = Client::connect(&s.path, ClientConfig::default()).unwrap();
+    let mut b4 = [0u8; 4];
+    let mut b8 = [0u8; 8];
+    let mut b64 = [0u8; 64];
+    let n = allocations(|| {
+        for i in 0..1000u32 {
+            c.region_write(2, AREA.offset + 4, &i.to_ne_bytes(), false)
+                .unwrap();
+            c.region_read(2, AREA.offset + 4, &mut b4).unwrap();
+            c.region_read(2, AREA.offset + 8, &mut b8).unwrap();
+            c.region_write(2, AREA.offset + 0x100, &b64, true).unwrap();
+            c.region_read(2, AREA.offset + 0x100, &mut b64).unwrap();
+        }
+    });
+    assert_eq!(u32::from_ne_bytes(b4), 999);
+    assert_eq!(n, 0, "{n} allocations in 1000 rounds of mapped accesses");
+    assert_eq!(seen.reads.load(Ordering::SeqCst), 0);
+    assert_eq!(seen.writes.load(Ordering::SeqCst), 0);
+}

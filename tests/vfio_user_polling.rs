@@ -1,0 +1,52 @@
+//! Polling mode (`ClientConfig::spin`): the waiting reader polls the socket
+//! before blocking. Only behaviour is checked here; its speed is in the bench.
+
+use std::time::Duration;
+
+use vfio_io::device::DeviceIo;
+use vfio_io::edu::{regs, Edu, ID};
+use vfio_io::user::client::{Client, ClientConfig};
+use vfio_io::user::server::{Server, ServerConfig};
+
+#[test]
+fn a_polling_client_gets_every_reply_alone_and_shared() {
+    let path = std::env::temp_dir().join(format!("vfio-io-spin-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let mut server = Server::bind(&path, Edu::new(), ServerConfig::default()).unwrap();
+    let stopper = server.stopper();
+    let thread = std::thread::spawn(move || server.serve().unwrap());
+    let c = Client::connect(
+        &path,
+        ClientConfig {
+            spin: Some(Duration::from_micros(50)),
+            ..ClientConfig::default()
+        },
+    )
+    .unwrap();
+    let mut b = [0u8; 4];
+    for i in 0..200u32 {
+        c.region_read(0, regs::ID, &mut b).unwrap();
+        assert_eq!(u32::from_ne_bytes(b), ID);
+        c.region_write(0, regs::LIVENESS, &i.to_ne_bytes(), i % 2 == 0)
+            .unwrap();
+        c.region_read(0, regs::LIVENESS, &mut b).unwrap();
+        assert_eq!(u32::from_ne_bytes(b), !i);
+    }
+    // Several threads: one polls as the reader, the others sleep on the
+    // condvar and are woken with their replies.
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                let mut b = [0u8; 4];
+                for _ in 0..200 {
+                    c.region_read(0, regs::ID, &mut b).unwrap();
+                    assert_eq!(u32::from_ne_bytes(b), ID);
+                }
+            });
+        }
+    });
+    drop(c);
+    stopper.stop();
+    thread.join().unwrap();
+    let _ = std::fs::remove_file(&path);
+}
