@@ -1,5 +1,11 @@
 //! Generates include/vfio-io.h from src/ffi with cbindgen, and a pkg-config
 //! file for the build tree at target/<profile>/pkgconfig/vfio-io.pc.
+//!
+//! The cdylib is linked with the soname `libvfio_io.so.<major>` here, not
+//! only at install time, so that the library a C program links against in
+//! the build tree is the same file scripts/install copies. A program linked
+//! against target/<profile>/libvfio_io.so records that soname as NEEDED, so
+//! the build tree gets a `libvfio_io.so.<major>` symlink next to it.
 
 use std::path::PathBuf;
 
@@ -28,11 +34,24 @@ fn main() {
         Err(e) => panic!("cbindgen failed: {e}"),
     }
 
+    // The ABI major version: 0.x releases may break the ABI at every minor
+    // version, but 0.1 keeps `.so.0` as scripts/install names it.
+    let soname = format!("libvfio_io.so.{}", env!("CARGO_PKG_VERSION_MAJOR"));
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,{soname}");
+
     // OUT_DIR is target/<profile>/build/<pkg>/out: the profile dir is 3 up.
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let Some(profile_dir) = out.ancestors().nth(3) else {
         return;
     };
+    // The build script runs before the link step, so the symlink dangles
+    // until cargo puts libvfio_io.so next to it. It is relative, so a moved
+    // target directory keeps working.
+    let link = profile_dir.join(&soname);
+    if std::fs::read_link(&link).is_err() {
+        let _ = std::fs::remove_file(&link);
+        let _ = std::os::unix::fs::symlink("libvfio_io.so", &link);
+    }
     let template =
         std::fs::read_to_string(root.join("pkgconfig/vfio-io.pc.in")).expect("pc template");
     let libdir = profile_dir.display().to_string();

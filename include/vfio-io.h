@@ -75,34 +75,58 @@
 // Detail for debugging.
 #define VFIO_IO_LOG_DEBUG 7
 
-// An open device. Opaque to C.
+// An open device. Opaque to C: created by `vfio_io_user_connect` or
+// `vfio_io_kernel_open`, freed by `vfio_io_device_close`. One handle may be
+// used from many threads at once, except that closing it must not race
+// with other calls on it.
 typedef struct vfio_io_device vfio_io_device;
 
 // The device operations, shaped like QEMU's `VFIODeviceIOOps` with the
-// capability mask first. The argument structs are `<linux/vfio.h>`'s.
+// capability mask first. The argument structs are `<linux/vfio.h>`'s. Get
+// the table with `vfio_io_device_ops`; every member is non-NULL, and `dev`
+// must be the handle the table came from (NULL or closed gives -EINVAL).
 typedef struct vfio_io_ops {
-  // `VFIO_IO_CAP_*` bits this device really supports.
+  // `VFIO_IO_CAP_*` bits this device really supports (the same value as
+  // `vfio_io_device_capabilities`). Check a bit before trying what it
+  // names: nothing is logged for an operation the device lacks.
   uint64_t capabilities;
-  // `VFIO_DEVICE_FEATURE`. `feature->argsz` bytes are read and, for GET,
-  // written. Returns the kernel's non-negative result (a new fd, owned by
-  // the caller, for DMA_BUF) or -errno.
+  // `VFIO_DEVICE_FEATURE`. `feature` points to `feature->argsz` bytes
+  // (header and data), read and, for GET, written. Returns the
+  // operation's non-negative result or -errno (-EINVAL for a NULL
+  // `feature` or an argsz outside [sizeof(struct vfio_device_feature),
+  // 1 MiB]). For `VFIO_DEVICE_FEATURE_DMA_BUF` the result is a new fd,
+  // owned by the caller.
   int (*device_feature)(struct vfio_io_device *dev, struct vfio_device_feature *feature);
-  // `VFIO_DEVICE_GET_REGION_INFO`. Fills `info` (up to `info->argsz` bytes,
-  // capability chain included; a larger needed size is reported in
-  // `info->argsz`). If `fd` is not NULL, `*fd` receives a new fd to mmap
-  // the region at `info->offset`, owned by the caller, or -1 when the
-  // region is not mappable. Returns 0 or -errno.
+  // `VFIO_DEVICE_GET_REGION_INFO` for region `info->index`. `info` points
+  // to `info->argsz` bytes (at least sizeof(struct vfio_region_info)),
+  // filled with the region info and as much of the capability chain as
+  // fits; when the chain needs more, `info->argsz` is set to the size
+  // needed and the caller asks again with a larger buffer. `fd` may be
+  // NULL; otherwise `*fd` receives a new fd, owned by the caller, to mmap
+  // the region at `info->offset`, or -1 when it is not mappable (also on
+  // failure). Returns 0 or -errno (-EINVAL for an index past the
+  // device's regions or a short argsz).
   int (*get_region_info)(struct vfio_io_device *dev, struct vfio_region_info *info, int *fd);
-  // `VFIO_DEVICE_GET_IRQ_INFO` for `irq->index`. Returns 0 or -errno.
+  // `VFIO_DEVICE_GET_IRQ_INFO` for IRQ index `irq->index`: fills
+  // `irq->flags` and `irq->count`. `irq->argsz` must be at least
+  // sizeof(struct vfio_irq_info). Returns 0 or -errno (-EINVAL for an
+  // index the device lacks).
   int (*get_irq_info)(struct vfio_io_device *dev, struct vfio_irq_info *irq);
-  // `VFIO_DEVICE_SET_IRQS`; eventfds in `irqs->data` are borrowed, not
-  // consumed (-1 detaches a vector). Returns 0 or -errno.
+  // `VFIO_DEVICE_SET_IRQS`. `irqs` points to `irqs->argsz` bytes: the
+  // struct and its data (`count` bools or `count` int32 eventfds). The
+  // eventfds are borrowed, not consumed: the caller still owns and
+  // closes them (the library duplicates what it keeps); -1 detaches a
+  // vector. Returns 0 or -errno (-EBADF for a closed eventfd).
   int (*set_irqs)(struct vfio_io_device *dev, struct vfio_irq_set *irqs);
-  // Reads `size` bytes at `off` of region `nr` into `data`. Returns `size` or -errno.
+  // Reads `size` bytes at offset `off` of region `nr` into `data`, which
+  // holds `size` bytes. Returns `size` or -errno (-EINVAL for a NULL
+  // `data` or a range outside the region).
   int (*region_read)(struct vfio_io_device *dev, uint8_t nr, off_t off, uint32_t size, void *data);
-  // Writes `size` bytes from `data` at `off` of region `nr`; with `post`
-  // the call may return before the device has seen the write. Returns
-  // `size` or -errno.
+  // Writes `size` bytes from `data` at offset `off` of region `nr`. With
+  // `post` the call may return before the device has seen the write
+  // (`VFIO_IO_CAP_POSTED_WRITES`); later reads still see it. `data` is
+  // only read. Returns `size` or -errno (-EINVAL for a NULL `data` or a
+  // range outside the region).
   int (*region_write)(struct vfio_io_device *dev,
                       uint8_t nr,
                       off_t off,
@@ -119,74 +143,72 @@ typedef void (*vfio_io_log_fn)(int level, const char *msg, void *opaque);
 extern "C" {
 #endif // __cplusplus
 
-// Connects to the vfio-user server listening on `socket_path` and stores a
-// new handle in `*out`. Returns 0 or -errno (`-EINVAL` for NULL arguments,
-// `-ENOENT`/`-ECONNREFUSED` when nothing listens, `-EPROTO` when the peer
-// does not speak vfio-user, `-ETIMEDOUT` when it does not answer in 5 s).
-//
-// # Safety
-// `socket_path` must be NULL or a NUL-terminated string; `out` NULL or writable.
+// Connects to the vfio-user server listening on the Unix socket
+// `socket_path` (a NUL-terminated UTF-8 path) and negotiates the protocol.
+// On success `*out` receives a new handle, owned by the caller, who frees
+// it with `vfio_io_device_close`; on failure `*out` is left alone.
+// Returns 0 or -errno: -EINVAL for a NULL argument, -ENOENT or
+// -ECONNREFUSED when nothing listens, -EPROTO when the peer does not speak
+// vfio-user, -ETIMEDOUT when it does not answer within 5 s.
 int vfio_io_user_connect(const char *socket_path, struct vfio_io_device **out);
 
 // Opens a device through kernel VFIO and stores a new handle in `*out`.
-// `path` is a PCI address such as `"0000:00:01.0"` (legacy container and
+// `path` (NUL-terminated) is a PCI address such as `"0000:00:01.0"` (legacy container and
 // IOMMU group; devices of one group share them) or `"/dev/vfio/devices/vfioN"`
 // (iommufd and the device cdev). The device's capabilities are probed once
 // here; nothing is logged for a feature it lacks. Returns 0 or -errno
-// (`-ENODEV` for an unknown device, `-EPERM`/`-EACCES` without access,
-// `-EINVAL` for NULL arguments).
-//
-// # Safety
-// `path` must be NULL or a NUL-terminated string; `out` NULL or writable.
+// (`-ENODEV` for an unknown device or one not bound to vfio-pci or without
+// an IOMMU group, `-EBUSY` for a group that is not viable, `-EPERM`/`-EACCES`
+// without access to /dev/vfio, `-EINVAL` for a NULL argument). On success
+// `*out` receives a new handle, owned by the caller, who frees it with
+// `vfio_io_device_close`; on failure `*out` is left alone. The device, group
+// and container fds stay inside the handle.
 int vfio_io_kernel_open(const char *path, struct vfio_io_device **out);
 
-// Closes a device and frees its handle (NULL is ignored). Must not race with
-// other calls on the same handle. fds the caller received stay open.
-//
-// # Safety
-// `dev` must be NULL or a live handle, not used again afterwards.
+// Closes a device and frees its handle; NULL is ignored. `dev` must be NULL
+// or a live handle, and is invalid afterwards; the call must not race with
+// other calls on the same handle. fds the caller received from the library
+// (region fds, DMA-BUFs) stay open and the caller's to close; the library
+// closes its own (device, group, container, socket, duplicated eventfds).
 void vfio_io_device_close(struct vfio_io_device *dev);
 
-// The device's ops table, valid until `vfio_io_device_close`; its
-// `capabilities` is the device's mask. NULL for a NULL or closed handle.
-//
-// # Safety
-// `dev` must be NULL or a live handle.
+// The device's ops table, owned by the handle and valid until
+// `vfio_io_device_close(dev)`; its `capabilities` is the device's mask.
+// `dev` must be NULL or a live handle; NULL gives NULL.
 const struct vfio_io_ops *vfio_io_device_ops(const struct vfio_io_device *dev);
 
 // The device's capability mask (`VFIO_IO_CAP_*`): what this device really
-// supports. 0 for a NULL handle.
-//
-// # Safety
-// `dev` must be NULL or a live handle.
+// supports, learned once at open. `dev` must be NULL or a live handle; NULL
+// gives 0.
 uint64_t vfio_io_device_capabilities(const struct vfio_io_device *dev);
 
 // The backend's capability mask: what any device of this backend could
-// support. 0 for a NULL handle.
-//
-// # Safety
-// `dev` must be NULL or a live handle.
+// support (a superset of the device's). `dev` must be NULL or a live
+// handle; NULL gives 0.
 uint64_t vfio_io_backend_capabilities(const struct vfio_io_device *dev);
 
 // Exports the mappable ranges of region `region_index` as a DMA-BUF.
-// Without `VFIO_IO_CAP_DMA_BUF` this returns 0 with `*out_fd = -1`, tries
-// nothing and logs nothing. On success `*out_fd` is a new fd owned by the
-// caller. Returns 0 or -errno.
-//
-// # Safety
-// `dev` must be NULL or a live handle; `out_fd` NULL or writable.
+// `dev` must be NULL or a live handle; `out_fd` must point to an int.
+// `*out_fd` is set to -1 first; on success it is a new DMA-BUF fd, owned
+// by the caller, who closes it. Without `VFIO_IO_CAP_DMA_BUF` this returns
+// 0 with `*out_fd` = -1, tries nothing and logs nothing. Returns 0 or
+// -errno (-EINVAL for a NULL argument or an unknown region; the kernel's
+// error for a region with nothing mappable).
 int vfio_io_region_create_dma_buf(struct vfio_io_device *dev, uint32_t region_index, int *out_fd);
 
 // Maps `size` bytes for device DMA at `iova`. `vaddr` is the memory's
 // address in this process (kernel VFIO needs it; vfio-user uses it to answer
 // the server's DMA messages); `fd`/`offset` the memory's fd, or -1 (vfio-user
 // passes it to the server; it is borrowed, not consumed). `flags` is
-// `VFIO_IO_DMA_READ | VFIO_IO_DMA_WRITE`. Returns 0 or -errno (`-EEXIST` for
-// an overlap, `-ENOSPC` past the device's mapping limit).
+// `VFIO_IO_DMA_READ | VFIO_IO_DMA_WRITE`. Returns 0 or -errno (`-EINVAL`
+// for a NULL `dev`, unknown flags, or neither `vaddr` nor `fd`; `-EBADF`
+// for a closed `fd`; `-EEXIST` for an overlap; `-ENOSPC` past the
+// device's mapping limit).
 //
-// # Safety
-// `dev` must be NULL or a live handle; `[vaddr, vaddr+size)` must stay
-// mapped until unmapped or the device is closed.
+// `dev` must be NULL or a live handle. `fd` stays the caller's: the
+// library duplicates what it keeps. When `vaddr` is not NULL,
+// `[vaddr, vaddr + size)` must stay mapped until `vfio_io_dma_unmap` or
+// `vfio_io_device_close`: the device reads and writes it.
 int vfio_io_dma_map(struct vfio_io_device *dev,
                     uint64_t iova,
                     uint64_t size,
@@ -195,29 +217,30 @@ int vfio_io_dma_map(struct vfio_io_device *dev,
                     uint64_t offset,
                     uint32_t flags);
 
-// Removes the mapping made with exactly this `iova` and `size`.
-// Returns 0 or -errno.
-//
-// # Safety
-// `dev` must be NULL or a live handle.
+// Removes the mapping made with exactly this `iova` and `size`; the device
+// no longer reaches that memory when this returns. `dev` must be NULL or a
+// live handle. Returns 0 or -errno (`-EINVAL` for a NULL `dev`; the
+// backend's error, such as `-ENOENT` on a kernel container, when no
+// mapping matches).
 int vfio_io_dma_unmap(struct vfio_io_device *dev, uint64_t iova, uint64_t size);
 
-// Resets the device. Returns 0 or -errno.
-//
-// # Safety
-// `dev` must be NULL or a live handle.
+// Resets the device (`VFIO_DEVICE_RESET`). `dev` must be NULL or a live
+// handle. Returns 0 or -errno (`-EINVAL` for NULL; a device without
+// `VFIO_IO_CAP_RESET` fails with its backend's error).
 int vfio_io_device_reset(struct vfio_io_device *dev);
 
 // Sets the handler that receives the library's log lines at `max_level`
 // (`VFIO_IO_LOG_*`) and above in severity; NULL removes it. Nothing is
-// printed without a handler. `fn` may be called from any thread.
-//
-// # Safety
-// `fn` must be callable with `opaque` from any thread until replaced.
+// printed without a handler. `f` is called with `opaque`, a
+// `VFIO_IO_LOG_*` level and a NUL-terminated line that is valid only during
+// the call; it may be called from any thread, concurrently, until another
+// call replaces it, so it and `opaque` must stay valid that long. The
+// handler is process-wide.
 void vfio_io_set_log_handler(vfio_io_log_fn f, void *opaque, int max_level);
 
 // The name of one capability bit (`"DMA_BUF"` for `VFIO_IO_CAP_DMA_BUF`), or
-// NULL for an unknown or multi-bit value. The string is static.
+// NULL for 0, an unknown bit or several bits. The string is static: never
+// free it.
 const char *vfio_io_capability_name(uint64_t bit);
 
 #ifdef __cplusplus

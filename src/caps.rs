@@ -42,11 +42,30 @@ bitflags! {
 
 impl Capabilities {
     /// Every bit with its name, in bit order: for decoding a mask for people.
+    ///
+    /// ```
+    /// use vfio_io::caps::Capabilities;
+    ///
+    /// let (name, bit) = Capabilities::named_bits().next().unwrap();
+    /// assert_eq!((name, bit), ("DMA_BUF", Capabilities::DMA_BUF));
+    /// assert_eq!(Capabilities::named_bits().count(), 11);
+    /// ```
     pub fn named_bits() -> impl Iterator<Item = (&'static str, Capabilities)> {
         Capabilities::all().iter_names()
     }
 
     /// A readable `A|B|C` rendering of the set bits (`none` when empty).
+    ///
+    /// ```
+    /// use vfio_io::caps::Capabilities;
+    ///
+    /// // What QEMU's edu device reports over vfio-user.
+    /// let edu = Capabilities::from_bits_truncate(0x3c0);
+    /// assert_eq!(edu.describe(), "POSTED_WRITES|RESET|WRITE_MULTI|DMA_MESSAGES");
+    /// // A caller checks a bit instead of trying and reading -ENOTTY.
+    /// assert!(!edu.contains(Capabilities::DMA_BUF));
+    /// assert_eq!(Capabilities::empty().describe(), "none");
+    /// ```
     pub fn describe(self) -> String {
         if self.is_empty() {
             return "none".to_string();

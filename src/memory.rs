@@ -115,6 +115,24 @@ impl Drop for Mapping {
 
 /// Memory to hand to a device for DMA: a memfd, mapped shared in this process,
 /// so it has both the fd (vfio-user, iommufd MAP_FILE) and the address (type1).
+///
+/// ```
+/// use vfio_io::memory::DmaBuffer;
+///
+/// let buf = DmaBuffer::new(100)?;
+/// assert_eq!(buf.len(), 4096); // whole pages
+/// buf.write(8, b"edu")?;
+/// let mut back = [0u8; 3];
+/// buf.read(8, &mut back)?;
+/// assert_eq!(&back, b"edu");
+/// assert!(buf.read(4095, &mut back).is_err()); // past the end
+///
+/// // What DeviceIo::dma_map takes: both the address and the fd.
+/// let map = buf.dma_map(0x10_0000);
+/// assert_eq!((map.iova, map.size), (0x10_0000, 4096));
+/// assert!(map.vaddr != 0 && map.fd >= 0 && map.readable && map.writable);
+/// # Ok::<(), vfio_io::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct DmaBuffer {
     fd: OwnedFd,

@@ -118,6 +118,26 @@ fn put_u64(b: &mut [u8], off: usize, v: u64) {
 }
 
 /// The 16-byte header that starts every message.
+///
+/// ```
+/// use vfio_io::user::proto::{cmd, Header, HEADER_SIZE};
+///
+/// let req = Header::command(7, cmd::DEVICE_GET_INFO, 32); // message id 7, 32-byte payload
+/// let bytes = req.encode();
+/// assert_eq!(bytes.len(), HEADER_SIZE);
+/// let back = Header::decode(&bytes, 4096)?;
+/// assert_eq!(back, req);
+/// assert_eq!(back.payload_len(), 32);
+/// assert!(!back.is_reply());
+///
+/// let err = Header::decode(&Header::error_reply(&req, libc::EINVAL).encode(), 4096)?;
+/// assert!(err.is_reply());
+/// assert_eq!(err.error_errno(), Some(libc::EINVAL));
+///
+/// // A size field past the receiver's limit is refused before any payload is read.
+/// assert!(Header::decode(&Header::command(1, cmd::DMA_MAP, 8192).encode(), 4096).is_err());
+/// # Ok::<(), vfio_io::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Header {
     /// Message id, chosen by the sender of a command and echoed in its reply.

@@ -18,7 +18,29 @@ usage: vfio-io serve edu SOCKET [--trace]   serve QEMU's edu device over vfio-us
        vfio-io demo                         serve edu on a temporary socket and drive it through the library
        vfio-io info TARGET [--json]         show a device: TARGET is a vfio-user socket, a PCI address
                                             (0000:00:01.0) or /dev/vfio/devices/vfioN
-       vfio-io --help";
+       vfio-io COMMAND --help               help on one command";
+
+const SERVE_USAGE: &str = "\
+usage: vfio-io serve edu SOCKET [--trace]
+
+Serves QEMU's edu device (PCI 1234:11e8) over vfio-user on the Unix socket
+SOCKET until SIGINT or SIGTERM, then removes SOCKET. Connect with
+vfio_io_user_connect(), `vfio-io info SOCKET` or QEMU's vfio-user-pci.
+
+  --trace   log every vfio-user message to stderr";
+
+const INFO_USAGE: &str = "\
+usage: vfio-io info TARGET [--json]
+
+Shows a device's regions, IRQ indices and capability bits (and where each bit
+was learned). TARGET is one of:
+  SOCKET                   a vfio-user socket (vfio-io serve edu SOCKET)
+  0000:00:01.0             a PCI address bound to vfio-pci (legacy container road)
+  /dev/vfio/devices/vfioN  a VFIO device cdev (iommufd road)
+
+  --json    print one JSON object (schema in README, \"## vfio-io info\")
+
+Exit status: 0, 1 when the device cannot be opened or read, 2 for bad usage.";
 
 /// Prints log records to stderr (the library itself prints nothing).
 struct StderrLog;
@@ -137,31 +159,129 @@ fn demo() -> Result<(), String> {
     result
 }
 
+/// A parsed command line.
+enum Command<'a> {
+    Serve {
+        socket: &'a str,
+        trace: bool,
+    },
+    Demo,
+    Info {
+        target: &'a str,
+        json: bool,
+    },
+    /// Print this text on stdout and succeed.
+    Help(&'static str),
+    /// Print this message and the usage on stderr and exit 2.
+    Usage(String, &'static str),
+}
+
+fn parse<'a>(args: &[&'a str]) -> Command<'a> {
+    let help = |rest: &[&str]| rest.iter().any(|a| *a == "--help" || *a == "-h");
+    match args {
+        [] => Command::Usage("no command".into(), USAGE),
+        ["--help" | "-h" | "help"] => Command::Help(USAGE),
+        ["help", "serve"] => Command::Help(SERVE_USAGE),
+        ["help", "info"] => Command::Help(INFO_USAGE),
+        ["serve", rest @ ..] if help(rest) => Command::Help(SERVE_USAGE),
+        ["info", rest @ ..] if help(rest) => Command::Help(INFO_USAGE),
+        ["serve", rest @ ..] => {
+            let trace = rest.contains(&"--trace");
+            let pos: Vec<&str> = rest.iter().copied().filter(|a| *a != "--trace").collect();
+            match pos.as_slice() {
+                ["edu", socket] if !socket.starts_with('-') => Command::Serve { socket, trace },
+                [model, _] if *model != "edu" => Command::Usage(
+                    format!("unknown device model '{model}' (the one model is edu)"),
+                    SERVE_USAGE,
+                ),
+                _ => Command::Usage("serve takes a model and a socket path".into(), SERVE_USAGE),
+            }
+        }
+        ["demo"] => Command::Demo,
+        ["info", rest @ ..] => {
+            let json = rest.contains(&"--json");
+            let pos: Vec<&str> = rest.iter().copied().filter(|a| *a != "--json").collect();
+            match pos.as_slice() {
+                [target] if !target.starts_with('-') => Command::Info { target, json },
+                _ => Command::Usage("info takes one TARGET".into(), INFO_USAGE),
+            }
+        }
+        [other, ..] => Command::Usage(format!("unknown command '{other}'"), USAGE),
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
-    let r = match a.as_slice() {
-        ["serve", "edu", sock] => serve(Path::new(sock), false),
-        ["serve", "edu", sock, "--trace"] | ["serve", "edu", "--trace", sock] => {
-            serve(Path::new(sock), true)
-        }
-        ["demo"] => demo(),
-        ["info", target] => info::run(target, false),
-        ["info", target, "--json"] | ["info", "--json", target] => info::run(target, true),
-        ["--help"] | ["-h"] | ["help"] => {
-            println!("{USAGE}");
+    let r = match parse(&a) {
+        Command::Serve { socket, trace } => serve(Path::new(socket), trace),
+        Command::Demo => demo(),
+        Command::Info { target, json } => info::run(target, json),
+        Command::Help(text) => {
+            println!("{text}");
             return ExitCode::SUCCESS;
         }
-        _ => {
-            eprintln!("{USAGE}");
+        Command::Usage(msg, text) => {
+            eprintln!("vfio-io: {msg}\n{text}");
             return ExitCode::from(2);
         }
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("vfio-io: {e}");
+            // One line: scripts and humans both read the first line.
+            eprintln!("vfio-io: {}", e.replace('\n', " "));
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_lines() {
+        assert!(matches!(
+            parse(&["serve", "edu", "/s"]),
+            Command::Serve {
+                socket: "/s",
+                trace: false
+            }
+        ));
+        assert!(matches!(
+            parse(&["serve", "--trace", "edu", "/s"]),
+            Command::Serve {
+                socket: "/s",
+                trace: true
+            }
+        ));
+        assert!(matches!(
+            parse(&["serve", "--help"]),
+            Command::Help(SERVE_USAGE)
+        ));
+        assert!(matches!(
+            parse(&["serve", "edu", "-h"]),
+            Command::Help(SERVE_USAGE)
+        ));
+        assert!(matches!(
+            parse(&["info", "--help"]),
+            Command::Help(INFO_USAGE)
+        ));
+        assert!(matches!(
+            parse(&["info", "--json", "x"]),
+            Command::Info {
+                target: "x",
+                json: true
+            }
+        ));
+        assert!(matches!(
+            parse(&["serve", "nvme", "/s"]),
+            Command::Usage(..)
+        ));
+        assert!(matches!(parse(&["info"]), Command::Usage(..)));
+        assert!(matches!(parse(&["info", "a", "b"]), Command::Usage(..)));
+        assert!(matches!(parse(&[]), Command::Usage(..)));
+        assert!(matches!(parse(&["frob"]), Command::Usage(..)));
     }
 }
