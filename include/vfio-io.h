@@ -84,7 +84,8 @@ typedef struct vfio_io_device vfio_io_device;
 // The device operations, shaped like QEMU's `VFIODeviceIOOps` with the
 // capability mask first. The argument structs are `<linux/vfio.h>`'s. Get
 // the table with `vfio_io_device_ops`; every member is non-NULL, and `dev`
-// must be the handle the table came from (NULL or closed gives -EINVAL).
+// must be the handle the table came from (NULL gives -EINVAL; a closed
+// handle must never be passed: its memory is freed).
 typedef struct vfio_io_ops {
   // `VFIO_IO_CAP_*` bits this device really supports (the same value as
   // `vfio_io_device_capabilities`). Check a bit before trying what it

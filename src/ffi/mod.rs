@@ -51,7 +51,8 @@ pub struct vfio_io_device {
 /// The device operations, shaped like QEMU's `VFIODeviceIOOps` with the
 /// capability mask first. The argument structs are `<linux/vfio.h>`'s. Get
 /// the table with `vfio_io_device_ops`; every member is non-NULL, and `dev`
-/// must be the handle the table came from (NULL or closed gives -EINVAL).
+/// must be the handle the table came from (NULL gives -EINVAL; a closed
+/// handle must never be passed: its memory is freed).
 #[repr(C)]
 pub struct vfio_io_ops {
     /// `VFIO_IO_CAP_*` bits this device really supports (the same value as
@@ -133,7 +134,8 @@ fn ret(r: Result<c_int>) -> c_int {
     r.unwrap_or_else(|e| -e.errno())
 }
 
-/// The device behind a C handle, if the handle looks alive.
+/// The device behind a C handle. The magic number catches NULL and some
+/// stray pointers; it cannot make a freed (closed) handle safe to pass.
 ///
 /// # Safety
 /// `dev` must be NULL or a pointer returned by an open function and not yet
@@ -142,7 +144,7 @@ unsafe fn device<'a>(dev: *const vfio_io_device) -> Result<&'a vfio_io_device> {
     // SAFETY: per this function's contract the pointer is NULL or live.
     match unsafe { dev.as_ref() } {
         Some(d) if d.magic == MAGIC => Ok(d),
-        _ => Err(Error::InvalidArgument("NULL or closed device handle")),
+        _ => Err(Error::InvalidArgument("NULL or invalid device handle")),
     }
 }
 
