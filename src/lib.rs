@@ -19,6 +19,7 @@ pub mod ffi;
 pub mod kernel;
 pub mod memory;
 pub mod pci;
+pub mod region_info;
 pub mod user;
 
 pub use caps::Capabilities;

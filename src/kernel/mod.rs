@@ -18,7 +18,6 @@ mod region;
 pub use container::parse_pci_address;
 pub use device::KernelDevice;
 pub use probe::BACKEND as BACKEND_CAPABILITIES;
-pub use region::parse_region_caps;
 
 use crate::error::{Error, Result};
 
