@@ -8,26 +8,18 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use vfio_io::device::{pci_irq, DeviceIo, IrqAction, IrqData, IrqSet};
 use vfio_io::edu::Edu;
 use vfio_io::user::client::{Client, ClientConfig};
-use vfio_io::user::server::{Server, ServerConfig};
+use vfio_io::user::server::ServerConfig;
 
-fn with_edu(name: &str, f: impl FnOnce(&Client)) {
-    let path =
-        std::env::temp_dir().join(format!("vfio-io-evfd-{name}-{}.sock", std::process::id()));
-    let _ = std::fs::remove_file(&path);
-    let mut server = Server::bind(&path, Edu::new(), ServerConfig::default()).unwrap();
-    let stopper = server.stopper();
-    let t = std::thread::spawn(move || server.serve().unwrap());
-    {
-        let config = ClientConfig {
-            timeout: Duration::from_millis(800),
-            ..ClientConfig::default()
-        };
-        let c = Client::connect(&path, config).unwrap();
-        f(&c);
-    }
-    stopper.stop();
-    t.join().unwrap();
-    let _ = std::fs::remove_file(&path);
+mod common;
+
+fn with_edu(_name: &str, f: impl FnOnce(&Client)) {
+    let s = common::serve(Edu::new(), ServerConfig::default());
+    let config = ClientConfig {
+        timeout: Duration::from_millis(800),
+        ..ClientConfig::default()
+    };
+    let c = Client::connect(&s.path, config).unwrap();
+    f(&c);
 }
 
 fn attach(c: &Client, index: u32, action: IrqAction, fd: i32) -> vfio_io::Result<()> {

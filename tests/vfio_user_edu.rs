@@ -2,57 +2,18 @@
 //! socket to a server thread in this process.
 
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
-use std::thread::JoinHandle;
 
 use vfio_io::caps::Capabilities;
 use vfio_io::conformance::run_edu_suite;
 use vfio_io::device::{pci_irq, pci_region, DeviceIo};
 use vfio_io::edu::Edu;
 use vfio_io::user::client::{Client, ClientConfig};
-use vfio_io::user::server::{Server, ServerConfig, ServerStopper};
+use vfio_io::user::server::ServerConfig;
 
-struct Served {
-    path: PathBuf,
-    stopper: ServerStopper,
-    thread: Option<JoinHandle<()>>,
-    _dir: TempDir,
-}
+mod common;
 
-struct TempDir(PathBuf);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn serve(config: ServerConfig) -> Served {
-    let dir = std::env::temp_dir().join(format!(
-        "vfio-io-test-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("edu.sock");
-    let mut server = Server::bind(&path, Edu::new(), config).unwrap();
-    let stopper = server.stopper();
-    let thread = std::thread::spawn(move || server.serve().unwrap());
-    Served {
-        path,
-        stopper,
-        thread: Some(thread),
-        _dir: TempDir(dir),
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        self.stopper.stop();
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap();
-        }
-    }
+fn serve(config: ServerConfig) -> common::Served {
+    common::serve(Edu::new(), config)
 }
 
 fn check_suite(dev: &dyn DeviceIo) {

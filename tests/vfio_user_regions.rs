@@ -13,7 +13,7 @@ use vfio_io::edu::Edu;
 use vfio_io::memory::Mapping;
 use vfio_io::user::client::{Client, ClientConfig};
 use vfio_io::user::proto::MultiWrite;
-use vfio_io::user::server::{DeviceContext, DeviceModel, Server, ServerConfig, ServerStopper};
+use vfio_io::user::server::{DeviceContext, DeviceModel, ServerConfig};
 use vfio_io::Result;
 
 const SHARED_SIZE: u64 = 0x4000;
@@ -123,33 +123,10 @@ impl DeviceModel for SharedMemDevice {
     }
 }
 
-struct Served {
-    path: std::path::PathBuf,
-    stopper: ServerStopper,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
+mod common;
 
-impl Drop for Served {
-    fn drop(&mut self) {
-        self.stopper.stop();
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap();
-        }
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-fn serve<M: DeviceModel + 'static>(name: &str, model: M) -> Served {
-    let path = std::env::temp_dir().join(format!("vfio-io-{name}-{}.sock", std::process::id()));
-    let _ = std::fs::remove_file(&path);
-    let mut server = Server::bind(&path, model, ServerConfig::default()).unwrap();
-    let stopper = server.stopper();
-    let thread = Some(std::thread::spawn(move || server.serve().unwrap()));
-    Served {
-        path,
-        stopper,
-        thread,
-    }
+fn serve<M: DeviceModel + 'static>(_name: &str, model: M) -> common::Served {
+    common::serve(model, ServerConfig::default())
 }
 
 #[test]
