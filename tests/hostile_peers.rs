@@ -1359,7 +1359,7 @@ fn client_dma_map_past_max_dma_maps_is_enospc() {
 }
 
 #[test]
-fn client_dma_unmap_of_nothing_is_enoent() {
+fn client_dma_unmap_of_nothing_succeeds_as_with_type1() {
     hostile(LIMIT, || {
         let s = serve();
         let mut p = Peer::connect(&s.path);
@@ -1370,10 +1370,8 @@ fn client_dma_unmap_of_nothing_is_enoent() {
             address: 0x10_0000,
             size: 0x1000,
         };
-        assert_eq!(
-            p.errno_of(cmd::DMA_UNMAP, &[&u.encode()], &[]),
-            Some(libc::ENOENT)
-        );
+        // QEMU behind a vIOMMU unmaps ranges that hold nothing.
+        assert_eq!(p.errno_of(cmd::DMA_UNMAP, &[&u.encode()], &[]), None);
         drop(p);
         s.assert_serves();
     });

@@ -130,15 +130,30 @@ impl DmaSpace {
 
     /// Removes the mapping with exactly this address and size (DMA_UNMAP).
     pub fn unmap(&mut self, iova: u64, size: u64) -> Result<()> {
-        let i = self
-            .regions
-            .iter()
-            .position(|r| r.iova == iova && r.size == size)
-            .ok_or(Error::Sys {
-                op: "DMA_UNMAP of no mapping",
-                errno: libc::ENOENT,
-            })?;
-        self.regions.swap_remove(i);
+        // VFIO type1 semantics, which QEMU's vfio-user client relies on: the
+        // range removes every mapping lying wholly inside it, and a range that
+        // holds none is not an error. Behind a guest vIOMMU (intel-iommu with
+        // caching-mode) QEMU forwards each IOTLB invalidation as an unmap,
+        // often of large ranges with nothing mapped (0xff000000+16 MiB,
+        // 4 GiB+4 GiB); refusing those made QEMU print an error per
+        // invalidation. Splitting a mapping is still refused, as type1 does.
+        // u128: QEMU's last invalidation range ends exactly at 2^64.
+        let (start, end) = (iova as u128, iova as u128 + size as u128);
+        if end > 1u128 << 64 {
+            return Err(Error::InvalidArgument("DMA_UNMAP range wraps"));
+        }
+        let bounds = |r: &DmaRegion| (r.iova as u128, r.iova as u128 + r.size as u128);
+        let splits = self.regions.iter().any(|r| {
+            let (a, b) = bounds(r);
+            a < end && start < b && (a < start || b > end)
+        });
+        if splits {
+            return Err(Error::InvalidArgument("DMA_UNMAP would split a mapping"));
+        }
+        self.regions.retain(|r| {
+            let (a, b) = bounds(r);
+            !(a >= start && b <= end)
+        });
         Ok(())
     }
 
@@ -214,7 +229,7 @@ mod tests {
     }
 
     #[test]
-    fn access_outside_mappings_faults_and_unmap_needs_exact_match() {
+    fn access_outside_mappings_faults_and_unmap_takes_whole_mappings() {
         let mut s = DmaSpace::new(8);
         s.map(&msg(0x1000, 0x1000), None).unwrap();
         assert!(matches!(
@@ -229,8 +244,20 @@ mod tests {
             s.target(u64::MAX, 2, false).err().unwrap().errno(),
             libc::EINVAL
         );
-        assert_eq!(s.unmap(0x1000, 0x800).unwrap_err().errno(), libc::ENOENT);
+        assert_eq!(s.unmap(0x1000, 0x800).unwrap_err().errno(), libc::EINVAL);
+        assert_eq!(s.unmap(0x800, 0x1000).unwrap_err().errno(), libc::EINVAL);
+        // Nothing mapped there: fine, as with VFIO type1.
+        s.unmap(0x10_0000, 0x1000).unwrap();
+        assert!(!s.is_empty());
         s.unmap(0x1000, 0x1000).unwrap();
         assert!(s.is_empty());
+        // One range takes every mapping inside it.
+        s.map(&msg(0x1000, 0x1000), None).unwrap();
+        s.map(&msg(0x3000, 0x1000), None).unwrap();
+        s.unmap(0, 0x1_0000).unwrap();
+        assert!(s.is_empty());
+        assert_eq!(s.unmap(u64::MAX, 2).unwrap_err().errno(), libc::EINVAL);
+        // A range reaching exactly the top of the address space is valid.
+        s.unmap(1 << 63, 1 << 63).unwrap();
     }
 }

@@ -378,7 +378,15 @@ impl<'a, M: DeviceModel> Session<'a, M> {
         match result {
             Err(e) if fatal => Err(e),
             Err(e) => {
-                log::debug!(target: "vfio_io::server", "{} failed: {e}", cmd::name(hdr.command));
+                // A traced session shows the error replies too: a client such
+                // as QEMU may carry on after one, and a command log without
+                // them would read as a clean session.
+                if self.config.trace {
+                    log::info!(target: "vfio_io::server", "{} id={} failed with errno {}: {e}",
+                        cmd::name(hdr.command), hdr.id, e.errno());
+                } else {
+                    log::debug!(target: "vfio_io::server", "{} failed: {e}", cmd::name(hdr.command));
+                }
                 Ok(())
             }
             Ok(_) => Ok(()),

@@ -1,0 +1,272 @@
+# Sourced by vm/run-guest-tests and vm/circle-test: host packages, the small
+# guest kernel, the guest test binary, the initramfs that runs it, and the
+# reading of its console.
+#
+# The caller sets $root (the source tree), $cache (the cache folder) and
+# $jobs (kernel build parallelism), and defines say and die.
+
+# ---------------------------------------------------------------- host packages
+# Newer suites are needed only for QEMU (bookworm-backports) and the kernel
+# source (trixie-backports). Both are pinned at 100 so that no later
+# `apt-get install` or upgrade pulls host libraries from them.
+setup_apt() {
+    local src=/etc/apt/sources.list.d/vfio-io-vm.sources
+    local pin=/etc/apt/preferences.d/vfio-io-vm
+    local want_src want_pin
+    want_src="Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports trixie trixie-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+"
+    want_pin="Package: *
+Pin: release n=bookworm-backports
+Pin-Priority: 100
+
+Package: *
+Pin: release n=trixie
+Pin-Priority: 100
+
+Package: *
+Pin: release n=trixie-backports
+Pin-Priority: 100
+"
+    local changed=0
+    # The pin goes in first: there is never a moment with the suites unpinned.
+    if ! printf '%s' "$want_pin" | cmp -s - "$pin"; then
+        printf '%s' "$want_pin" >"$pin"; changed=1
+    fi
+    if ! printf '%s' "$want_src" | cmp -s - "$src"; then
+        printf '%s' "$want_src" >"$src"; changed=1
+    fi
+    local stamp="$cache/apt-updated"
+    if [[ $changed == 1 || ! -e $stamp || -n "$(find "$stamp" -mmin +1440 2>/dev/null)" ]]; then
+        say "apt-get update"
+        apt-get update -qq >/dev/null || die "apt-get update failed"
+        touch "$stamp"
+    fi
+}
+
+pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+
+install_packages() {
+    export DEBIAN_FRONTEND=noninteractive
+    local need=() p
+    for p in busybox-static cpio flex bison bc libelf-dev libssl-dev gcc make xz-utils \
+             kmod python3 ca-certificates; do
+        pkg_installed "$p" || need+=("$p")
+    done
+    if ((${#need[@]})); then
+        say "installing ${need[*]}"
+        apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null \
+            || die "apt-get install ${need[*]} failed"
+    fi
+}
+
+# The host's own QEMU (run-guest-tests boots the guest with it; circle-test
+# uses the chroot's QEMU instead).
+install_host_qemu() {
+    if ! command -v qemu-system-x86_64 >/dev/null; then
+        # Take QEMU from bookworm-backports when it is there (matches the
+        # qemu-utils this machine kind carries), else bookworm's own.
+        say "installing qemu-system-x86"
+        if apt-cache policy qemu-system-x86 | grep -q bookworm-backports; then
+            apt-get install -y -qq --no-install-recommends -t bookworm-backports \
+                qemu-system-x86 >/dev/null || die "installing qemu-system-x86 failed"
+        else
+            apt-get install -y -qq --no-install-recommends qemu-system-x86 >/dev/null \
+                || die "installing qemu-system-x86 failed"
+        fi
+    fi
+    command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 is not available"
+}
+
+# ---------------------------------------------------------------- guest kernel
+# Every option must be =y after olddefconfig; a silently dropped dependency
+# would give a guest without VFIO, iommufd or DMA-BUF and a confusing failure.
+kconfig_fragment() {
+    local o
+    for o in 64BIT SMP PRINTK EARLY_PRINTK TTY SERIAL_8250 SERIAL_8250_CONSOLE \
+        BLK_DEV_INITRD RD_GZIP BINFMT_ELF BINFMT_SCRIPT DEVTMPFS DEVTMPFS_MOUNT PROC_FS \
+        SYSFS TMPFS SHMEM MULTIUSER FUTEX EPOLL EVENTFD SIGNALFD TIMERFD POSIX_TIMERS \
+        FILE_LOCKING ADVISE_SYSCALLS MEMBARRIER RSEQ UNIX NET HIGH_RES_TIMERS PCI PCI_MSI \
+        PCIEPORTBUS ACPI X86_X2APIC X86_IO_APIC IRQ_REMAP IOMMU_SUPPORT INTEL_IOMMU \
+        INTEL_IOMMU_DEFAULT_ON VIRTIO_MENU VIRTIO_PCI VIRTIO_IOMMU VFIO VFIO_GROUP \
+        VFIO_CONTAINER VFIO_IOMMU_TYPE1 IOMMUFD VFIO_DEVICE_CDEV VFIO_PCI SYNC_FILE \
+        SPARSEMEM_VMEMMAP MEMORY_HOTPLUG MEMORY_HOTREMOVE ZONE_DEVICE PCI_P2PDMA NET_9P \
+        NET_9P_VIRTIO NETWORK_FILESYSTEMS 9P_FS DEBUG_INFO_NONE KERNEL_GZIP MEMFD_CREATE; do
+        echo "CONFIG_$o=y"
+    done
+    echo "# CONFIG_MODULES is not set"
+}
+# Options that must come on by themselves as a consequence of the fragment.
+derived_options="VFIO_PCI_DMABUF"
+
+fetch_kernel_source() {
+    local pkg
+    pkg="$(apt-cache search --names-only '^linux-source-[0-9]+\.[0-9]+$' \
+        | awk '{print $1}' | sort -V | tail -1)"
+    [[ -n $pkg ]] || die "no linux-source package found (is trixie-backports reachable?)"
+    local ver="${pkg#linux-source-}"
+    if [[ "$(printf '%s\n6.19\n' "$ver" | sort -V | head -1)" != 6.19 ]]; then
+        die "$pkg is older than 6.19: no VFIO DMA-BUF export"
+    fi
+    src_pkg="$pkg"
+    # The package's full version names the tree, so a new upload of the same
+    # kernel series is fetched and built afresh rather than mixed with the old.
+    src_ver="$(apt-cache policy "$pkg" | awk '/Candidate:/{print $2}')"
+    src_dir="$cache/linux-$ver-${src_ver//[^A-Za-z0-9.+-]/_}"
+    if [[ -e $src_dir/.unpacked ]]; then return; fi
+    say "fetching $pkg $src_ver"
+    rm -rf "$cache/src-dl" "$cache"/linux-*
+    mkdir -p "$cache/src-dl"
+    (cd "$cache/src-dl" && apt-get download -qq -o APT::Sandbox::User=root "$pkg" >/dev/null) || die "apt-get download $pkg failed"
+    dpkg -x "$cache"/src-dl/"$pkg"_*.deb "$cache/src-dl/x"
+    local tarball
+    tarball="$(ls "$cache"/src-dl/x/usr/src/linux-source-"$ver".tar.* | head -1)"
+    [[ -f $tarball ]] || die "no source tarball in $pkg"
+    mkdir -p "$src_dir"
+    tar -xf "$tarball" -C "$src_dir" --strip-components=1
+    rm -rf "$cache/src-dl"
+    touch "$src_dir/.unpacked"
+}
+
+build_kernel() {
+    fetch_kernel_source
+    local frag="$cache/guest.config"
+    kconfig_fragment >"$frag"
+    local key
+    key="$( (cat "$frag"; echo "$src_pkg $src_ver") | sha256sum | cut -c1-16)"
+    bzimage="$cache/bzImage-$key"
+    if [[ -f $bzimage ]]; then say "kernel cached: $(basename "$bzimage")"; return; fi
+    say "building guest kernel from $src_pkg (several minutes)"
+    local log="$cache/kernel-build.log"
+    (
+        cd "$src_dir"
+        make -s tinyconfig
+        KCONFIG_CONFIG=.config scripts/kconfig/merge_config.sh -m .config "$frag"
+        make -s olddefconfig
+    ) >"$log" 2>&1 || { tail -30 "$log" >&2; die "kernel configuration failed (see $log)"; }
+    local o bad=()
+    while read -r line; do
+        case $line in
+            CONFIG_*=y) o="${line%=y}"; grep -qx "$o=y" "$src_dir/.config" || bad+=("$o") ;;
+            "# CONFIG_"*" is not set") o="${line#\# }"; o="${o% is not set}"
+                ! grep -q "^$o=" "$src_dir/.config" || bad+=("$o (should be off)") ;;
+        esac
+    done <"$frag"
+    for o in $derived_options; do
+        grep -qx "CONFIG_$o=y" "$src_dir/.config" || bad+=("CONFIG_$o")
+    done
+    ((${#bad[@]} == 0)) || die "kernel options did not stick: ${bad[*]}"
+    (cd "$src_dir" && make -j"$jobs" bzImage) >>"$log" 2>&1 \
+        || { tail -30 "$log" >&2; die "kernel build failed (see $log)"; }
+    rm -f "$cache"/bzImage-*
+    cp "$src_dir/arch/x86/boot/bzImage" "$bzimage.tmp" && mv "$bzimage.tmp" "$bzimage"
+}
+
+# ---------------------------------------------------------------- test binary
+build_tests() {
+    say "building the guest test binary"
+    local json
+    json="$(cd "$root" && cargo test --release --test kernel_guest --no-run --message-format=json 2>"$cache/cargo.log")" \
+        || { tail -30 "$cache/cargo.log" >&2; die "cargo build of the guest test failed"; }
+    test_bin="$(printf '%s\n' "$json" | grep -o '"executable":"[^"]*"' | cut -d'"' -f4 \
+        | grep '/kernel_guest-' | tail -1)"
+    [[ -x $test_bin ]] || die "cannot find the kernel_guest test binary"
+}
+
+# ---------------------------------------------------------------- initramfs
+build_initramfs() {
+    local dir="$cache/initramfs"
+    rm -rf "$dir"
+    mkdir -p "$dir"/{bin,dev,proc,sys,tmp,etc}
+    cp /bin/busybox "$dir/bin/busybox"
+    # The kernel opens /dev/console for init before anything is mounted.
+    mknod -m 600 "$dir/dev/console" c 5 1
+    cp "$test_bin" "$dir/bin/kernel_guest"
+    # The test binary is dynamic: carry the libraries and loader it names.
+    local lib
+    for lib in $(ldd "$test_bin" | grep -o '/[^ ]*'); do
+        mkdir -p "$dir$(dirname "$lib")"
+        cp -L "$lib" "$dir$lib"
+    done
+    cat >"$dir/init" <<'EOF'
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mount -t tmpfs tmpfs /tmp
+exec </dev/console >/dev/console 2>&1
+addr=
+for d in /sys/bus/pci/devices/*; do
+    if [ "$(cat $d/vendor)" = 0x1234 ] && [ "$(cat $d/device)" = 0x11e8 ]; then
+        addr=$(basename $d)
+    fi
+done
+if [ -z "$addr" ]; then
+    echo "VFIO-IO-GUEST-ERROR no edu device"
+else
+    echo vfio-pci > /sys/bus/pci/devices/$addr/driver_override
+    echo $addr > /sys/bus/pci/drivers_probe
+    echo "VFIO-IO-GUEST edu at $addr, driver $(basename $(readlink /sys/bus/pci/devices/$addr/driver))"
+    cdev=$(ls /sys/bus/pci/devices/$addr/vfio-dev 2>/dev/null | head -1)
+    for road in container iommufd; do
+        if [ $road = container ]; then dev=$addr; else dev=/dev/vfio/devices/$cdev; fi
+        echo "VFIO-IO-BEGIN road=$road device=$dev"
+        VFIO_IO_TEST_DEVICE=$dev RUST_BACKTRACE=1 /bin/kernel_guest --ignored --test-threads=1 --show-output $(cat /etc/test-args) 2>&1
+        echo "VFIO-IO-RESULT road=$road status=$?"
+    done
+fi
+poweroff -f
+EOF
+    # Extra test-harness arguments (circle-test passes `--skip NAME` for tests
+    # that cannot hold on its path; run-guest-tests passes none).
+    printf '%s\n' "${guest_test_args:-}" >"$dir/etc/test-args"
+    chmod +x "$dir/init"
+    initrd="$cache/initrd.gz"
+    (cd "$dir" && find . | cpio -o -H newc --quiet | gzip -1) >"$initrd.tmp"
+    mv "$initrd.tmp" "$initrd"
+}
+
+# ---------------------------------------------------------------- judging the console
+# Reads $console (and $guest_rc) and sets $summary; fails when a road did not
+# pass.
+judge() {
+    local passed=0 failed=0 road line status
+    grep -o 'VFIO-IO-GUEST.*' "$console" || true
+    for road in container iommufd; do
+        if ! grep -q "^VFIO-IO-BEGIN road=$road" "$console"; then
+            say "road $road: never started"; failed=$((failed + 1)); continue
+        fi
+        echo "== road $road"
+        # Per-test lines between this road's begin and result sentinels.
+        while IFS= read -r line; do
+            case $line in
+                "test "*" ... ok") echo "  $line"; passed=$((passed + 1)) ;;
+                "test "*" ... FAILED") echo "  $line"; failed=$((failed + 1)) ;;
+                "test "*" ... ignored"*) echo "  $line" ;;
+                *" device caps: "*) echo "  $line" ;;
+            esac
+        done < <(sed -n "/^VFIO-IO-BEGIN road=$road/,/^VFIO-IO-RESULT road=$road/p" "$console")
+        status="$(sed -n "s/^VFIO-IO-RESULT road=$road status=\([0-9]*\).*/\1/p" "$console")"
+        if [[ -z $status ]]; then
+            say "road $road: no result sentinel"; failed=$((failed + 1))
+        elif [[ $status != 0 ]]; then
+            say "road $road: test binary exited with $status"
+            # Show the failure details the test harness printed.
+            sed -n "/^VFIO-IO-BEGIN road=$road/,/^VFIO-IO-RESULT road=$road/p" "$console" \
+                | sed -n '/^failures:/,/^test result/p' >&2
+            # A non-zero exit with no FAILED line (a crash) still counts.
+            grep -q "^test .* FAILED" <(sed -n "/^VFIO-IO-BEGIN road=$road/,/^VFIO-IO-RESULT road=$road/p" "$console") \
+                || failed=$((failed + 1))
+        else
+            echo "  road $road: exit 0"
+        fi
+    done
+    summary="$passed passed, $failed failed"
+    if ((guest_rc == 124)); then return 1; fi
+    ((failed == 0 && passed > 0))
+}
