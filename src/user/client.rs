@@ -1124,10 +1124,11 @@ impl DeviceIo for Client {
         };
         self.inner
             .request(cmd::DMA_UNMAP, &[&m.encode()], &[], |_| Ok(()))?;
+        // As with type1 and the server: every mapping wholly inside the range
+        // goes (128-bit ends, so a range may end exactly at 2^64).
+        let end = iova as u128 + size as u128;
         let mut t = self.inner.dma.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(i) = t.iter().position(|e| e.iova == iova && e.size == size) {
-            t.remove(i);
-        }
+        t.retain(|e| !(e.iova >= iova && e.iova as u128 + e.size as u128 <= end));
         Ok(())
     }
 }
