@@ -174,6 +174,17 @@ build_tests() {
     test_bin="$(printf '%s\n' "$json" | grep -o '"executable":"[^"]*"' | cut -d'"' -f4 \
         | grep '/kernel_guest-' | tail -1)"
     [[ -x $test_bin ]] || die "cannot find the kernel_guest test binary"
+    # The C side in the guest: the QEMU-style drop-in (c-tests/qemu_style.c),
+    # built as a pkg-config user of the release library, and the vfio-io command.
+    (cd "$root" && cargo build --release --quiet --lib --bin vfio-io 2>>"$cache/cargo.log") \
+        || { tail -30 "$cache/cargo.log" >&2; die "cargo build --release failed"; }
+    cli_bin="$root/target/release/vfio-io"
+    local cbuild="$cache/c-tests-build"
+    rm -rf "$cbuild"
+    PKG_CONFIG_PATH="$root/target/release/pkgconfig" meson setup "$cbuild" "$root/c-tests" >"$cache/meson.log" 2>&1 \
+        && ninja -C "$cbuild" qemu_style >>"$cache/meson.log" 2>&1 \
+        || { tail -30 "$cache/meson.log" >&2; die "building c-tests/qemu_style for the guest failed"; }
+    c_test_bin="$cbuild/qemu_style"
 }
 
 # ---------------------------------------------------------------- initramfs
@@ -185,11 +196,16 @@ build_initramfs() {
     # The kernel opens /dev/console for init before anything is mounted.
     mknod -m 600 "$dir/dev/console" c 5 1
     cp "$test_bin" "$dir/bin/kernel_guest"
-    # The test binary is dynamic: carry the libraries and loader it names.
-    local lib
-    for lib in $(ldd "$test_bin" | grep -o '/[^ ]*'); do
-        mkdir -p "$dir$(dirname "$lib")"
-        cp -L "$lib" "$dir$lib"
+    cp "$c_test_bin" "$dir/bin/qemu_style"
+    cp "$cli_bin" "$dir/bin/vfio-io"
+    # The binaries are dynamic: carry the libraries and loader they name, at
+    # the same paths (libvfio_io is found through the build tree's rpath).
+    local lib bin
+    for bin in "$test_bin" "$c_test_bin" "$cli_bin"; do
+        for lib in $(ldd "$bin" | grep -o '/[^ ]*'); do
+            mkdir -p "$dir$(dirname "$lib")"
+            cp -L "$lib" "$dir$lib"
+        done
     done
     cat >"$dir/init" <<'EOF'
 #!/bin/busybox sh
@@ -218,6 +234,13 @@ else
         echo "VFIO-IO-BEGIN road=$road device=$dev"
         VFIO_IO_TEST_DEVICE=$dev RUST_BACKTRACE=1 /bin/kernel_guest --ignored --test-threads=1 --show-output $(cat /etc/test-args) 2>&1
         echo "VFIO-IO-RESULT road=$road status=$?"
+        echo "VFIO-IO-C-BEGIN road=$road"
+        VFIO_IO_TEST_DEVICE=$dev /bin/qemu_style 2>&1
+        echo "VFIO-IO-C-RESULT road=$road status=$?"
+        echo "VFIO-IO-INFO-BEGIN road=$road"
+        /bin/vfio-io info $dev 2>&1
+        /bin/vfio-io info $dev --json 2>&1
+        echo "VFIO-IO-INFO-END road=$road status=$?"
     done
 fi
 poweroff -f
@@ -264,6 +287,23 @@ judge() {
                 || failed=$((failed + 1))
         else
             echo "  road $road: exit 0"
+        fi
+        # The C drop-in, through the C ABI on the same device.
+        status="$(sed -n "s/^VFIO-IO-C-RESULT road=$road status=\([0-9]*\).*/\1/p" "$console")"
+        if [[ $status == 0 ]]; then
+            echo "  test c-tests/qemu_style ... ok"; passed=$((passed + 1))
+        else
+            echo "  test c-tests/qemu_style ... FAILED (status ${status:-missing})"; failed=$((failed + 1))
+            sed -n "/^VFIO-IO-C-BEGIN road=$road/,/^VFIO-IO-C-RESULT road=$road/p" "$console" >&2
+        fi
+        # vfio-io info: its human form here, the JSON form in the console log.
+        status="$(sed -n "s/^VFIO-IO-INFO-END road=$road status=\([0-9]*\).*/\1/p" "$console")"
+        awk -v b="VFIO-IO-INFO-BEGIN road=$road" -v e="VFIO-IO-INFO-END road=$road" \
+            '$0 == b {on = 1; next} /^VFIO-IO-INFO-END/ || /^\{/ {on = 0} on {print "    " $0}' "$console"
+        if [[ $status == 0 ]]; then
+            echo "  test vfio-io info (human and --json) ... ok"; passed=$((passed + 1))
+        else
+            echo "  test vfio-io info (human and --json) ... FAILED (status ${status:-missing})"; failed=$((failed + 1))
         fi
     done
     summary="$passed passed, $failed failed"

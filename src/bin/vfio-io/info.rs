@@ -226,7 +226,20 @@ fn describe(dev: &dyn DeviceIo) -> Result<Value, Error> {
     let info = dev.device_info()?;
     let mut regions = Vec::new();
     for i in 0..info.num_regions {
-        let r = dev.region_info(i)?;
+        let name = REGION_NAMES
+            .get(i as usize)
+            .copied()
+            .unwrap_or("device-specific");
+        // vfio-pci answers EINVAL for a fixed index the device lacks (VGA on
+        // most devices): that region is absent, not an error of the device.
+        let r = match dev.region_info(i) {
+            Ok(r) => r,
+            Err(e) if e.errno() == libc::EINVAL => {
+                regions.push(json!({"index": i, "name": name, "absent": true}));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let caps: Vec<Value> = r
             .caps
             .iter()
@@ -241,7 +254,7 @@ fn describe(dev: &dyn DeviceIo) -> Result<Value, Error> {
             .collect();
         regions.push(json!({
             "index": i,
-            "name": REGION_NAMES.get(i as usize).copied().unwrap_or("device-specific"),
+            "name": name,
             "size": r.size,
             "offset": r.offset,
             "flags": flag_names(r.flags, &REGION_FLAGS),
@@ -250,7 +263,18 @@ fn describe(dev: &dyn DeviceIo) -> Result<Value, Error> {
     }
     let mut irqs = Vec::new();
     for i in 0..info.num_irqs {
-        let q = dev.irq_info(i)?;
+        let q = match dev.irq_info(i) {
+            Ok(q) => q,
+            Err(e) if e.errno() == libc::EINVAL => {
+                let name = IRQ_NAMES
+                    .get(i as usize)
+                    .copied()
+                    .unwrap_or("device-specific");
+                irqs.push(json!({"index": i, "name": name, "absent": true}));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         irqs.push(json!({
             "index": i,
             "name": IRQ_NAMES.get(i as usize).copied().unwrap_or("device-specific"),
@@ -294,7 +318,8 @@ fn print_human(target: &str, v: &Value) {
     );
     println!("  regions:");
     for r in v["regions"].as_array().into_iter().flatten() {
-        if r["size"].as_u64() == Some(0) {
+        // Absent and empty regions say nothing a person needs.
+        if r["absent"] == true || r["size"].as_u64() == Some(0) {
             continue;
         }
         println!(
@@ -313,6 +338,14 @@ fn print_human(target: &str, v: &Value) {
     }
     println!("  IRQs:");
     for q in v["irqs"].as_array().into_iter().flatten() {
+        if q["absent"] == true {
+            println!(
+                "    {:>2} {:<5} absent",
+                q["index"],
+                q["name"].as_str().unwrap_or("?")
+            );
+            continue;
+        }
         println!(
             "    {:>2} {:<5} count {} flags {}",
             q["index"],
