@@ -218,11 +218,12 @@ int vfio_io_dma_map(struct vfio_io_device *dev,
                     uint64_t offset,
                     uint32_t flags);
 
-// Removes the mapping made with exactly this `iova` and `size`; the device
-// no longer reaches that memory when this returns. `dev` must be NULL or a
-// live handle. Returns 0 or -errno (`-EINVAL` for a NULL `dev`; the
-// backend's error, such as `-ENOENT` on a kernel container, when no
-// mapping matches).
+// Removes every mapping that lies wholly inside `[iova, iova + size)`, as
+// type1 does; the device no longer reaches that memory when this returns.
+// `dev` must be NULL or a live handle. Returns 0 or -errno (`-EINVAL` for a
+// NULL `dev`, or for a range that would cut a mapping in two; a range
+// holding no mapping succeeds on vfio-user and type1, while iommufd answers
+// `-ENOENT`).
 int vfio_io_dma_unmap(struct vfio_io_device *dev, uint64_t iova, uint64_t size);
 
 // Resets the device (`VFIO_DEVICE_RESET`). `dev` must be NULL or a live

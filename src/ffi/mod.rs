@@ -404,11 +404,12 @@ fn unsafe_borrow(fd: c_int) -> std::os::fd::BorrowedFd<'static> {
     unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
 }
 
-/// Removes the mapping made with exactly this `iova` and `size`; the device
-/// no longer reaches that memory when this returns. `dev` must be NULL or a
-/// live handle. Returns 0 or -errno (`-EINVAL` for a NULL `dev`; the
-/// backend's error, such as `-ENOENT` on a kernel container, when no
-/// mapping matches).
+/// Removes every mapping that lies wholly inside `[iova, iova + size)`, as
+/// type1 does; the device no longer reaches that memory when this returns.
+/// `dev` must be NULL or a live handle. Returns 0 or -errno (`-EINVAL` for a
+/// NULL `dev`, or for a range that would cut a mapping in two; a range
+/// holding no mapping succeeds on vfio-user and type1, while iommufd answers
+/// `-ENOENT`).
 #[no_mangle]
 pub unsafe extern "C" fn vfio_io_dma_unmap(
     dev: *mut vfio_io_device,
