@@ -191,7 +191,7 @@ build_tests() {
 build_initramfs() {
     local dir="$cache/initramfs"
     rm -rf "$dir"
-    mkdir -p "$dir"/{bin,dev,proc,sys,tmp,etc}
+    mkdir -p "$dir"/{bin,dev,proc,sys,tmp,etc,lib}
     cp /bin/busybox "$dir/bin/busybox"
     # The kernel opens /dev/console for init before anything is mounted.
     mknod -m 600 "$dir/dev/console" c 5 1
@@ -205,6 +205,9 @@ build_initramfs() {
         for lib in $(ldd "$bin" | grep -o '/[^ ]*'); do
             mkdir -p "$dir$(dirname "$lib")"
             cp -L "$lib" "$dir$lib"
+            # A build tree under /tmp would be hidden by the guest's tmpfs
+            # there: /lib, on the loader's default path, always works.
+            [[ -e $dir/lib/$(basename "$lib") ]] || cp -L "$lib" "$dir/lib/"
         done
     done
     cat >"$dir/init" <<'EOF'
