@@ -10,6 +10,7 @@
 
 #![deny(missing_docs)]
 
+mod bytes;
 pub mod caps;
 pub mod conformance;
 pub mod device;
