@@ -134,6 +134,29 @@ fn ret(r: Result<c_int>) -> c_int {
     r.unwrap_or_else(|e| -e.errno())
 }
 
+/// Runs `op` on the device behind `dev` under the panic guard; a NULL or
+/// invalid handle gives -EINVAL without calling `op`.
+///
+/// # Safety
+/// `dev` must be NULL or a live handle.
+unsafe fn with_device(
+    dev: *const vfio_io_device,
+    op: impl FnOnce(&vfio_io_device) -> c_int,
+) -> c_int {
+    // SAFETY: per this function's contract.
+    guard(|| match unsafe { device(dev) } {
+        Ok(d) => op(d),
+        Err(e) => -e.errno(),
+    })
+}
+
+/// Whether `fd` is an open file descriptor of this process.
+fn fd_is_open(fd: c_int) -> bool {
+    // SAFETY: F_GETFD only reads the descriptor's flags; on a number that is
+    // not open it fails with EBADF and touches nothing.
+    fd >= 0 && unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0
+}
+
 /// The device behind a C handle. The magic number catches NULL and some
 /// stray pointers; it cannot make a freed (closed) handle safe to pass.
 ///
@@ -317,17 +340,12 @@ pub unsafe extern "C" fn vfio_io_region_create_dma_buf(
     region_index: u32,
     out_fd: *mut c_int,
 ) -> c_int {
-    guard(|| {
-        if out_fd.is_null() {
-            return -libc::EINVAL;
-        }
-        // SAFETY: `out_fd` is non-NULL and writable per the contract.
-        unsafe { *out_fd = -1 };
-        // SAFETY: per the contract.
-        let d = match unsafe { device(dev) } {
-            Ok(d) => d,
-            Err(e) => return -e.errno(),
-        };
+    if out_fd.is_null() {
+        return -libc::EINVAL;
+    }
+    // SAFETY: `out_fd` is non-NULL and writable per the contract.
+    unsafe { *out_fd = -1 };
+    let op = |d: &vfio_io_device| {
         if !d.io.capabilities().contains(Capabilities::DMA_BUF) {
             return 0;
         }
@@ -346,7 +364,9 @@ pub unsafe extern "C" fn vfio_io_region_create_dma_buf(
             Err(e) => return -e.errno(),
         }
         0
-    })
+    };
+    // SAFETY: `dev` is NULL or a live handle, per the contract.
+    unsafe { with_device(dev, op) }
 }
 
 /// Maps `size` bytes for device DMA at `iova`. `vaddr` is the memory's
@@ -372,16 +392,11 @@ pub unsafe extern "C" fn vfio_io_dma_map(
     offset: u64,
     flags: u32,
 ) -> c_int {
-    guard(|| {
-        // SAFETY: per the contract.
-        let d = match unsafe { device(dev) } {
-            Ok(d) => d,
-            Err(e) => return -e.errno(),
-        };
+    let op = |d: &vfio_io_device| {
         if flags & !(VFIO_IO_DMA_READ | VFIO_IO_DMA_WRITE) != 0 || (vaddr.is_null() && fd < 0) {
             return -libc::EINVAL;
         }
-        if fd >= 0 && nix::fcntl::fcntl(unsafe_borrow(fd), nix::fcntl::FcntlArg::F_GETFD).is_err() {
+        if fd >= 0 && !fd_is_open(fd) {
             return -libc::EBADF;
         }
         let map = DmaMap {
@@ -395,13 +410,9 @@ pub unsafe extern "C" fn vfio_io_dma_map(
         };
         // SAFETY: the caller keeps the memory mapped, per the contract.
         ret(unsafe { d.io.dma_map(&map) }.map(|_| 0))
-    })
-}
-
-fn unsafe_borrow(fd: c_int) -> std::os::fd::BorrowedFd<'static> {
-    // SAFETY: used only for an fcntl probe during this call; fcntl on a
-    // closed number just fails with EBADF.
-    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+    };
+    // SAFETY: `dev` is NULL or a live handle, per the contract.
+    unsafe { with_device(dev, op) }
 }
 
 /// Removes every mapping that lies wholly inside `[iova, iova + size)`, as
@@ -482,12 +493,7 @@ unsafe extern "C" fn op_device_feature(
     dev: *mut vfio_io_device,
     feature: *mut vfio_device_feature,
 ) -> c_int {
-    guard(|| {
-        // SAFETY: the ops are only reachable through a live handle's table.
-        let d = match unsafe { device(dev) } {
-            Ok(d) => d,
-            Err(e) => return -e.errno(),
-        };
+    let op = |d: &vfio_io_device| {
         if feature.is_null() {
             return -libc::EINVAL;
         }
@@ -503,7 +509,9 @@ unsafe extern "C" fn op_device_feature(
             Err(e) => return -e.errno(),
         };
         ret(d.io.device_feature(flags, data))
-    })
+    };
+    // SAFETY: `dev` is NULL or a live handle, per the contract.
+    unsafe { with_device(dev, op) }
 }
 
 unsafe extern "C" fn op_get_region_info(
@@ -511,16 +519,11 @@ unsafe extern "C" fn op_get_region_info(
     info: *mut vfio_region_info,
     fd: *mut c_int,
 ) -> c_int {
-    guard(|| {
-        if !fd.is_null() {
-            // SAFETY: non-NULL out pointer from the caller.
-            unsafe { *fd = -1 };
-        }
-        // SAFETY: as in op_device_feature.
-        let d = match unsafe { device(dev) } {
-            Ok(d) => d,
-            Err(e) => return -e.errno(),
-        };
+    if !fd.is_null() {
+        // SAFETY: non-NULL out pointer from the caller.
+        unsafe { *fd = -1 };
+    }
+    let op = |d: &vfio_io_device| {
         if info.is_null() {
             return -libc::EINVAL;
         }
@@ -550,16 +553,13 @@ unsafe extern "C" fn op_get_region_info(
             }
         }
         0
-    })
+    };
+    // SAFETY: `dev` is NULL or a live handle, per the contract.
+    unsafe { with_device(dev, op) }
 }
 
 unsafe extern "C" fn op_get_irq_info(dev: *mut vfio_io_device, irq: *mut vfio_irq_info) -> c_int {
-    guard(|| {
-        // SAFETY: as in op_device_feature.
-        let d = match unsafe { device(dev) } {
-            Ok(d) => d,
-            Err(e) => return -e.errno(),
-        };
+    let op = |d: &vfio_io_device| {
         // SAFETY: NULL is checked by as_mut; otherwise the caller's struct.
         let Some(irq) = (unsafe { irq.as_mut() }) else {
             return -libc::EINVAL;
@@ -575,17 +575,14 @@ unsafe extern "C" fn op_get_irq_info(dev: *mut vfio_io_device, irq: *mut vfio_ir
             }
             Err(e) => -e.errno(),
         }
-    })
+    };
+    // SAFETY: `dev` is NULL or a live handle, per the contract.
+    unsafe { with_device(dev, op) }
 }
 
 unsafe extern "C" fn op_set_irqs(dev: *mut vfio_io_device, irqs: *mut vfio_irq_set) -> c_int {
     use vfio_bindings::bindings::vfio::*;
-    guard(|| {
-        // SAFETY: as in op_device_feature.
-        let d = match unsafe { device(dev) } {
-            Ok(d) => d,
-            Err(e) => return -e.errno(),
-        };
+    let op = |d: &vfio_io_device| {
         // SAFETY: NULL is checked by as_ref; otherwise the caller's struct.
         let Some(s) = (unsafe { irqs.as_ref() }) else {
             return -libc::EINVAL;
@@ -621,11 +618,7 @@ unsafe extern "C" fn op_set_irqs(dev: *mut vfio_io_device, irqs: *mut vfio_irq_s
                     // SAFETY: `count` ints follow the struct, inside argsz; read unaligned.
                     .map(|i| unsafe { std::ptr::read_unaligned(data.add(i * 4).cast::<c_int>()) })
                     .collect();
-                if fds.iter().any(|&f| {
-                    f >= 0
-                        && nix::fcntl::fcntl(unsafe_borrow(f), nix::fcntl::FcntlArg::F_GETFD)
-                            .is_err()
-                }) {
+                if fds.iter().any(|&f| f >= 0 && !fd_is_open(f)) {
                     return -libc::EBADF;
                 }
                 IrqData::Eventfds(&fds)
@@ -639,7 +632,9 @@ unsafe extern "C" fn op_set_irqs(dev: *mut vfio_io_device, irqs: *mut vfio_irq_s
             data: payload,
         };
         ret(d.io.set_irqs(&set).map(|_| 0))
-    })
+    };
+    // SAFETY: `dev` is NULL or a live handle, per the contract.
+    unsafe { with_device(dev, op) }
 }
 
 unsafe extern "C" fn op_region_read(
@@ -649,12 +644,7 @@ unsafe extern "C" fn op_region_read(
     size: u32,
     data: *mut c_void,
 ) -> c_int {
-    guard(|| {
-        // SAFETY: as in op_device_feature.
-        let d = match unsafe { device(dev) } {
-            Ok(d) => d,
-            Err(e) => return -e.errno(),
-        };
+    let op = |d: &vfio_io_device| {
         if off < 0 || size > i32::MAX as u32 {
             return -libc::EINVAL;
         }
@@ -667,7 +657,9 @@ unsafe extern "C" fn op_region_read(
             .io
             .region_read(nr as u32, off as u64, buf)
             .map(|_| size as c_int))
-    })
+    };
+    // SAFETY: `dev` is NULL or a live handle, per the contract.
+    unsafe { with_device(dev, op) }
 }
 
 unsafe extern "C" fn op_region_write(
@@ -678,12 +670,7 @@ unsafe extern "C" fn op_region_write(
     data: *mut c_void,
     post: bool,
 ) -> c_int {
-    guard(|| {
-        // SAFETY: as in op_device_feature.
-        let d = match unsafe { device(dev) } {
-            Ok(d) => d,
-            Err(e) => return -e.errno(),
-        };
+    let op = |d: &vfio_io_device| {
         if off < 0 || size > i32::MAX as u32 {
             return -libc::EINVAL;
         }
@@ -696,7 +683,9 @@ unsafe extern "C" fn op_region_write(
             .io
             .region_write(nr as u32, off as u64, buf, post)
             .map(|_| size as c_int))
-    })
+    };
+    // SAFETY: `dev` is NULL or a live handle, per the contract.
+    unsafe { with_device(dev, op) }
 }
 
 #[cfg(test)]
