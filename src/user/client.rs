@@ -102,21 +102,27 @@ struct State {
     slots: Vec<Slot>,
     free: Vec<usize>,
     reader_busy: bool,
-    dead: Option<&'static str>,
+    /// Why the link is down; None while it is up.
+    down: Option<LinkDown>,
     /// Threads blocked on the condvar: notifying none would still cost a
     /// futex call per request, so wake-ups are skipped when this is 0.
     sleepers: usize,
-    /// Why the peer broke the link, when it sent something malformed: the
-    /// requests that fail with it report EPROTO rather than ENOTCONN.
-    broken: Option<String>,
+}
+
+/// How the link went down, which decides what later requests report.
+enum LinkDown {
+    /// Closed by us or lost (ENOTCONN).
+    Closed,
+    /// The peer sent something malformed (EPROTO, with what it was).
+    Broken(String),
 }
 
 impl State {
     /// The error a request gets once the link is down.
-    fn dead_error(&self) -> Error {
-        match &self.broken {
-            Some(m) => Error::Protocol(m.clone()),
-            None => Error::Disconnected,
+    fn down_error(&self) -> Error {
+        match &self.down {
+            Some(LinkDown::Broken(m)) => Error::Protocol(m.clone()),
+            _ => Error::Disconnected,
         }
     }
 }
@@ -237,9 +243,9 @@ impl Inner {
         }
     }
 
-    fn kill(&self, st: &mut State, why: &'static str) {
-        if st.dead.is_none() {
-            st.dead = Some(why);
+    fn kill(&self, st: &mut State, why: LinkDown) {
+        if st.down.is_none() {
+            st.down = Some(why);
             let _ =
                 nix::sys::socket::shutdown(self.sock.as_raw_fd(), nix::sys::socket::Shutdown::Both);
         }
@@ -252,7 +258,7 @@ impl Inner {
         if r.is_err() {
             // A partial message would desynchronise the stream: the link is gone.
             let mut st = self.lock();
-            self.kill(&mut st, "send failed");
+            self.kill(&mut st, LinkDown::Closed);
         }
         r
     }
@@ -266,12 +272,16 @@ impl Inner {
         fds: &[RawFd],
         f: impl FnOnce(Reply<'_>) -> Result<T>,
     ) -> Result<T> {
+        // The header and at most three parts go out as one sendmsg.
+        if parts.len() > 3 {
+            return Err(Error::InvalidArgument("a request has at most three parts"));
+        }
         let deadline = Instant::now() + self.timeout;
         let (slot, id) = {
             let mut st = self.lock();
             loop {
-                if st.dead.is_some() {
-                    return Err(st.dead_error());
+                if st.down.is_some() {
+                    return Err(st.down_error());
                 }
                 if let Some(i) = st.free.pop() {
                     let s = &mut st.slots[i];
@@ -287,17 +297,13 @@ impl Inner {
                 st = self.sleep(st, left);
             }
         };
-        if parts.len() > 3 {
-            self.release(slot);
-            return Err(Error::InvalidArgument("a request has at most three parts"));
-        }
         let len: usize = parts.iter().map(|p| p.len()).sum();
         let hdr = Header::command(id, command, len).encode();
         let mut iov: [&[u8]; 4] = [&hdr, &[], &[], &[]];
-        for (i, p) in parts.iter().take(3).enumerate() {
+        for (i, p) in parts.iter().enumerate() {
             iov[i + 1] = p;
         }
-        if let Err(e) = self.send(&iov[..1 + parts.len().min(3)], fds) {
+        if let Err(e) = self.send(&iov[..1 + parts.len()], fds) {
             self.release(slot);
             return Err(e);
         }
@@ -343,8 +349,8 @@ impl Inner {
                 self.release(slot);
                 return result;
             }
-            if st.dead.is_some() {
-                let e = st.dead_error();
+            if st.down.is_some() {
+                let e = st.down_error();
                 drop(st);
                 self.release(slot);
                 return Err(e);
@@ -365,13 +371,8 @@ impl Inner {
                 if let Err(e) = r {
                     match e {
                         Error::Timeout => {}
-                        Error::Protocol(m) => {
-                            if st.dead.is_none() {
-                                st.broken = Some(m);
-                            }
-                            self.kill(&mut st, "malformed message from the server");
-                        }
-                        _ => self.kill(&mut st, "connection lost"),
+                        Error::Protocol(m) => self.kill(&mut st, LinkDown::Broken(m)),
+                        _ => self.kill(&mut st, LinkDown::Closed),
                     }
                 }
                 continue;
@@ -542,9 +543,8 @@ impl Client {
                 slots: (0..MAX_OUTSTANDING).map(|_| Slot::default()).collect(),
                 free: (0..MAX_OUTSTANDING).rev().collect(),
                 reader_busy: false,
-                dead: None,
+                down: None,
                 sleepers: 0,
-                broken: None,
             }),
             cond: Condvar::new(),
             reader: Mutex::new(Receiver::new(max_msg)),
@@ -826,7 +826,7 @@ impl Client {
     pub fn close(&self) {
         self.inner.closed.store(true, Ordering::SeqCst);
         let mut st = self.inner.lock();
-        self.inner.kill(&mut st, "closed");
+        self.inner.kill(&mut st, LinkDown::Closed);
         drop(st);
         if let Ok(mut t) = self.twin.lock() {
             if let Some((fd, h)) = t.take() {
@@ -953,16 +953,15 @@ impl DeviceIo for Client {
                 }
             }
         }
+        // Larger reads go as several messages of at most max_xfer bytes.
         let step = self.max_xfer;
-        let mut done = 0usize;
-        while done < data.len() || data.is_empty() {
-            let n = (data.len() - done).min(step);
+        for (i, out) in data.chunks_mut(step).enumerate() {
+            let n = out.len();
             let a = RegionAccess {
-                offset: offset + done as u64,
+                offset: offset + (i * step) as u64,
                 region: index,
                 count: n as u32,
             };
-            let out = &mut data[done..done + n];
             self.inner
                 .request(cmd::REGION_READ, &[&a.encode()], &[], |r| {
                     if r.payload.len() != RegionAccess::SIZE + n
@@ -975,10 +974,6 @@ impl DeviceIo for Client {
                     out.copy_from_slice(&r.payload[RegionAccess::SIZE..]);
                     Ok(())
                 })?;
-            done += n;
-            if data.is_empty() {
-                break;
-            }
         }
         Ok(())
     }
