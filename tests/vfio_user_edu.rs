@@ -172,6 +172,18 @@ fn closing_fails_later_requests_cleanly() {
     );
 }
 
+/// Has edu copy `len` bytes from client memory at `from` into its buffer and
+/// back out to `to` (the model completes each transfer within the write).
+fn edu_round_trip(c: &Client, from: u64, to: u64, len: u64) {
+    let w = |off: u64, v: u64| c.region_write(0, off, &v.to_ne_bytes(), false).unwrap();
+    for (src, dst, cmd) in [(from, 0x40000, 1), (0x40000, to, 3)] {
+        w(0x80, src);
+        w(0x88, dst);
+        w(0x90, len);
+        w(0x98, cmd);
+    }
+}
+
 /// Maps memory without an fd, so the server must reach it through
 /// DMA_READ/DMA_WRITE messages, then runs an edu DMA round trip.
 fn dma_round_trip_through_messages(c: &Client) {
@@ -182,15 +194,7 @@ fn dma_round_trip_through_messages(c: &Client) {
     map.fd = -1;
     // SAFETY: `buf` outlives the mapping, which is removed below.
     unsafe { c.dma_map(&map).unwrap() };
-    let w = |off: u64, v: u64| c.region_write(0, off, &v.to_ne_bytes(), false).unwrap();
-    w(0x80, 0x200000);
-    w(0x88, 0x40000);
-    w(0x90, pattern.len() as u64);
-    w(0x98, 1);
-    w(0x80, 0x40000);
-    w(0x88, 0x201000);
-    w(0x90, pattern.len() as u64);
-    w(0x98, 3);
+    edu_round_trip(c, 0x200000, 0x201000, pattern.len() as u64);
     let mut back = vec![0u8; pattern.len()];
     buf.read(0x1000, &mut back).unwrap();
     assert_eq!(back, pattern);
@@ -239,14 +243,7 @@ fn server_does_not_mmap_a_shrinkable_fd() {
     unsafe { c.dma_map(&map).unwrap() };
     nix::unistd::ftruncate(&loose, 0).unwrap();
     memory.write(0, &[0x5a; 64]).unwrap();
-    let w = |off: u64, v: u64| c.region_write(0, off, &v.to_ne_bytes(), false).unwrap();
-    w(0x80, 0x300000);
-    w(0x88, 0x40000);
-    w(0x90, 64);
-    w(0x98, 1);
-    w(0x80, 0x40000);
-    w(0x88, 0x301000);
-    w(0x98, 3);
+    edu_round_trip(&c, 0x300000, 0x301000, 64);
     let mut back = [0u8; 64];
     memory.read(0x1000, &mut back).unwrap();
     assert_eq!(back, [0x5a; 64]);
@@ -294,15 +291,7 @@ fn racing_overlapping_dma_maps_leave_exactly_the_winner() {
         results.iter().all(|r| r.is_ok() || *r == Err(libc::EEXIST)),
         "{results:?}"
     );
-    let w = |off: u64, v: u64| c.region_write(0, off, &v.to_ne_bytes(), false).unwrap();
-    w(0x80, 0x400000);
-    w(0x88, 0x40000);
-    w(0x90, 16);
-    w(0x98, 1);
-    // Back out of edu's buffer into the winner's memory.
-    w(0x80, 0x40000);
-    w(0x88, 0x400000 + 64);
-    w(0x98, 3);
+    edu_round_trip(&c, 0x400000, 0x400000 + 64, 16);
     let mut back = [0u8; 16];
     bufs[winners[0]].read(64, &mut back).unwrap();
     assert_eq!(back, [winners[0] as u8 + 1; 16]);
