@@ -20,6 +20,8 @@
 
 #include <vfio-io.h>
 
+#include "edu_server.h"
+
 static int failures;
 static int passes;
 
@@ -43,12 +45,6 @@ static int passes;
               strerror(got_ < 0 ? -got_ : 0), (int)(want),                    \
               strerror((want) < 0 ? -(want) : 0));                            \
     } while (0)
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
-    nanosleep(&ts, NULL);
-}
 
 /* A number that is certainly not an open fd: one that was open and is now
  * closed. */
@@ -323,27 +319,11 @@ int main(int argc, char **argv)
     }
     without_a_device();
 
-    char dir[] = "/tmp/vfio-io-misuse-XXXXXX";
-    if (!mkdtemp(dir)) {
-        perror("mkdtemp");
+    struct edu_server server;
+    if (edu_server_start(&server, argv[1]) != 0)
         return 2;
-    }
-    char sock[256];
-    snprintf(sock, sizeof(sock), "%s/edu.sock", dir);
-    pid_t server = fork();
-    if (server == 0) {
-        execl(argv[1], "vfio-io", "serve", "edu", sock, (char *)NULL);
-        perror("exec vfio-io");
-        _exit(127);
-    }
-
     vfio_io_device *dev = NULL;
-    int r = -ENOENT;
-    for (int i = 0; i < 500 && (r == -ENOENT || r == -ECONNREFUSED); i++) {
-        r = vfio_io_user_connect(sock, &dev);
-        if (r != 0)
-            sleep_ms(10);
-    }
+    int r = edu_server_connect(&server, &dev);
     CHECK(r == 0 && dev != NULL, "vfio_io_user_connect: %d (%s)", r, strerror(-r));
     if (r == 0) {
         const vfio_io_ops *ops = vfio_io_device_ops(dev);
@@ -362,12 +342,8 @@ int main(int argc, char **argv)
         vfio_io_device_close(dev);
     }
 
-    kill(server, SIGTERM);
-    int status = 0;
-    waitpid(server, &status, 0);
+    int status = edu_server_stop(&server);
     CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "server exit status %#x", status);
-    unlink(sock);
-    rmdir(dir);
     printf("%d passed, %d failed\n", passes, failures);
     return failures ? 1 : 0;
 }

@@ -17,6 +17,8 @@
 
 #include <vfio-io.h>
 
+#include "edu_server.h"
+
 static int failures;
 static int passes;
 static int log_lines;
@@ -54,42 +56,20 @@ static void wr32(vfio_io_device *dev, const vfio_io_ops *ops, off_t off, uint32_
     CHECK(r == 4, "region_write at %#lx returned %d", (long)off, r);
 }
 
-static void sleep_ms(long ms)
-{
-    struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
-    nanosleep(&ts, NULL);
-}
-
 int main(int argc, char **argv)
 {
     if (argc < 2) {
         fprintf(stderr, "usage: %s PATH-TO-vfio-io\n", argv[0]);
         return 2;
     }
-    char dir[] = "/tmp/vfio-io-ctest-XXXXXX";
-    if (!mkdtemp(dir)) {
-        perror("mkdtemp");
+    struct edu_server server;
+    if (edu_server_start(&server, argv[1]) != 0)
         return 2;
-    }
-    char sock[256];
-    snprintf(sock, sizeof(sock), "%s/edu.sock", dir);
-
-    pid_t server = fork();
-    if (server == 0) {
-        execl(argv[1], "vfio-io", "serve", "edu", sock, (char *)NULL);
-        perror("exec vfio-io");
-        _exit(127);
-    }
 
     vfio_io_set_log_handler(count_log, NULL, VFIO_IO_LOG_DEBUG);
 
     vfio_io_device *dev = NULL;
-    int r = -ENOENT;
-    for (int i = 0; i < 500 && (r == -ENOENT || r == -ECONNREFUSED); i++) {
-        r = vfio_io_user_connect(sock, &dev);
-        if (r != 0)
-            sleep_ms(10);
-    }
+    int r = edu_server_connect(&server, &dev);
     CHECK(r == 0 && dev != NULL, "vfio_io_user_connect: %d (%s)", r, strerror(-r));
     if (r != 0)
         goto out;
@@ -167,14 +147,11 @@ int main(int argc, char **argv)
 
     vfio_io_device_close(dev);
 
-out:
-    kill(server, SIGTERM);
-    int status = 0;
-    waitpid(server, &status, 0);
+out:;
+    int status = edu_server_stop(&server);
     CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "server exit status %#x", status);
     struct stat st;
-    CHECK(stat(sock, &st) != 0, "socket file left behind");
-    rmdir(dir);
+    CHECK(stat(server.sock, &st) != 0, "socket file left behind");
     printf("%d passed, %d failed\n", passes, failures);
     return failures ? 1 : 0;
 }

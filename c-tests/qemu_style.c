@@ -25,6 +25,8 @@
 
 #include <vfio-io.h>
 
+#include "edu_server.h"
+
 #define MAX_MMAPS 16
 
 typedef struct {
@@ -261,12 +263,6 @@ static void teardown_device(Device *d)
     vfio_io_device_close(d->dev);
 }
 
-static void sleep_ms(long ms)
-{
-    struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
-    nanosleep(&ts, NULL);
-}
-
 int main(int argc, char **argv)
 {
     const char *kernel_dev = getenv("VFIO_IO_TEST_DEVICE");
@@ -278,31 +274,15 @@ int main(int argc, char **argv)
 
     Device d = { 0 };
     int r;
-    pid_t server = -1;
-    char dir[] = "/tmp/vfio-io-qemu-style-XXXXXX";
-    char sock[256] = "";
+    struct edu_server server = { .pid = -1 };
     if (kernel_dev) {
         printf("backend kernel VFIO: %s\n", kernel_dev);
         r = vfio_io_kernel_open(kernel_dev, &d.dev);
     } else {
-        if (!mkdtemp(dir)) {
-            perror("mkdtemp");
+        if (edu_server_start(&server, argv[1]) != 0)
             return 2;
-        }
-        snprintf(sock, sizeof(sock), "%s/edu.sock", dir);
-        server = fork();
-        if (server == 0) {
-            execl(argv[1], "vfio-io", "serve", "edu", sock, (char *)NULL);
-            perror("exec vfio-io");
-            _exit(127);
-        }
-        printf("backend vfio-user: %s\n", sock);
-        r = -ENOENT;
-        for (int i = 0; i < 500 && (r == -ENOENT || r == -ECONNREFUSED); i++) {
-            r = vfio_io_user_connect(sock, &d.dev);
-            if (r != 0)
-                sleep_ms(10);
-        }
+        printf("backend vfio-user: %s\n", server.sock);
+        r = edu_server_connect(&server, &d.dev);
     }
     if (r != 0) {
         FAIL("open: %s", strerror(-r));
@@ -312,13 +292,10 @@ int main(int argc, char **argv)
         teardown_device(&d);
     }
 
-    if (server > 0) {
-        kill(server, SIGTERM);
-        int status = 0;
-        waitpid(server, &status, 0);
+    if (server.pid > 0) {
+        int status = edu_server_stop(&server);
         if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
             FAIL("server exit status %#x", status);
-        rmdir(dir);
     }
     if (log_lines)
         FAIL("the library logged %d lines", log_lines);

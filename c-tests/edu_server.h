@@ -1,0 +1,77 @@
+/* `vfio-io serve edu` in a child process, for the C tests: start it on a
+ * socket in a fresh folder, connect once it listens, stop it with SIGTERM.
+ * Header-only; each test program is one translation unit. */
+#ifndef VFIO_IO_EDU_SERVER_H
+#define VFIO_IO_EDU_SERVER_H
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <vfio-io.h>
+
+struct edu_server {
+    pid_t pid;
+    char dir[64];
+    char sock[128];
+};
+
+static inline void sleep_ms(long ms)
+{
+    struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+    nanosleep(&ts, NULL);
+}
+
+/* Starts `bin serve edu` on <new folder>/edu.sock. Returns 0, or -1 with the
+ * reason printed. */
+static inline int edu_server_start(struct edu_server *s, const char *bin)
+{
+    snprintf(s->dir, sizeof(s->dir), "/tmp/vfio-io-ctest-XXXXXX");
+    if (!mkdtemp(s->dir)) {
+        perror("mkdtemp");
+        return -1;
+    }
+    snprintf(s->sock, sizeof(s->sock), "%s/edu.sock", s->dir);
+    s->pid = fork();
+    if (s->pid < 0) {
+        perror("fork");
+        return -1;
+    }
+    if (s->pid == 0) {
+        execl(bin, "vfio-io", "serve", "edu", s->sock, (char *)NULL);
+        perror("exec vfio-io");
+        _exit(127);
+    }
+    return 0;
+}
+
+/* Connects through the C ABI, waiting up to 5 s for the server to listen.
+ * Returns 0 or -errno. */
+static inline int edu_server_connect(const struct edu_server *s, vfio_io_device **dev)
+{
+    int r = -ENOENT;
+    for (int i = 0; i < 500 && (r == -ENOENT || r == -ECONNREFUSED); i++) {
+        r = vfio_io_user_connect(s->sock, dev);
+        if (r != 0)
+            sleep_ms(10);
+    }
+    return r;
+}
+
+/* Sends SIGTERM and reaps the server; returns its wait status. The folder is
+ * removed only if the server removed its socket, so a leftover stays visible. */
+static inline int edu_server_stop(struct edu_server *s)
+{
+    int status = 0;
+    kill(s->pid, SIGTERM);
+    waitpid(s->pid, &status, 0);
+    rmdir(s->dir);
+    return status;
+}
+
+#endif
