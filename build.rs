@@ -16,7 +16,7 @@ fn main() {
     println!("cargo:rerun-if-changed=cbindgen.toml");
     println!("cargo:rerun-if-changed=pkgconfig/vfio-io.pc.in");
 
-    println!("cargo:rerun-if-changed=src/caps.rs");
+    println!("cargo:rerun-if-changed=src/caps/mod.rs");
     let mut config =
         cbindgen::Config::from_file(root.join("cbindgen.toml")).expect("cbindgen.toml parses");
     config.after_includes = Some(capability_defines(&root));
@@ -68,9 +68,9 @@ fn main() {
 }
 
 /// `#define VFIO_IO_CAP_<NAME> (1ULL << n)` for each bit declared in
-/// src/caps.rs, with its doc comment, so the Rust bitflags stay the one source.
+/// the table in src/caps/mod.rs, with its doc comment, so that table stays the one source.
 fn capability_defines(root: &std::path::Path) -> String {
-    let src = std::fs::read_to_string(root.join("src/caps.rs")).expect("src/caps.rs");
+    let src = std::fs::read_to_string(root.join("src/caps/mod.rs")).expect("src/caps/mod.rs");
     let mut out = String::from("\n");
     let mut doc: Vec<String> = Vec::new();
     for line in src.lines().map(str::trim) {
@@ -78,11 +78,13 @@ fn capability_defines(root: &std::path::Path) -> String {
             doc.push(d.trim().to_string());
             continue;
         }
+        // A table row: `NAME = 1 << n on BACKENDS;`.
         let decl = line
-            .strip_prefix("const ")
-            .and_then(|l| l.split_once(" = 1 << "));
+            .split_once(" = 1 << ")
+            .and_then(|(name, rest)| Some((name, rest.split_once(" on ")?.0)))
+            .filter(|(name, _)| name.chars().all(|c| c.is_ascii_uppercase() || c == '_'));
         if let Some((name, bit)) = decl {
-            let bit = bit.trim_end_matches(';').trim();
+            let bit = bit.trim();
             for d in &doc {
                 out.push_str(&format!("// {d}\n"));
             }

@@ -21,10 +21,12 @@
 // (`VFIO_DEVICE_FEATURE_DMA_BUF`). Kernel VFIO only, Linux >= 6.19.
 #define VFIO_IO_CAP_DMA_BUF (1ULL << 0)
 
-// The v2 migration state machine (`VFIO_DEVICE_FEATURE_MIGRATION`) is available.
+// The v2 migration state machine (`VFIO_DEVICE_FEATURE_MIGRATION`) is
+// available through `device_feature`, data path included.
 #define VFIO_IO_CAP_MIGRATION (1ULL << 1)
 
-// Device dirty-page tracking (`VFIO_DEVICE_FEATURE_DMA_LOGGING_*`) is available.
+// Device dirty-page tracking (`VFIO_DEVICE_FEATURE_DMA_LOGGING_*`) is
+// available through `device_feature`, report included.
 #define VFIO_IO_CAP_DIRTY_TRACKING (1ULL << 2)
 
 // The device can enter a low-power state (`VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY`).
@@ -37,18 +39,22 @@
 // rather than only the device fd at an offset (kernel).
 #define VFIO_IO_CAP_REGION_FDS (1ULL << 5)
 
-// `region_write(.., post = true)` returns without waiting for the device.
+// `region_write(.., post = true)` returns without waiting for the device;
+// a later read or non-posted write still sees it. Clear where posted
+// writes wait (a vfio-user device with a mapped area, whose stores could
+// otherwise overtake them).
 #define VFIO_IO_CAP_POSTED_WRITES (1ULL << 6)
 
 // The device supports `reset` (`VFIO_DEVICE_FLAGS_RESET`).
 #define VFIO_IO_CAP_RESET (1ULL << 7)
 
-// Small posted writes may be coalesced into one message (vfio-user
-// `write_multiple` negotiated).
+// Several small writes can go to the device in one message (vfio-user
+// `write_multiple` negotiated): `Client::region_write_multi` sends them.
 #define VFIO_IO_CAP_WRITE_MULTI (1ULL << 8)
 
-// The device side may read and write mapped DMA memory through messages
-// (vfio-user `DMA_READ`/`DMA_WRITE`), not only through shared fds.
+// The device side reaches DMA memory mapped without an fd through
+// messages (vfio-user `DMA_READ`/`DMA_WRITE`), which the library answers
+// from the memory at the map's `vaddr`.
 #define VFIO_IO_CAP_DMA_MESSAGES (1ULL << 9)
 
 // DMA mappings are made through an IOMMU (kernel container or iommufd IOAS):

@@ -592,7 +592,7 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::caps::Capabilities;
+    use crate::caps::{Capabilities, CapabilityRecord};
     use crate::device::{DeviceInfo, DmaMap, IrqInfo, RegionInfo};
     use crate::edu::Edu;
     use crate::memory::Mapping;
@@ -718,9 +718,12 @@ mod tests {
         }
     }
 
+    /// The test doubles have no capabilities to record.
+    static NO_CAPABILITIES: CapabilityRecord = CapabilityRecord::new();
+
     impl DeviceIo for InProcess {
-        fn capabilities(&self) -> Capabilities {
-            Capabilities::empty()
+        fn capability_record(&self) -> &CapabilityRecord {
+            &NO_CAPABILITIES
         }
 
         fn backend_capabilities(&self) -> Capabilities {
@@ -852,8 +855,8 @@ mod tests {
     }
 
     impl DeviceIo for Faulty {
-        fn capabilities(&self) -> Capabilities {
-            self.inner.capabilities()
+        fn capability_record(&self) -> &CapabilityRecord {
+            self.inner.capability_record()
         }
         fn backend_capabilities(&self) -> Capabilities {
             self.inner.backend_capabilities()

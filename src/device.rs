@@ -7,7 +7,7 @@
 use std::os::fd::{OwnedFd, RawFd};
 use std::sync::Arc;
 
-use crate::caps::Capabilities;
+use crate::caps::{Capabilities, CapabilityRecord};
 use crate::error::{Error, Result};
 
 pub use vfio_bindings::bindings::vfio::{
@@ -21,6 +21,8 @@ pub use vfio_bindings::bindings::vfio::{
 pub mod pci_region {
     /// BAR0 .. BAR5 are regions 0 .. 5.
     pub const BAR0: u32 = 0;
+    /// BAR2 (region 2).
+    pub const BAR2: u32 = 2;
     /// The expansion ROM.
     pub const ROM: u32 = 6;
     /// PCI configuration space.
@@ -240,7 +242,13 @@ pub struct DmaMap {
 /// them on one device at once.
 pub trait DeviceIo: Send + Sync {
     /// What this device really supports, learned at open (probe or negotiation).
-    fn capabilities(&self) -> Capabilities;
+    fn capabilities(&self) -> Capabilities {
+        self.capability_record().mask()
+    }
+
+    /// How the device arrived at its mask while it opened: each bit granted or
+    /// withheld, with what decided it.
+    fn capability_record(&self) -> &CapabilityRecord;
 
     /// What the backend could ever support, on any device.
     fn backend_capabilities(&self) -> Capabilities;

@@ -6,6 +6,7 @@
 //! * [`user`]: the vfio-user protocol, a client backend and a device server.
 //! * [`kernel`]: the kernel VFIO backend (container/group and iommufd).
 //! * [`edu`]: QEMU's educational PCI device, as a vfio-user device model.
+//! * [`scratch`]: a sample device whose BAR2 is shared memory a client maps.
 //! * [`conformance`]: the edu suite that every backend must pass.
 
 #![deny(missing_docs)]
@@ -21,6 +22,7 @@ pub mod kernel;
 pub mod memory;
 pub mod pci;
 pub mod region_info;
+pub mod scratch;
 pub mod user;
 
 pub use caps::Capabilities;

@@ -468,25 +468,9 @@ pub unsafe extern "C" fn vfio_io_set_log_handler(
 /// free it.
 #[no_mangle]
 pub extern "C" fn vfio_io_capability_name(bit: u64) -> *const c_char {
-    const NAMES: [&CStr; 11] = [
-        c"DMA_BUF",
-        c"MIGRATION",
-        c"DIRTY_TRACKING",
-        c"LOW_POWER",
-        c"REGION_MMAP",
-        c"REGION_FDS",
-        c"POSTED_WRITES",
-        c"RESET",
-        c"WRITE_MULTI",
-        c"DMA_MESSAGES",
-        c"IOMMU_DMA",
-    ];
-    if bit.count_ones() != 1 {
-        return std::ptr::null();
-    }
-    NAMES
-        .get(bit.trailing_zeros() as usize)
-        .map_or(std::ptr::null(), |n| n.as_ptr())
+    Capabilities::from_bits(bit)
+        .and_then(Capabilities::definition)
+        .map_or(std::ptr::null(), |d| d.c_name.as_ptr())
 }
 
 unsafe extern "C" fn op_device_feature(

@@ -9,7 +9,7 @@ use vfio_bindings::bindings::vfio as uapi;
 use super::container::Group;
 use super::iommufd::Iommufd;
 use super::{ioctl, probe, region};
-use crate::caps::Capabilities;
+use crate::caps::{Capabilities, CapabilityRecord};
 use crate::device::{DeviceInfo, DeviceIo, DmaMap, IrqData, IrqInfo, IrqSet, RegionInfo};
 use crate::error::{Error, Result};
 
@@ -31,7 +31,7 @@ pub struct KernelDevice {
     /// Region infos read at open; `None` where the kernel refused the index
     /// (vfio-pci does for absent regions such as VGA on a non-VGA device).
     regions: Vec<Option<RegionInfo>>,
-    caps: Capabilities,
+    caps: CapabilityRecord,
 }
 
 /// sizeof(struct vfio_irq_set) without its data.
@@ -118,8 +118,8 @@ impl KernelDevice {
 }
 
 impl DeviceIo for KernelDevice {
-    fn capabilities(&self) -> Capabilities {
-        self.caps
+    fn capability_record(&self) -> &CapabilityRecord {
+        &self.caps
     }
 
     fn backend_capabilities(&self) -> Capabilities {
@@ -245,7 +245,7 @@ impl DeviceIo for KernelDevice {
     }
 
     fn region_create_dma_buf(&self, index: u32, ranges: &[(u64, u64)]) -> Result<Option<OwnedFd>> {
-        if !self.caps.contains(Capabilities::DMA_BUF) {
+        if !self.caps.mask().contains(Capabilities::DMA_BUF) {
             return Ok(None);
         }
         let nr = u32::try_from(ranges.len())

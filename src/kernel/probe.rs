@@ -10,17 +10,11 @@ use std::os::fd::BorrowedFd;
 use vfio_bindings::bindings::vfio as uapi;
 
 use super::ioctl;
-use crate::caps::Capabilities;
-use crate::device::{DeviceInfo, RegionInfo, VFIO_DEVICE_FLAGS_RESET};
+use crate::caps::{Backends, Capabilities, CapabilityRecord, Source};
+use crate::device::{DeviceInfo, RegionInfo};
 
-/// What the kernel backend can ever offer.
-pub const BACKEND: Capabilities = Capabilities::DMA_BUF
-    .union(Capabilities::MIGRATION)
-    .union(Capabilities::DIRTY_TRACKING)
-    .union(Capabilities::LOW_POWER)
-    .union(Capabilities::REGION_MMAP)
-    .union(Capabilities::RESET)
-    .union(Capabilities::IOMMU_DMA);
+/// What the kernel backend can ever offer (from the capability table).
+pub const BACKEND: Capabilities = Backends::KERNEL.possible_capabilities();
 
 /// Feature, the op it is used with, and the bit it grants.
 const FEATURES: [(u32, u32, Capabilities); 4] = [
@@ -54,27 +48,50 @@ fn has_feature(dev: BorrowedFd<'_>, feature: u32, op: u32) -> bool {
     ioctl::device_feature(dev, &mut buf).is_ok()
 }
 
-/// The device's mask from its features, flags and regions.
+/// The device's mask from its features, flags and regions, with what decided
+/// each bit.
 pub fn device_caps(
     dev: BorrowedFd<'_>,
     info: &DeviceInfo,
     regions: &[Option<RegionInfo>],
-) -> Capabilities {
-    let mut caps = Capabilities::IOMMU_DMA;
+) -> CapabilityRecord {
+    let mut rec = CapabilityRecord::new();
+    rec.grant(
+        Capabilities::IOMMU_DMA,
+        Source::Backend,
+        "DMA maps go through the container or the IOAS",
+    );
     for (feature, op, bit) in FEATURES {
         if has_feature(dev, feature, op) {
-            caps |= bit;
+            rec.grant(
+                bit,
+                Source::FeatureProbe(feature),
+                "the kernel answers the probe",
+            );
+        } else {
+            rec.withhold(
+                bit,
+                Source::FeatureProbe(feature),
+                "the kernel refuses the probe",
+            );
         }
     }
-    if info.flags & VFIO_DEVICE_FLAGS_RESET != 0 {
-        caps |= Capabilities::RESET;
-    }
-    if regions
+    rec.note_device_flags(info.flags);
+    let mappable = regions
         .iter()
         .flatten()
-        .any(|r| r.mmap_areas().iter().any(|a| a.size > 0))
-    {
-        caps |= Capabilities::REGION_MMAP;
+        .find(|r| r.mmap_areas().iter().any(|a| a.size > 0));
+    match mappable {
+        Some(r) => rec.grant(
+            Capabilities::REGION_MMAP,
+            Source::RegionInfo(r.index),
+            "an mmappable area of the device fd",
+        ),
+        None => rec.withhold(
+            Capabilities::REGION_MMAP,
+            Source::DeviceInfo,
+            "no region has an mmappable area",
+        ),
     }
-    caps
+    rec
 }

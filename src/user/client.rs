@@ -19,10 +19,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::caps::Capabilities;
+use crate::caps::{Backends, Capabilities, CapabilityRecord, Source};
 use crate::device::{
-    DeviceInfo, DeviceIo, DmaMap, IrqData, IrqInfo, IrqSet, RegionInfo, VFIO_DEVICE_FLAGS_RESET,
-    VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
+    DeviceInfo, DeviceIo, DmaMap, IrqData, IrqInfo, IrqSet, RegionInfo, VFIO_REGION_INFO_FLAG_READ,
+    VFIO_REGION_INFO_FLAG_WRITE,
 };
 use crate::error::{Error, Result};
 use crate::memory::Mapping;
@@ -49,15 +49,9 @@ const SLOT_BITS: u32 = 6;
 pub const MAX_OUTSTANDING: usize = (1 << SLOT_BITS) - 1;
 const POSTED_ID: u16 = (1 << SLOT_BITS) - 1;
 
-/// What the capability mask of every vfio-user device may contain.
-pub const BACKEND_CAPABILITIES: Capabilities = Capabilities::MIGRATION
-    .union(Capabilities::DIRTY_TRACKING)
-    .union(Capabilities::REGION_MMAP)
-    .union(Capabilities::REGION_FDS)
-    .union(Capabilities::POSTED_WRITES)
-    .union(Capabilities::RESET)
-    .union(Capabilities::WRITE_MULTI)
-    .union(Capabilities::DMA_MESSAGES);
+/// What the capability mask of every vfio-user device may contain (from the
+/// capability table).
+pub const BACKEND_CAPABILITIES: Capabilities = Backends::VFIO_USER.possible_capabilities();
 
 /// Client settings.
 #[derive(Debug, Clone)]
@@ -154,7 +148,7 @@ pub struct Client {
     server: VersionCaps,
     info: DeviceInfo,
     regions: Vec<RegionInfo>,
-    caps: Capabilities,
+    caps: CapabilityRecord,
     max_xfer: usize,
     twin: Mutex<Option<(OwnedFd, JoinHandle<()>)>>,
     /// The mmapped areas of mappable regions, accessed without messages.
@@ -611,7 +605,7 @@ impl Client {
                 num_irqs: 0,
             },
             regions: Vec::new(),
-            caps: Capabilities::empty(),
+            caps: CapabilityRecord::new(),
             max_xfer,
             twin: Mutex::new(twin),
             mapped: Vec::new(),
@@ -642,37 +636,89 @@ impl Client {
             )));
         }
         self.info = info;
-        let mut caps = Capabilities::POSTED_WRITES | Capabilities::DMA_MESSAGES;
         for index in 0..info.num_regions {
             let r = self.fetch_region_info(index)?;
-            if r.is_mappable() {
-                caps |= Capabilities::REGION_MMAP | Capabilities::REGION_FDS;
-            }
             self.regions.push(r);
         }
-        if info.flags & VFIO_DEVICE_FLAGS_RESET != 0 {
-            caps |= Capabilities::RESET;
-        }
-        if self.server.write_multiple {
-            caps |= Capabilities::WRITE_MULTI;
-        }
-        // A probe the server refuses just leaves the bit clear: nothing to log.
-        let probe = |feature: u32, how: u32| {
-            self.device_feature(VFIO_DEVICE_FEATURE_PROBE | how | feature, &mut [])
-                .is_ok()
-        };
-        if probe(VFIO_DEVICE_FEATURE_MIGRATION, VFIO_DEVICE_FEATURE_GET) {
-            caps |= Capabilities::MIGRATION;
-        }
-        if probe(
-            VFIO_DEVICE_FEATURE_DMA_LOGGING_START,
-            VFIO_DEVICE_FEATURE_SET,
-        ) {
-            caps |= Capabilities::DIRTY_TRACKING;
-        }
-        self.caps = caps;
+        self.record_capabilities();
         self.map_regions();
+        if let Some(a) = self.mapped.first() {
+            self.caps.withhold(
+                Capabilities::POSTED_WRITES,
+                Source::MappedArea(a.region),
+                "an area is mapped, so posted writes wait for their reply to stay in order",
+            );
+        }
         Ok(())
+    }
+
+    /// Records the device's capability bits from what discovery learned.
+    fn record_capabilities(&mut self) {
+        let mut rec = CapabilityRecord::new();
+        rec.grant(
+            Capabilities::DMA_MESSAGES,
+            Source::Backend,
+            "the client answers DMA_READ/DMA_WRITE from its maps",
+        );
+        rec.grant(
+            Capabilities::POSTED_WRITES,
+            Source::Backend,
+            "a posted write is sent with no-reply and not waited for",
+        );
+        match self.regions.iter().find(|r| r.is_mappable()) {
+            Some(r) => {
+                let why = "the region comes with an fd and mmappable areas";
+                rec.grant(Capabilities::REGION_MMAP, Source::RegionInfo(r.index), why);
+                rec.grant(Capabilities::REGION_FDS, Source::RegionInfo(r.index), why);
+            }
+            None => {
+                let why = "no region comes with an fd to mmap";
+                rec.withhold(Capabilities::REGION_MMAP, Source::DeviceInfo, why);
+                rec.withhold(Capabilities::REGION_FDS, Source::DeviceInfo, why);
+            }
+        }
+        rec.note_device_flags(self.info.flags);
+        let key = Source::Negotiation("write_multiple");
+        if self.server.write_multiple {
+            rec.grant(
+                Capabilities::WRITE_MULTI,
+                key,
+                "the server accepts REGION_WRITE_MULTI",
+            );
+        } else {
+            rec.withhold(
+                Capabilities::WRITE_MULTI,
+                key,
+                "the server did not offer it",
+            );
+        }
+        // The server's answers are recorded, but the bits stay clear: the
+        // library carries no vfio-user migration or dirty-report data path.
+        let probes = [
+            (
+                VFIO_DEVICE_FEATURE_MIGRATION,
+                VFIO_DEVICE_FEATURE_GET,
+                Capabilities::MIGRATION,
+            ),
+            (
+                VFIO_DEVICE_FEATURE_DMA_LOGGING_START,
+                VFIO_DEVICE_FEATURE_SET,
+                Capabilities::DIRTY_TRACKING,
+            ),
+        ];
+        for (feature, how, bit) in probes {
+            // A probe the server refuses just leaves the bit clear: nothing to log.
+            let offered = self
+                .device_feature(VFIO_DEVICE_FEATURE_PROBE | how | feature, &mut [])
+                .is_ok();
+            let why = if offered {
+                "the server offers it; the library has no vfio-user data path for it"
+            } else {
+                "the server refuses the probe"
+            };
+            rec.withhold(bit, Source::FeatureProbe(feature), why);
+        }
+        self.caps = rec;
     }
 
     /// mmaps every area of every region that came with an fd. An area that
@@ -856,8 +902,8 @@ impl Drop for Client {
 }
 
 impl DeviceIo for Client {
-    fn capabilities(&self) -> Capabilities {
-        self.caps
+    fn capability_record(&self) -> &CapabilityRecord {
+        &self.caps
     }
 
     fn backend_capabilities(&self) -> Capabilities {
@@ -1046,6 +1092,10 @@ impl DeviceIo for Client {
     }
 
     fn reset(&self) -> Result<()> {
+        // Without VFIO_DEVICE_FLAGS_RESET the device has no reset to ask for.
+        if !self.caps.mask().contains(Capabilities::RESET) {
+            return Err(Error::Unsupported("the device does not support reset"));
+        }
         self.inner.request(cmd::DEVICE_RESET, &[], &[], |_| Ok(()))
     }
 

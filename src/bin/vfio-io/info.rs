@@ -4,7 +4,7 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
-use vfio_io::caps::Capabilities;
+use vfio_io::caps;
 use vfio_io::device::{DeviceIo, RegionCap, VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET};
 use vfio_io::user::client::{Client, ClientConfig};
 use vfio_io::Error;
@@ -204,24 +204,6 @@ const IRQ_FLAGS: [(u32, &str); 4] = [
     (8, "NORESIZE"),
 ];
 
-/// Where a capability bit of this device was learned.
-fn source(backend: &str, bit: Capabilities) -> &'static str {
-    let kernel = backend.starts_with("kernel");
-    match bit {
-        b if b == Capabilities::RESET => "device info",
-        b if b == Capabilities::REGION_MMAP || b == Capabilities::REGION_FDS => "region info",
-        b if b == Capabilities::WRITE_MULTI => "negotiation",
-        b if b == Capabilities::POSTED_WRITES
-            || b == Capabilities::DMA_MESSAGES
-            || b == Capabilities::IOMMU_DMA =>
-        {
-            "backend"
-        }
-        _ if kernel => "VFIO_DEVICE_FEATURE probe",
-        _ => "DEVICE_FEATURE probe",
-    }
-}
-
 fn describe(dev: &dyn DeviceIo) -> Result<Value, Error> {
     let info = dev.device_info()?;
     let mut regions = Vec::new();
@@ -284,14 +266,19 @@ fn describe(dev: &dyn DeviceIo) -> Result<Value, Error> {
     }
     let caps = dev.capabilities();
     let backend = dev.backend_name();
-    let bits: Vec<Value> = Capabilities::named_bits()
-        .map(|(name, bit)| {
+    let record = dev.capability_record();
+    // Each bit with the finding that decided it while this device opened.
+    let bits: Vec<Value> = caps::TABLE
+        .iter()
+        .map(|d| {
+            let finding = record.deciding(d.bit);
             json!({
-                "bit": bit.bits().trailing_zeros(),
-                "name": name,
-                "device": caps.contains(bit),
-                "backend": dev.backend_capabilities().contains(bit),
-                "source": if caps.contains(bit) { Value::from(source(backend, bit)) } else { Value::Null },
+                "bit": d.bit.bits().trailing_zeros(),
+                "name": d.name,
+                "device": caps.contains(d.bit),
+                "backend": dev.backend_capabilities().contains(d.bit),
+                "source": finding.map(|e| e.source.to_string()),
+                "detail": finding.map(|e| e.detail.clone()),
             })
         })
         .collect();
@@ -361,9 +348,16 @@ fn print_human(target: &str, v: &Value) {
         c["backend"].as_u64().unwrap_or(0)
     );
     for b in c["bits"].as_array().into_iter().flatten() {
+        let why = |b: &Value| {
+            let source = b["source"].as_str().unwrap_or("not recorded");
+            match b["detail"].as_str() {
+                Some(d) => format!("{source}: {d}"),
+                None => source.to_string(),
+            }
+        };
         let state = match (b["device"].as_bool(), b["backend"].as_bool()) {
-            (Some(true), _) => format!("yes ({})", b["source"].as_str().unwrap_or("")),
-            (_, Some(true)) => "no (this device lacks it)".to_string(),
+            (Some(true), _) => format!("yes ({})", why(b)),
+            (_, Some(true)) => format!("no ({})", why(b)),
             _ => "no (never on this backend)".to_string(),
         };
         println!(

@@ -8,24 +8,28 @@ use vfio_io::caps::Capabilities;
 use vfio_io::conformance::run_edu_suite;
 use vfio_io::device::DeviceIo;
 use vfio_io::edu::Edu;
+use vfio_io::scratch::Scratch;
 use vfio_io::user::client::{Client, ClientConfig};
-use vfio_io::user::server::{Server, ServerConfig};
+use vfio_io::user::server::{DeviceModel, Server, ServerConfig, ServerStopper};
 
 mod info;
 
 const USAGE: &str = "\
-usage: vfio-io serve edu SOCKET [--trace]   serve QEMU's edu device over vfio-user on SOCKET
+usage: vfio-io serve MODEL SOCKET [--trace] serve a device over vfio-user on SOCKET (MODEL: edu, scratch)
        vfio-io demo                         serve edu on a temporary socket and drive it through the library
        vfio-io info TARGET [--json]         show a device: TARGET is a vfio-user socket, a PCI address
                                             (0000:00:01.0) or /dev/vfio/devices/vfioN
        vfio-io COMMAND --help               help on one command";
 
 const SERVE_USAGE: &str = "\
-usage: vfio-io serve edu SOCKET [--trace]
+usage: vfio-io serve MODEL SOCKET [--trace]
 
-Serves QEMU's edu device (PCI 1234:11e8) over vfio-user on the Unix socket
-SOCKET until SIGINT or SIGTERM, then removes SOCKET. Connect with
-vfio_io_user_connect(), `vfio-io info SOCKET` or QEMU's vfio-user-pci.
+Serves a device over vfio-user on the Unix socket SOCKET until SIGINT or
+SIGTERM, then removes SOCKET. Connect with vfio_io_user_connect(),
+`vfio-io info SOCKET` or QEMU's vfio-user-pci. MODEL is one of:
+  edu       QEMU's edu device (PCI 1234:11e8): every access is a message
+  scratch   a sample device (PCI 1234:5c7c): BAR0 4 KiB of trapped registers,
+            BAR2 64 KiB of shared memory offered with its fd for mmap
 
   --trace   log every vfio-user message to stderr";
 
@@ -59,7 +63,23 @@ impl log::Log for StderrLog {
     fn flush(&self) {}
 }
 
-fn serve(path: &Path, trace: bool) -> Result<(), String> {
+/// The device models `vfio-io serve` offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Model {
+    Edu,
+    Scratch,
+}
+
+impl Model {
+    fn describe(self) -> &'static str {
+        match self {
+            Model::Edu => "edu (1234:11e8)",
+            Model::Scratch => "scratch (1234:5c7c)",
+        }
+    }
+}
+
+fn serve(model: Model, path: &Path, trace: bool) -> Result<(), String> {
     let _ = log::set_logger(&StderrLog);
     log::set_max_level(if trace {
         log::LevelFilter::Info
@@ -77,19 +97,43 @@ fn serve(path: &Path, trace: bool) -> Result<(), String> {
         trace,
         ..ServerConfig::default()
     };
-    let mut server = Server::bind(path, Edu::new(), config)
-        .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
-    let stopper = server.stopper();
+    let (stopper, thread) = match model {
+        Model::Edu => listen(path, Edu::new(), config)?,
+        Model::Scratch => listen(path, Scratch::new().map_err(|e| e.to_string())?, config)?,
+    };
     std::thread::spawn(move || {
         if signals.wait().is_ok() {
             stopper.stop();
         }
     });
-    eprintln!("vfio-io: serving edu (1234:11e8) on {}", path.display());
-    let r = server.serve();
+    eprintln!(
+        "vfio-io: serving {} on {}",
+        model.describe(),
+        path.display()
+    );
+    let r = thread
+        .join()
+        .unwrap_or(Err("the server thread panicked".into()));
     let _ = std::fs::remove_file(path);
-    r.map_err(|e| e.to_string())
+    r
 }
+
+/// Binds `path` and serves `model` on a thread of its own; returns its stopper
+/// and the thread.
+fn listen<M: DeviceModel + 'static>(
+    path: &Path,
+    model: M,
+    config: ServerConfig,
+) -> Result<Serving, String> {
+    let mut server = Server::bind(path, model, config)
+        .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+    let stopper = server.stopper();
+    let thread = std::thread::spawn(move || server.serve().map_err(|e| e.to_string()));
+    Ok((stopper, thread))
+}
+
+/// A running server: its stopper and the thread serving it.
+type Serving = (ServerStopper, std::thread::JoinHandle<Result<(), String>>);
 
 fn demo() -> Result<(), String> {
     let dir = std::env::temp_dir().join(format!("vfio-io-demo-{}", std::process::id()));
@@ -162,6 +206,7 @@ fn demo() -> Result<(), String> {
 /// A parsed command line.
 enum Command<'a> {
     Serve {
+        model: Model,
         socket: &'a str,
         trace: bool,
     },
@@ -189,11 +234,23 @@ fn parse<'a>(args: &[&'a str]) -> Command<'a> {
             let trace = rest.contains(&"--trace");
             let pos: Vec<&str> = rest.iter().copied().filter(|a| *a != "--trace").collect();
             match pos.as_slice() {
-                ["edu", socket] if !socket.starts_with('-') => Command::Serve { socket, trace },
-                [model, _] if *model != "edu" => Command::Usage(
-                    format!("unknown device model '{model}' (the one model is edu)"),
-                    SERVE_USAGE,
-                ),
+                [model, socket] if !socket.starts_with('-') => {
+                    let model = match *model {
+                        "edu" => Model::Edu,
+                        "scratch" => Model::Scratch,
+                        other => {
+                            return Command::Usage(
+                                format!("unknown device model '{other}' (edu or scratch)"),
+                                SERVE_USAGE,
+                            )
+                        }
+                    };
+                    Command::Serve {
+                        model,
+                        socket,
+                        trace,
+                    }
+                }
                 _ => Command::Usage("serve takes a model and a socket path".into(), SERVE_USAGE),
             }
         }
@@ -214,7 +271,11 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     let r = match parse(&a) {
-        Command::Serve { socket, trace } => serve(Path::new(socket), trace),
+        Command::Serve {
+            model,
+            socket,
+            trace,
+        } => serve(model, Path::new(socket), trace),
         Command::Demo => demo(),
         Command::Info { target, json } => info::run(target, json),
         Command::Help(text) => {
@@ -245,6 +306,7 @@ mod tests {
         assert!(matches!(
             parse(&["serve", "edu", "/s"]),
             Command::Serve {
+                model: Model::Edu,
                 socket: "/s",
                 trace: false
             }
@@ -252,6 +314,7 @@ mod tests {
         assert!(matches!(
             parse(&["serve", "--trace", "edu", "/s"]),
             Command::Serve {
+                model: Model::Edu,
                 socket: "/s",
                 trace: true
             }
