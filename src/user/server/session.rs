@@ -538,16 +538,28 @@ impl<'a, M: DeviceModel> Session<'a, M> {
                 }
             }
             cmd::DEVICE_GET_REGION_IO_FDS => {
-                let argsz = u32::from_ne_bytes(
-                    p.get(0..4)
+                // argsz (room for the reply), flags, index, count; the spec
+                // wants flags and count zero, and the reply needs 16 bytes.
+                let field = |at: usize| {
+                    p.get(at..at + 4)
                         .and_then(|s| s.try_into().ok())
-                        .ok_or(Error::InvalidArgument("IO_FDS"))?,
-                );
-                let index = u32::from_ne_bytes(
-                    p.get(8..12)
-                        .and_then(|s| s.try_into().ok())
-                        .ok_or(Error::InvalidArgument("IO_FDS"))?,
-                );
+                        .map(u32::from_ne_bytes)
+                };
+                let (Some(argsz), Some(flags), Some(index), Some(count)) =
+                    (field(0), field(4), field(8), field(12))
+                else {
+                    return Err(Error::InvalidArgument("DEVICE_GET_REGION_IO_FDS too short"));
+                };
+                if argsz < 16 {
+                    return Err(Error::InvalidArgument(
+                        "DEVICE_GET_REGION_IO_FDS argsz below its reply's 16 bytes",
+                    ));
+                }
+                if flags != 0 || count != 0 {
+                    return Err(Error::InvalidArgument(
+                        "DEVICE_GET_REGION_IO_FDS flags and count must be zero",
+                    ));
+                }
                 if index as usize >= self.regions.len() {
                     return Err(Error::InvalidArgument("region index"));
                 }
