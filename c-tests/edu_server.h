@@ -50,12 +50,12 @@ static inline int edu_server_start(struct edu_server *s, const char *bin)
     return 0;
 }
 
-/* Connects through the C ABI, waiting up to 5 s for the server to listen.
- * Returns 0 or -errno. */
+/* Connects through the C ABI, waiting up to 30 s for the server to listen
+ * (a watchdog: a loaded machine may be slow to start it). Returns 0 or -errno. */
 static inline int edu_server_connect(const struct edu_server *s, vfio_io_device **dev)
 {
     int r = -ENOENT;
-    for (int i = 0; i < 500 && (r == -ENOENT || r == -ECONNREFUSED); i++) {
+    for (int i = 0; i < 3000 && (r == -ENOENT || r == -ECONNREFUSED); i++) {
         r = vfio_io_user_connect(s->sock, dev);
         if (r != 0)
             sleep_ms(10);

@@ -52,7 +52,7 @@ impl Served {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn vfio-io serve");
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         while !socket.exists() {
             assert!(
                 Instant::now() < deadline,

@@ -4,13 +4,13 @@
 //! time, and that no fd leaks (the process fd count is back where it started).
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Mutex;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use vfio_io::device::{
@@ -25,14 +25,17 @@ use vfio_io::user::proto::{
     DMA_MAP_WRITE, FLAG_NO_REPLY,
 };
 use vfio_io::user::server::{Server, ServerConfig, ServerStopper};
-use vfio_io::user::wire::{send_msg, set_timeouts, Receiver};
+use vfio_io::user::wire::send_msg;
+
+#[path = "support/raw_peer.rs"]
+mod raw_peer;
+use raw_peer::{Peer, PEER_TIMEOUT};
 
 const EDU_ID: u32 = 0x0100_00ed;
 const EDU_LIVENESS: u64 = 0x04;
-/// How long our client waits for a reply in these tests.
-const CLIENT_TIMEOUT: Duration = Duration::from_millis(400);
-/// How long a scripted peer waits before giving up (it never should).
-const PEER_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long our client waits for a reply in these tests: long enough for a
+/// fake server on a loaded machine, short for the tests that wait it out.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
 
 // ---------------------------------------------------------------------------
 // Harness: serialisation, watchdog, fd accounting.
@@ -58,12 +61,12 @@ fn open_fds() -> Vec<String> {
         .collect()
 }
 
-/// Runs `body` on its own thread under the lock; fails if it takes longer than
-/// `limit` (a hang) or leaves more or fewer fds open than before.
+/// Runs `body` on its own thread under the lock; fails if it is still running
+/// after `limit` (a watchdog for hangs, not a speed check) or leaves more or
+/// fewer fds open than before.
 fn hostile(limit: Duration, body: impl FnOnce() + Send + 'static) {
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let before = open_fds();
-    let start = Instant::now();
     let (tx, rx) = mpsc::channel();
     let t = std::thread::spawn(move || {
         body();
@@ -77,7 +80,6 @@ fn hostile(limit: Duration, body: impl FnOnce() + Send + 'static) {
             Ok(()) => unreachable!("body finished without reporting"),
         },
     }
-    assert!(start.elapsed() < limit);
     // Every thread this test started has been joined, but the kernel may still
     // be finishing a close on a loaded machine: give it a moment, never more.
     let mut after = open_fds();
@@ -95,7 +97,7 @@ fn hostile(limit: Duration, body: impl FnOnce() + Send + 'static) {
     );
 }
 
-const LIMIT: Duration = Duration::from_secs(10);
+const LIMIT: Duration = Duration::from_secs(30);
 
 struct TempDir(PathBuf);
 impl Drop for TempDir {
@@ -121,136 +123,6 @@ fn eventfd() -> OwnedFd {
     EventFd::from_flags(EfdFlags::EFD_CLOEXEC)
         .expect("eventfd")
         .into()
-}
-
-// ---------------------------------------------------------------------------
-// A peer on a raw socket, used both as the fake server and as the raw client.
-// ---------------------------------------------------------------------------
-
-struct Msg {
-    h: Header,
-    p: Vec<u8>,
-    fds: Vec<OwnedFd>,
-}
-
-struct Peer {
-    s: UnixStream,
-    rx: Receiver,
-    next_id: u16,
-}
-
-impl Peer {
-    fn new(s: UnixStream) -> Peer {
-        set_timeouts(s.as_fd(), Some(PEER_TIMEOUT), Some(PEER_TIMEOUT)).unwrap();
-        Peer {
-            s,
-            rx: Receiver::new((1 << 20) + 64 * 1024),
-            next_id: 0,
-        }
-    }
-
-    fn connect(path: &Path) -> Peer {
-        Peer::new(UnixStream::connect(path).expect("connect"))
-    }
-
-    fn bytes(&self, b: &[u8]) {
-        send_msg(self.s.as_fd(), &[b], &[]).expect("send raw bytes");
-    }
-
-    fn recv(&mut self) -> vfio_io::Result<Msg> {
-        let m = self.rx.recv(self.s.as_fd(), false)?;
-        Ok(Msg {
-            h: m.header,
-            p: m.payload.to_vec(),
-            fds: m.fds,
-        })
-    }
-
-    /// Receives a command, which must be `command`.
-    fn expect(&mut self, command: u16) -> Msg {
-        let m = self.recv().expect("a command from the peer");
-        assert!(!m.h.is_reply(), "expected a command, got a reply");
-        assert_eq!(cmd::name(m.h.command), cmd::name(command));
-        m
-    }
-
-    fn send_cmd(&mut self, command: u16, parts: &[&[u8]], fds: &[RawFd]) -> u16 {
-        self.next_id = self.next_id.wrapping_add(1);
-        let len: usize = parts.iter().map(|p| p.len()).sum();
-        let h = Header::command(self.next_id, command, len).encode();
-        let mut all: Vec<&[u8]> = vec![&h];
-        all.extend_from_slice(parts);
-        send_msg(self.s.as_fd(), &all, fds).expect("send command");
-        self.next_id
-    }
-
-    /// Sends a command and returns its reply (which must carry the same id).
-    fn call(&mut self, command: u16, parts: &[&[u8]], fds: &[RawFd]) -> Msg {
-        let id = self.send_cmd(command, parts, fds);
-        let m = self.recv().expect("a reply");
-        assert!(m.h.is_reply());
-        assert_eq!((m.h.id, m.h.command), (id, command));
-        m
-    }
-
-    /// The errno of the reply to a command, `None` for success.
-    fn errno_of(&mut self, command: u16, parts: &[&[u8]], fds: &[RawFd]) -> Option<i32> {
-        self.call(command, parts, fds).h.error_errno()
-    }
-
-    fn reply(&self, req: &Header, parts: &[&[u8]], fds: &[RawFd]) {
-        let len: usize = parts.iter().map(|p| p.len()).sum();
-        let h = Header::reply(req, len).encode();
-        let mut all: Vec<&[u8]> = vec![&h];
-        all.extend_from_slice(parts);
-        send_msg(self.s.as_fd(), &all, fds).expect("send reply");
-    }
-
-    fn error(&self, req: &Header, errno: i32) {
-        send_msg(
-            self.s.as_fd(),
-            &[&Header::error_reply(req, errno).encode()],
-            &[],
-        )
-        .expect("send error reply");
-    }
-
-    /// Raw client: a proper VERSION exchange (no twin socket).
-    fn version(&mut self) {
-        let v = proto::encode_version(0, 0, r#"{"capabilities":{"max_msg_fds":32}}"#);
-        assert_eq!(self.errno_of(cmd::VERSION, &[&v], &[]), None);
-    }
-
-    /// Raw client: reads 4 bytes of BAR0 at `offset`.
-    fn read32(&mut self, offset: u64) -> u32 {
-        let a = RegionAccess {
-            offset,
-            region: 0,
-            count: 4,
-        };
-        let m = self.call(cmd::REGION_READ, &[&a.encode()], &[]);
-        assert_eq!(m.h.error_errno(), None);
-        assert_eq!(m.p.len(), RegionAccess::SIZE + 4);
-        u32::from_ne_bytes(m.p[RegionAccess::SIZE..].try_into().unwrap())
-    }
-
-    /// Reads until the peer closes; returns what came before. Fails if the
-    /// peer neither closes nor talks within PEER_TIMEOUT.
-    fn expect_closed(&mut self) -> Vec<Header> {
-        let mut seen = Vec::new();
-        loop {
-            match self.recv() {
-                Ok(m) => seen.push(m.h),
-                Err(Error::Disconnected) => return seen,
-                Err(e) => panic!("expected the peer to close, got {e:?}"),
-            }
-        }
-    }
-
-    /// Fake server: lets the client go, consuming whatever it still sends.
-    fn drain(&mut self) {
-        while self.recv().is_ok() {}
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -855,11 +727,9 @@ fn server_stops_answering() {
             p.drain();
         });
         let c = Client::connect(&f.path, client_config()).unwrap();
-        let t = Instant::now();
         let e = c.reset().unwrap_err();
         assert!(matches!(e, Error::Timeout), "{e:?}");
         assert_eq!(e.errno(), libc::ETIMEDOUT);
-        assert!(t.elapsed() < CLIENT_TIMEOUT * 3, "took {:?}", t.elapsed());
         drop(c);
         f.join();
     });
@@ -876,11 +746,9 @@ fn server_stops_reading() {
         });
         let c = Client::connect(&f.path, client_config()).unwrap();
         let big = vec![0xa5u8; 8 << 20];
-        let t = Instant::now();
         let e = c.region_write(0, 0, &big, false).unwrap_err();
         assert!(matches!(e, Error::Timeout), "{e:?}");
         assert_eq!(e.errno(), libc::ETIMEDOUT);
-        assert!(t.elapsed() < CLIENT_TIMEOUT * 5, "took {:?}", t.elapsed());
         done_tx.send(()).unwrap();
         drop(c);
         f.join();
@@ -901,6 +769,7 @@ struct Served {
 fn server_config() -> ServerConfig {
     ServerConfig {
         timeout: Duration::from_millis(300),
+        dma_timeout: Duration::from_millis(300),
         max_data_xfer_size: 4096,
         max_msg_fds: 16,
         max_dma_maps: 4,
@@ -1422,12 +1291,11 @@ fn client_never_answers_the_servers_dma_read() {
         let s = serve();
         let mut p = Peer::connect(&s.path);
         p.version();
-        let t = Instant::now();
         let (id, dma) = start_message_dma(&mut p);
-        // Ignore it: the server gives up after its timeout and goes on.
+        // Ignore it: the server gives up after its DMA timeout and goes on.
         let m = p.recv().expect("the REGION_WRITE reply");
         assert_eq!((m.h.id, m.h.command), (id, cmd::REGION_WRITE));
-        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        assert_eq!(m.h.error_errno(), None, "edu completes a failed DMA");
         // A late answer is a reply to nothing now: ignored.
         let late = Header::reply(&dma, DmaAccess::SIZE + 4);
         p.bytes(&[late.encode().as_slice(), &[0u8; DmaAccess::SIZE], &[9; 4]].concat());

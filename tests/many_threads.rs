@@ -11,7 +11,6 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc;
 use std::sync::Mutex;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -21,6 +20,10 @@ use vfio_io::edu::{regs, Edu, ID};
 use vfio_io::error::Error;
 use vfio_io::user::client::{Client, ClientConfig};
 use vfio_io::user::server::{Server, ServerConfig, ServerStopper};
+
+#[path = "support/watchdog.rs"]
+mod watchdog;
+use watchdog::Watchdog;
 
 const THREADS: usize = 8;
 /// Operations in total over all threads (a liveness check is 4 round trips,
@@ -46,32 +49,6 @@ fn open_fds() -> Vec<String> {
             )
         })
         .collect()
-}
-
-/// Aborts the process (a hang cannot be unwound out of) unless dropped within
-/// `limit`.
-struct Watchdog(Option<mpsc::Sender<()>>, Option<JoinHandle<()>>);
-
-impl Watchdog {
-    fn start(what: &'static str, limit: Duration) -> Watchdog {
-        let (tx, rx) = mpsc::channel::<()>();
-        let t = std::thread::spawn(move || {
-            if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
-                eprintln!("WATCHDOG: {what} still running after {limit:?}: a request hung");
-                std::process::abort();
-            }
-        });
-        Watchdog(Some(tx), Some(t))
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        drop(self.0.take()); // disconnects the channel: the watchdog returns
-        if let Some(t) = self.1.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 struct TempDir(PathBuf);

@@ -33,8 +33,13 @@ pub struct ServerConfig {
     pub twin_socket: bool,
     /// Accept REGION_WRITE_MULTI.
     pub write_multiple: bool,
-    /// How long a send to, or a DMA reply from, the client may take.
+    /// How long a send to the client may take (longer ends the session), and
+    /// how long the session waits for the next command before it looks again.
     pub timeout: Duration,
+    /// How long the server waits for the client's reply to one DMA_READ or
+    /// DMA_WRITE it sent. Past it the model's DMA fails with `ETIMEDOUT`, the
+    /// session goes on, and a late reply is discarded when it arrives.
+    pub dma_timeout: Duration,
     /// Most client commands buffered while waiting for a DMA reply on the main socket.
     pub max_queued: usize,
     /// Log every command received at `info` level (target `vfio_io::server`).
@@ -50,6 +55,7 @@ impl Default for ServerConfig {
             twin_socket: true,
             write_multiple: true,
             timeout: Duration::from_secs(5),
+            dma_timeout: Duration::from_secs(5),
             max_queued: 256,
             trace: false,
         }

@@ -6,6 +6,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
@@ -45,6 +46,12 @@ struct Link<'a> {
     queued: VecDeque<Queued>,
     max_queued: usize,
     next_id: u16,
+    /// How long one DMA request waits for its reply, in all.
+    dma_timeout: Duration,
+    /// (id, command) of DMA requests given up on: their ids are not reused
+    /// while a late reply may still come, so a late reply never answers a
+    /// newer request. Bounded: the oldest is forgotten first.
+    abandoned: VecDeque<(u16, u16)>,
     /// The client's max_data_xfer_size: bounds DMA messages we send.
     peer_max_xfer: usize,
     /// Set when a server-to-client request broke the link (flood, malformed
@@ -53,35 +60,108 @@ struct Link<'a> {
     broken: Option<String>,
 }
 
-impl Link<'_> {
-    /// Sends a server-to-client command and waits for its reply, buffering
-    /// client commands that arrive meanwhile on a shared socket.
-    fn request(&mut self, command: u16, parts: &[&[u8]], reply_into: &mut [u8]) -> Result<()> {
-        let r = self.request_once(command, parts, reply_into);
-        if let Err(e @ (Error::Protocol(_) | Error::Disconnected | Error::Sys { .. })) = &r {
-            self.broken.get_or_insert_with(|| e.to_string());
-        }
-        r
-    }
+/// Most abandoned DMA request ids remembered at once.
+const MAX_ABANDONED: usize = 64;
 
-    fn request_once(&mut self, command: u16, parts: &[&[u8]], reply_into: &mut [u8]) -> Result<()> {
-        self.next_id = self.next_id.wrapping_add(1);
-        let id = self.next_id;
+/// Waits until `sock` is readable or `left` has passed; `false` on timeout.
+/// An interrupted wait counts as readable: the caller reads without blocking
+/// and comes back.
+fn wait_readable_for(sock: BorrowedFd<'_>, left: Duration) -> Result<bool> {
+    let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+    let mut pfd = [PollFd::new(sock, PollFlags::POLLIN)];
+    match poll(
+        &mut pfd,
+        PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+    ) {
+        Ok(n) => Ok(n > 0),
+        Err(nix::errno::Errno::EINTR) => Ok(true),
+        Err(e) => Err(Error::sys("poll", e)),
+    }
+}
+
+impl Link<'_> {
+    /// Sends a server-to-client command and waits up to the DMA timeout for
+    /// its reply, queueing client commands that arrive meanwhile on a shared
+    /// socket. A client that does not answer in time costs this request only
+    /// (`Error::Timeout`); a failed send or a broken stream ends the session.
+    fn request(&mut self, command: u16, parts: &[&[u8]], reply_into: &mut [u8]) -> Result<()> {
+        let id = self.next_request_id();
         let len: usize = parts.iter().map(|p| p.len()).sum();
         let hdr = Header::command(id, command, len).encode();
         let mut all: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
         all.push(&hdr);
         all.extend_from_slice(parts);
-        let (sock, rx) = match &self.twin_sock {
-            Some(s) => (s.as_fd(), &mut self.twin_rx),
-            None => (self.sock, &mut self.rx),
+        let sock = match &self.twin_sock {
+            Some(s) => s.as_fd(),
+            None => self.sock,
         };
-        send_msg(sock, &all, &[])?;
+        if let Err(e) = send_msg(sock, &all, &[]) {
+            // A send cut short, even by a timeout, leaves part of a message
+            // in the stream: the link is gone.
+            self.broken.get_or_insert_with(|| e.to_string());
+            return Err(e);
+        }
+        let r = self.await_reply(id, command, reply_into);
+        match &r {
+            Err(Error::Timeout) => self.abandon(id, command),
+            Err(e @ (Error::Protocol(_) | Error::Disconnected | Error::Sys { .. })) => {
+                self.broken.get_or_insert_with(|| e.to_string());
+            }
+            _ => {}
+        }
+        r
+    }
+
+    /// The id of the next request: never one whose late reply may still come.
+    fn next_request_id(&mut self) -> u16 {
         loop {
-            let m = rx.recv(sock, false)?;
+            self.next_id = self.next_id.wrapping_add(1);
+            if !self.abandoned.iter().any(|&(id, _)| id == self.next_id) {
+                return self.next_id;
+            }
+        }
+    }
+
+    fn abandon(&mut self, id: u16, command: u16) {
+        if self.abandoned.len() >= MAX_ABANDONED {
+            self.abandoned.pop_front();
+        }
+        self.abandoned.push_back((id, command));
+        log::debug!(target: "vfio_io::server",
+            "{} id={id}: no reply within {:?}, given up", cmd::name(command), self.dma_timeout);
+    }
+
+    /// Notes a reply to no current request: a late one ends its abandonment.
+    fn discard_reply(&mut self, h: &Header) {
+        self.abandoned.retain(|&a| a != (h.id, h.command));
+    }
+
+    /// Waits for the reply to request `id`. Stale replies are skipped, client
+    /// commands queued; the whole wait is bounded by the DMA timeout, however
+    /// many commands arrive meanwhile.
+    fn await_reply(&mut self, id: u16, command: u16, reply_into: &mut [u8]) -> Result<()> {
+        let deadline = Instant::now() + self.dma_timeout;
+        loop {
+            let (sock, rx) = match &self.twin_sock {
+                Some(s) => (s.as_fd(), &mut self.twin_rx),
+                None => (self.sock, &mut self.rx),
+            };
+            if !rx.has_message() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() || !wait_readable_for(sock, left)? {
+                    return Err(Error::Timeout);
+                }
+            }
+            let m = match rx.recv(sock, true) {
+                Ok(m) => m,
+                Err(Error::Timeout) => continue, // part of a message so far
+                Err(e) => return Err(e),
+            };
             if m.header.is_reply() {
                 if m.header.id != id || m.header.command != command {
-                    continue; // a stale reply to a request we gave up on
+                    let h = m.header;
+                    self.discard_reply(&h);
+                    continue;
                 }
                 if let Some(errno) = m.header.error_errno() {
                     return Err(Error::Remote { command, errno });
@@ -217,6 +297,8 @@ impl<'a, M: DeviceModel> Session<'a, M> {
                 queued: VecDeque::new(),
                 max_queued: config.max_queued,
                 next_id: 0,
+                dma_timeout: config.dma_timeout,
+                abandoned: VecDeque::new(),
                 peer_max_xfer: version::DEFAULT_MAX_DATA_XFER as usize,
                 broken: None,
             },
@@ -332,7 +414,10 @@ impl<'a, M: DeviceModel> Session<'a, M> {
 
     fn dispatch(&mut self, hdr: Header, fds: Vec<OwnedFd>) -> Result<()> {
         if hdr.is_reply() {
-            return Ok(()); // a reply to nothing we asked: ignore it, close its fds
+            // A reply to nothing we wait for (late, or never asked): ignored,
+            // its fds closed.
+            self.link.discard_reply(&hdr);
+            return Ok(());
         }
         if self.config.trace {
             log::info!(target: "vfio_io::server", "{} id={} size={} flags={:#x} fds={}",
@@ -453,16 +538,28 @@ impl<'a, M: DeviceModel> Session<'a, M> {
                 }
             }
             cmd::DEVICE_GET_REGION_IO_FDS => {
-                let argsz = u32::from_ne_bytes(
-                    p.get(0..4)
+                // argsz (room for the reply), flags, index, count; the spec
+                // wants flags and count zero, and the reply needs 16 bytes.
+                let field = |at: usize| {
+                    p.get(at..at + 4)
                         .and_then(|s| s.try_into().ok())
-                        .ok_or(Error::InvalidArgument("IO_FDS"))?,
-                );
-                let index = u32::from_ne_bytes(
-                    p.get(8..12)
-                        .and_then(|s| s.try_into().ok())
-                        .ok_or(Error::InvalidArgument("IO_FDS"))?,
-                );
+                        .map(u32::from_ne_bytes)
+                };
+                let (Some(argsz), Some(flags), Some(index), Some(count)) =
+                    (field(0), field(4), field(8), field(12))
+                else {
+                    return Err(Error::InvalidArgument("DEVICE_GET_REGION_IO_FDS too short"));
+                };
+                if argsz < 16 {
+                    return Err(Error::InvalidArgument(
+                        "DEVICE_GET_REGION_IO_FDS argsz below its reply's 16 bytes",
+                    ));
+                }
+                if flags != 0 || count != 0 {
+                    return Err(Error::InvalidArgument(
+                        "DEVICE_GET_REGION_IO_FDS flags and count must be zero",
+                    ));
+                }
                 if index as usize >= self.regions.len() {
                     return Err(Error::InvalidArgument("region index"));
                 }
