@@ -1,12 +1,18 @@
-//! Shared memory for DMA (a memfd mapped into this process) and mappings of
-//! device regions.
+//! Shared memory for DMA (a memfd mapped into this process), mappings of
+//! device regions and of another process's memory, and what makes an fd safe
+//! to map.
 
+use std::io::{IoSlice, IoSliceMut};
 use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 
+use nix::fcntl::{fcntl, FcntlArg};
 use nix::sys::memfd::{memfd_create, MFdFlags};
 use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
+use nix::sys::statfs::{fstatfs, HUGETLBFS_MAGIC, TMPFS_MAGIC};
+use nix::sys::uio::{process_vm_readv, process_vm_writev, RemoteIoVec};
+use nix::unistd::getpid;
 
 use crate::device::DmaMap;
 use crate::error::{Error, Result};
@@ -66,44 +72,187 @@ impl Mapping {
     }
 
     /// Copies out of the mapping. Another process may write it concurrently, so
-    /// this is a byte copy of shared memory, never a reference into it.
+    /// this is a volatile copy of shared memory (aligned 8-byte loads, single
+    /// bytes at unaligned ends), never a reference into it: the compiler may
+    /// neither assume the bytes stable nor merge or elide the loads.
     pub fn read(&self, offset: usize, buf: &mut [u8]) -> Result<()> {
         self.check(offset, buf.len())?;
-        // SAFETY: the range was checked to lie inside the live mapping, and `buf`
-        // is a distinct Rust buffer.
+        let src = self.as_ptr().wrapping_add(offset) as *const u8;
+        let head = src.align_offset(8).min(buf.len());
+        let (head_buf, rest) = buf.split_at_mut(head);
+        let mut words = rest.chunks_exact_mut(8);
+        // SAFETY: every address read lies in [offset, offset + buf.len()),
+        // checked to be inside the live mapping; the word loads start `head`
+        // bytes in, where the address is 8-aligned.
         unsafe {
-            std::ptr::copy_nonoverlapping(self.as_ptr().add(offset), buf.as_mut_ptr(), buf.len())
-        };
-        Ok(())
-    }
-
-    /// Copies into the mapping.
-    pub fn write(&self, offset: usize, buf: &[u8]) -> Result<()> {
-        self.check(offset, buf.len())?;
-        // SAFETY: the range was checked to lie inside the live mapping.
-        unsafe {
-            std::ptr::copy_nonoverlapping(buf.as_ptr(), self.as_ptr().add(offset), buf.len())
-        };
-        Ok(())
-    }
-
-    /// Reads a naturally sized register (1, 2, 4 or 8 bytes) with one access, as
-    /// MMIO needs.
-    pub fn read_reg(&self, offset: usize, buf: &mut [u8]) -> Result<()> {
-        self.check(offset, buf.len())?;
-        // SAFETY: in range (checked); volatile so the access width is kept.
-        unsafe {
-            let p = self.as_ptr().add(offset);
-            match buf.len() {
-                1 => buf[0] = std::ptr::read_volatile(p),
-                2 => buf.copy_from_slice(&std::ptr::read_volatile(p as *const u16).to_ne_bytes()),
-                4 => buf.copy_from_slice(&std::ptr::read_volatile(p as *const u32).to_ne_bytes()),
-                8 => buf.copy_from_slice(&std::ptr::read_volatile(p as *const u64).to_ne_bytes()),
-                _ => std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), buf.len()),
+            for (i, b) in head_buf.iter_mut().enumerate() {
+                *b = src.add(i).read_volatile();
+            }
+            let mut p = src.add(head);
+            for w in &mut words {
+                w.copy_from_slice(&p.cast::<u64>().read_volatile().to_ne_bytes());
+                p = p.add(8);
+            }
+            for (i, b) in words.into_remainder().iter_mut().enumerate() {
+                *b = p.add(i).read_volatile();
             }
         }
         Ok(())
     }
+
+    /// Copies into the mapping, with volatile stores as [`Mapping::read`] loads.
+    pub fn write(&self, offset: usize, buf: &[u8]) -> Result<()> {
+        self.check(offset, buf.len())?;
+        let dst = self.as_ptr().wrapping_add(offset);
+        let head = dst.align_offset(8).min(buf.len());
+        let (head_buf, rest) = buf.split_at(head);
+        let mut words = rest.chunks_exact(8);
+        // SAFETY: as in `read`: in range (checked), word stores 8-aligned.
+        unsafe {
+            for (i, b) in head_buf.iter().enumerate() {
+                dst.add(i).write_volatile(*b);
+            }
+            let mut p = dst.add(head);
+            for w in &mut words {
+                let mut word = [0u8; 8];
+                word.copy_from_slice(w);
+                p.cast::<u64>().write_volatile(u64::from_ne_bytes(word));
+                p = p.add(8);
+            }
+            for (i, b) in words.remainder().iter().enumerate() {
+                p.add(i).write_volatile(*b);
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies out of the mapping like [`Mapping::read`], but a page the kernel
+    /// cannot supply (past the end of a file truncated under the mapping, an
+    /// I/O error) yields `Err` with EFAULT instead of SIGBUS.
+    ///
+    /// The kernel does the copy (`process_vm_readv` on this very process, which
+    /// needs no ptrace permission within one thread group): it pins the pages
+    /// and reports a failed fault as EFAULT or a short count, both mapped to
+    /// EFAULT here. It costs a system call, so use it only for mappings of
+    /// files that can shrink (see [`cannot_shrink`]).
+    pub fn read_fault_safe(&self, offset: usize, buf: &mut [u8]) -> Result<()> {
+        self.check(offset, buf.len())?;
+        let len = buf.len();
+        let remote = [self.remote_iovec(offset, len)];
+        let done = process_vm_readv(getpid(), &mut [IoSliceMut::new(buf)], &remote)
+            .map_err(|e| Error::sys("fault-safe copy out of a mapping", e))?;
+        whole_copy(done, len)
+    }
+
+    /// Copies into the mapping, as [`Mapping::read_fault_safe`] copies out of it.
+    pub fn write_fault_safe(&self, offset: usize, buf: &[u8]) -> Result<()> {
+        self.check(offset, buf.len())?;
+        let remote = [self.remote_iovec(offset, buf.len())];
+        // Sound without `unsafe` at this call: the kernel writes only inside
+        // the mapping (range checked), which no Rust reference covers.
+        let done = process_vm_writev(getpid(), &[IoSlice::new(buf)], &remote)
+            .map_err(|e| Error::sys("fault-safe copy into a mapping", e))?;
+        whole_copy(done, buf.len())
+    }
+
+    fn remote_iovec(&self, offset: usize, len: usize) -> RemoteIoVec {
+        RemoteIoVec {
+            base: self.as_ptr() as usize + offset,
+            len,
+        }
+    }
+
+    /// Reads a naturally sized, aligned register (1, 2, 4 or 8 bytes) with one
+    /// access, as MMIO needs. Other sizes and misaligned offsets are copied as
+    /// [`Mapping::read`] does.
+    pub fn read_reg(&self, offset: usize, buf: &mut [u8]) -> Result<()> {
+        self.check(offset, buf.len())?;
+        let p = self.as_ptr().wrapping_add(offset);
+        let aligned = |n: usize| (p as usize) % n == 0;
+        // SAFETY: in range (checked) and aligned to the access size; volatile
+        // so the access width is kept.
+        unsafe {
+            match buf.len() {
+                1 => buf[0] = p.read_volatile(),
+                2 if aligned(2) => {
+                    buf.copy_from_slice(&p.cast::<u16>().read_volatile().to_ne_bytes())
+                }
+                4 if aligned(4) => {
+                    buf.copy_from_slice(&p.cast::<u32>().read_volatile().to_ne_bytes())
+                }
+                8 if aligned(8) => {
+                    buf.copy_from_slice(&p.cast::<u64>().read_volatile().to_ne_bytes())
+                }
+                _ => return self.read(offset, buf),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a naturally sized, aligned register (1, 2, 4 or 8 bytes) with one
+    /// store, as MMIO needs. Other sizes and misaligned offsets are copied as
+    /// [`Mapping::write`] does.
+    pub fn write_reg(&self, offset: usize, buf: &[u8]) -> Result<()> {
+        self.check(offset, buf.len())?;
+        let p = self.as_ptr().wrapping_add(offset);
+        let aligned = |n: usize| (p as usize) % n == 0;
+        // SAFETY: as in `read_reg`.
+        unsafe {
+            match *buf {
+                [b] => p.write_volatile(b),
+                [a, b] if aligned(2) => p.cast::<u16>().write_volatile(u16::from_ne_bytes([a, b])),
+                [a, b, c, d] if aligned(4) => p
+                    .cast::<u32>()
+                    .write_volatile(u32::from_ne_bytes([a, b, c, d])),
+                [a, b, c, d, e, f, g, h] if aligned(8) => p
+                    .cast::<u64>()
+                    .write_volatile(u64::from_ne_bytes([a, b, c, d, e, f, g, h])),
+                _ => return self.write(offset, buf),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A fault-safe copy succeeded only if it moved every byte: the kernel stops
+/// at the first page it cannot fault in.
+fn whole_copy(done: usize, len: usize) -> Result<()> {
+    if done == len {
+        Ok(())
+    } else {
+        Err(Error::Sys {
+            op: "fault-safe copy stopped at a page past the end of its file",
+            errno: libc::EFAULT,
+        })
+    }
+}
+
+/// Whether the size of the file behind `fd` can never drop: true for a
+/// non-regular file (a device) and for a file sealed with F_SEAL_SHRINK (as
+/// QEMU's memory-backend-memfd and [`DmaBuffer`] are). Touching a mapped page
+/// past the end of a shrunk file raises SIGBUS, so a mapping of a file that
+/// can shrink must be accessed with the fault-safe copies.
+pub fn cannot_shrink(fd: BorrowedFd<'_>) -> Result<bool> {
+    let st = nix::sys::stat::fstat(fd).map_err(|e| Error::sys("fstat", e))?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Ok(true);
+    }
+    // Files that do not support sealing (anything but shmem and hugetlbfs)
+    // answer EINVAL: no seals.
+    let seals = match fcntl(fd, FcntlArg::F_GET_SEALS) {
+        Ok(seals) => seals,
+        Err(nix::errno::Errno::EINVAL) => 0,
+        Err(e) => return Err(Error::sys("F_GET_SEALS", e)),
+    };
+    Ok(seals & libc::F_SEAL_SHRINK != 0)
+}
+
+/// Whether the file behind `fd` lives in memory: tmpfs (memfds, /dev/shm) or
+/// hugetlbfs. Faulting in its pages never waits on a disk, a network or a
+/// user-space file system that the fd's owner might control.
+pub fn in_memory_file(fd: BorrowedFd<'_>) -> Result<bool> {
+    let fs = fstatfs(fd).map_err(|e| Error::sys("fstatfs", e))?;
+    Ok([TMPFS_MAGIC, HUGETLBFS_MAGIC].contains(&fs.filesystem_type()))
 }
 
 impl Drop for Mapping {
@@ -157,8 +306,7 @@ impl DmaBuffer {
         // Sealed against resizing, a device side that mmaps the buffer can
         // trust it never to shrink under it (which would raise SIGBUS there).
         let seals = nix::fcntl::SealFlag::F_SEAL_SHRINK | nix::fcntl::SealFlag::F_SEAL_GROW;
-        nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_ADD_SEALS(seals))
-            .map_err(|e| Error::sys("F_ADD_SEALS", e))?;
+        fcntl(&fd, FcntlArg::F_ADD_SEALS(seals)).map_err(|e| Error::sys("F_ADD_SEALS", e))?;
         let map = Mapping::new(fd.as_fd(), 0, len, true)?;
         Ok(DmaBuffer { fd, map })
     }
@@ -199,5 +347,138 @@ impl DmaBuffer {
             readable: true,
             writable: true,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unsealed_memfd(len: i64) -> OwnedFd {
+        let fd = memfd_create(c"unsealed", MFdFlags::MFD_CLOEXEC).unwrap();
+        nix::unistd::ftruncate(&fd, len).unwrap();
+        fd
+    }
+
+    #[test]
+    fn volatile_copies_round_trip_at_any_alignment_and_length() {
+        let buf = DmaBuffer::new(4096).unwrap();
+        let data: Vec<u8> = (0..100u8).map(|i| i.wrapping_mul(37) ^ 0x5a).collect();
+        for offset in [0, 1, 3, 7, 8, 13] {
+            for len in [0, 1, 7, 8, 9, 15, 16, 17, 100] {
+                buf.write(0, &[0; 128]).unwrap();
+                buf.write(offset, &data[..len]).unwrap();
+                let mut all = [0u8; 128];
+                buf.read(0, &mut all).unwrap();
+                let mut want = [0u8; 128];
+                want[offset..offset + len].copy_from_slice(&data[..len]);
+                assert_eq!(all, want, "offset {offset} len {len}");
+                let mut back = vec![0u8; len];
+                buf.read(offset, &mut back).unwrap();
+                assert_eq!(back, &data[..len], "offset {offset} len {len}");
+            }
+        }
+        assert!(buf.write(4090, &[0; 7]).is_err());
+    }
+
+    #[test]
+    fn register_stores_are_single_naturally_sized_accesses() {
+        let fd = unsealed_memfd(4096);
+        let map = Mapping::new(fd.as_fd(), 0, 4096, true).unwrap();
+        map.write_reg(0x10, &0x1122_3344_5566_7788u64.to_ne_bytes())
+            .unwrap();
+        map.write_reg(0x20, &0xaabb_ccddu32.to_ne_bytes()).unwrap();
+        map.write_reg(0x26, &0xeeffu16.to_ne_bytes()).unwrap();
+        map.write_reg(0x29, &[0x42]).unwrap();
+        let mut w = [0u8; 8];
+        map.read(0x10, &mut w).unwrap();
+        assert_eq!(u64::from_ne_bytes(w), 0x1122_3344_5566_7788);
+        let mut r4 = [0u8; 4];
+        map.read_reg(0x20, &mut r4).unwrap();
+        assert_eq!(u32::from_ne_bytes(r4), 0xaabb_ccdd);
+        let mut r2 = [0u8; 2];
+        map.read_reg(0x26, &mut r2).unwrap();
+        assert_eq!(u16::from_ne_bytes(r2), 0xeeff);
+        let mut r1 = [0u8; 1];
+        map.read_reg(0x29, &mut r1).unwrap();
+        assert_eq!(r1, [0x42]);
+        // Misaligned and odd sizes still land, as plain volatile copies.
+        map.write_reg(0x31, &0x0102_0304u32.to_ne_bytes()).unwrap();
+        map.write_reg(0x40, &[9, 8, 7]).unwrap();
+        map.read_reg(0x31, &mut r4).unwrap();
+        assert_eq!(u32::from_ne_bytes(r4), 0x0102_0304);
+        let mut r3 = [0u8; 3];
+        map.read_reg(0x40, &mut r3).unwrap();
+        assert_eq!(r3, [9, 8, 7]);
+        assert!(map.write_reg(4092, &[0; 8]).is_err());
+    }
+
+    #[test]
+    fn fault_safe_copies_report_efault_past_a_shrunk_end() {
+        let fd = unsealed_memfd(2 * 4096);
+        let map = Mapping::new(fd.as_fd(), 0, 2 * 4096, true).unwrap();
+        map.write_fault_safe(4096, &[7; 64]).unwrap();
+        let mut back = [0u8; 64];
+        map.read_fault_safe(4096, &mut back).unwrap();
+        assert_eq!(back, [7; 64]);
+
+        nix::unistd::ftruncate(&fd, 4096).unwrap();
+        let errno = |r: Result<()>| r.unwrap_err().errno();
+        assert_eq!(errno(map.read_fault_safe(4096, &mut back)), libc::EFAULT);
+        assert_eq!(errno(map.write_fault_safe(4096, &back)), libc::EFAULT);
+        // Straddling the new end: the kernel copies the first page only.
+        let mut straddle = [0u8; 128];
+        assert_eq!(
+            errno(map.read_fault_safe(4096 - 64, &mut straddle)),
+            libc::EFAULT
+        );
+        assert_eq!(
+            errno(map.write_fault_safe(4096 - 64, &straddle)),
+            libc::EFAULT
+        );
+        // The page still inside the file is untouched by all this.
+        map.write_fault_safe(0, &[3; 16]).unwrap();
+        map.read_fault_safe(0, &mut back[..16]).unwrap();
+        assert_eq!(back[..16], [3; 16]);
+        // Grown again, the lost page reads back as zeros.
+        nix::unistd::ftruncate(&fd, 2 * 4096).unwrap();
+        map.read_fault_safe(4096, &mut back).unwrap();
+        assert_eq!(back, [0; 64]);
+        assert!(map.read_fault_safe(2 * 4096 - 8, &mut back).is_err());
+    }
+
+    #[test]
+    fn only_unsealed_regular_files_can_shrink() {
+        let buf = DmaBuffer::new(4096).unwrap();
+        assert!(cannot_shrink(buf.fd()).unwrap(), "sealed memfd");
+        let fd = unsealed_memfd(4096);
+        assert!(!cannot_shrink(fd.as_fd()).unwrap(), "unsealed memfd");
+        let dir = std::env::temp_dir();
+        let file = tempfile_in(&dir);
+        assert!(!cannot_shrink(file.as_fd()).unwrap(), "regular file");
+        let (r, _w) = nix::unistd::pipe().unwrap();
+        assert!(cannot_shrink(r.as_fd()).unwrap(), "pipe");
+    }
+
+    #[test]
+    fn memfds_are_in_memory_and_pipes_are_not() {
+        let fd = unsealed_memfd(4096);
+        assert!(in_memory_file(fd.as_fd()).unwrap());
+        let (r, _w) = nix::unistd::pipe().unwrap();
+        assert!(!in_memory_file(r.as_fd()).unwrap());
+    }
+
+    /// An unnamed regular file in `dir`, deleted once closed.
+    fn tempfile_in(dir: &std::path::Path) -> OwnedFd {
+        let path = dir.join(format!("vfio-io-memory-test-{}", std::process::id()));
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        f.into()
     }
 }

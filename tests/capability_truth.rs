@@ -403,7 +403,7 @@ fn dma_messages_set_serves_memory_mapped_without_an_fd() {
     let mut map = buf.dma_map(0x20_0000);
     // No fd: the server has no way into this memory but DMA_READ/DMA_WRITE.
     map.fd = -1;
-    edu_dma::edu_dma_round_trip(&c, &buf, &map);
+    edu_dma::mapped_round_trip(&c, &buf, &map);
 }
 
 #[test]
@@ -414,7 +414,7 @@ fn iommu_dma_clear_maps_by_fd_without_a_virtual_address() {
     let buf = DmaBuffer::new(0x2000).unwrap();
     let mut map = buf.dma_map(0x30_0000);
     map.vaddr = 0;
-    edu_dma::edu_dma_round_trip(&c, &buf, &map);
+    edu_dma::mapped_round_trip(&c, &buf, &map);
 }
 
 #[test]

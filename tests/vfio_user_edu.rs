@@ -1,8 +1,6 @@
 //! The edu conformance suite and the vfio-user commands, over a real UNIX
 //! socket to a server thread in this process.
 
-use std::os::fd::AsRawFd;
-
 use vfio_io::caps::Capabilities;
 use vfio_io::conformance::run_edu_suite;
 use vfio_io::device::{pci_irq, pci_region, DeviceIo};
@@ -11,6 +9,9 @@ use vfio_io::user::client::{Client, ClientConfig};
 use vfio_io::user::server::ServerConfig;
 
 mod common;
+#[path = "support/edu_dma.rs"]
+mod edu_dma;
+use edu_dma::edu_round_trip;
 
 fn serve(config: ServerConfig) -> common::Served {
     common::serve(Edu::new(), config)
@@ -172,18 +173,6 @@ fn closing_fails_later_requests_cleanly() {
     );
 }
 
-/// Has edu copy `len` bytes from client memory at `from` into its buffer and
-/// back out to `to` (the model completes each transfer within the write).
-fn edu_round_trip(c: &Client, from: u64, to: u64, len: u64) {
-    let w = |off: u64, v: u64| c.region_write(0, off, &v.to_ne_bytes(), false).unwrap();
-    for (src, dst, cmd) in [(from, 0x40000, 1), (0x40000, to, 3)] {
-        w(0x80, src);
-        w(0x88, dst);
-        w(0x90, len);
-        w(0x98, cmd);
-    }
-}
-
 /// Maps memory without an fd, so the server must reach it through
 /// DMA_READ/DMA_WRITE messages, then runs an edu DMA round trip.
 fn dma_round_trip_through_messages(c: &Client) {
@@ -223,33 +212,6 @@ fn server_dma_through_messages_on_the_main_socket() {
     )
     .unwrap();
     dma_round_trip_through_messages(&c);
-}
-
-/// A client fd that could still shrink is not mmapped by the server (pages
-/// past a shrunk end would raise SIGBUS there): DMA goes by messages. Shown
-/// by handing the server an unsealed memfd that is then truncated to nothing,
-/// while the client answers DMA messages from a different buffer.
-#[test]
-fn server_does_not_mmap_a_shrinkable_fd() {
-    let s = serve(ServerConfig::default());
-    let c = Client::connect(&s.path, ClientConfig::default()).unwrap();
-    let memory = vfio_io::memory::DmaBuffer::new(8192).unwrap();
-    let loose =
-        nix::sys::memfd::memfd_create(c"loose", nix::sys::memfd::MFdFlags::MFD_CLOEXEC).unwrap();
-    nix::unistd::ftruncate(&loose, 8192).unwrap();
-    let mut map = memory.dma_map(0x300000);
-    map.fd = loose.as_raw_fd();
-    // SAFETY: `memory` outlives the mapping, which is removed below.
-    unsafe { c.dma_map(&map).unwrap() };
-    nix::unistd::ftruncate(&loose, 0).unwrap();
-    memory.write(0, &[0x5a; 64]).unwrap();
-    edu_round_trip(&c, 0x300000, 0x301000, 64);
-    let mut back = [0u8; 64];
-    memory.read(0x1000, &mut back).unwrap();
-    assert_eq!(back, [0x5a; 64]);
-    let mut id = [0u8; 4];
-    c.region_read(0, 0, &mut id).unwrap();
-    assert_eq!(u32::from_ne_bytes(id), 0x010000ed, "the server survived");
 }
 
 /// Overlapping maps from racing threads: one wins, the others get EEXIST,

@@ -1,10 +1,10 @@
 //! The client memory a server may access: DMA_MAP'd ranges, mmapped when the
-//! client passed an fd.
+//! client passed an fd of memory that is safe to map.
 
 use std::os::fd::{AsFd, OwnedFd};
 
 use crate::error::{Error, Result};
-use crate::memory::Mapping;
+use crate::memory::{cannot_shrink, in_memory_file, Mapping};
 use crate::user::proto::{DmaMapMsg, DMA_MAP_READ, DMA_MAP_WRITE};
 
 /// One mapped range.
@@ -18,39 +18,102 @@ pub struct DmaRegion {
     pub readable: bool,
     /// Server may write.
     pub writable: bool,
-    /// The client's memory, when it passed an fd.
-    pub mapping: Option<Mapping>,
+    /// The client's memory, when it passed an fd the server could map.
+    pub mapping: Option<ClientMemory>,
+}
+
+/// Client memory mmapped by the server, copied in the way its file allows.
+#[derive(Debug)]
+pub struct ClientMemory {
+    /// The server's mapping of the client's fd.
+    pub mapping: Mapping,
+    /// The client can still truncate the file: a plain access past its new
+    /// end would raise SIGBUS in the server, so copies go through the
+    /// fault-safe (EFAULT-reporting) path.
+    pub may_shrink: bool,
+}
+
+impl ClientMemory {
+    /// Copies client memory at `offset` (within the mapping) into `buf`.
+    pub fn read(&self, offset: usize, buf: &mut [u8]) -> Result<()> {
+        if self.may_shrink {
+            self.mapping.read_fault_safe(offset, buf)
+        } else {
+            self.mapping.read(offset, buf)
+        }
+    }
+
+    /// Copies `buf` into client memory at `offset` (within the mapping).
+    pub fn write(&self, offset: usize, buf: &[u8]) -> Result<()> {
+        if self.may_shrink {
+            self.mapping.write_fault_safe(offset, buf)
+        } else {
+            self.mapping.write(offset, buf)
+        }
+    }
 }
 
 /// Where an access to client memory goes.
 pub enum DmaTarget<'a> {
     /// Through this mapping at this offset.
-    Mapped(&'a Mapping, usize),
+    Mapped(&'a ClientMemory, usize),
     /// Through DMA_READ/DMA_WRITE messages.
     Message,
 }
 
-/// Whether the server may mmap this fd for DMA. A range past the end of a
-/// regular file (memfd, tmpfs, hugetlbfs) is refused: touching those pages
-/// raises SIGBUS, which would kill the whole server. A regular file that the
-/// client could still shrink later is not mapped either (the same SIGBUS,
-/// later): its accesses go through DMA_READ/DMA_WRITE messages instead.
-/// Sealed memfds (QEMU's memory-backend-memfd seals by default) are mapped.
-fn mappable(fd: &OwnedFd, offset: u64, size: u64) -> Result<bool> {
+/// Maps the client's DMA_MAP fd, or answers `None` when its accesses must go
+/// through DMA_READ/DMA_WRITE messages instead.
+///
+/// * A range past the end of a regular file is refused: its pages would
+///   raise SIGBUS from the start.
+/// * A regular file outside memory (tmpfs, memfd, hugetlbfs) is not mapped: a
+///   fault on it may wait on a disk or on a file system the client serves.
+/// * A file the client can still shrink (an unsealed memfd, a /dev/shm or
+///   hugetlbfs file) is mapped and copied fault-safely, unless that copy is
+///   unavailable here (a seccomp filter refusing `process_vm_readv`).
+/// * Sealed memfds (QEMU's memory-backend-memfd seals by default) and
+///   non-regular files are mapped and copied plainly.
+fn map_client_memory(
+    fd: &OwnedFd,
+    offset: u64,
+    size: u64,
+    writable: bool,
+) -> Result<Option<ClientMemory>> {
     let st = nix::sys::stat::fstat(fd).map_err(|e| Error::sys("fstat DMA_MAP fd", e))?;
-    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-        return Ok(true);
-    }
-    match offset.checked_add(size) {
-        Some(end) if end <= st.st_size as u64 => {}
-        _ => {
-            return Err(Error::InvalidArgument(
-                "DMA_MAP range past the end of the file",
-            ))
+    let regular = st.st_mode & libc::S_IFMT == libc::S_IFREG;
+    if regular {
+        match offset.checked_add(size) {
+            Some(end) if end <= st.st_size as u64 => {}
+            _ => {
+                return Err(Error::InvalidArgument(
+                    "DMA_MAP range past the end of the file",
+                ))
+            }
+        }
+        if !in_memory_file(fd.as_fd())? {
+            log::debug!(target: "vfio_io::server", "DMA_MAP fd not in memory: DMA by messages");
+            return Ok(None);
         }
     }
-    let seals = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GET_SEALS).unwrap_or(0);
-    Ok(seals & libc::F_SEAL_SHRINK != 0)
+    let len = usize::try_from(size).map_err(|_| Error::InvalidArgument("DMA_MAP size"))?;
+    let mapping = Mapping::new(fd.as_fd(), offset, len, writable)?;
+    let may_shrink = !cannot_shrink(fd.as_fd())?;
+    if may_shrink {
+        // One probe copy: EFAULT means the client already shrank the file
+        // (later DMAs fail as they should); any other error means the
+        // fault-safe copy cannot run in this process.
+        match mapping.read_fault_safe(0, &mut [0u8; 1]) {
+            Err(e) if e.errno() != libc::EFAULT => {
+                log::warn!(target: "vfio_io::server", "fault-safe copy unavailable ({e}): DMA by messages");
+                return Ok(None);
+            }
+            _ => {}
+        }
+    }
+    Ok(Some(ClientMemory {
+        mapping,
+        may_shrink,
+    }))
 }
 
 /// The DMA mappings of one client session.
@@ -107,15 +170,7 @@ impl DmaSpace {
         }
         let writable = m.flags & DMA_MAP_WRITE != 0;
         let mapping = match fd {
-            Some(fd) if mappable(&fd, m.offset, m.size)? => {
-                let len =
-                    usize::try_from(m.size).map_err(|_| Error::InvalidArgument("DMA_MAP size"))?;
-                Some(Mapping::new(fd.as_fd(), m.offset, len, writable)?)
-            }
-            Some(_) => {
-                log::debug!(target: "vfio_io::server", "DMA_MAP fd can shrink: DMA by messages");
-                None
-            }
+            Some(fd) => map_client_memory(&fd, m.offset, m.size, writable)?,
             None => None,
         };
         self.regions.push(DmaRegion {
@@ -226,6 +281,45 @@ mod tests {
             s.map(&msg(0x9000, 0x1000), None).unwrap_err().errno(),
             libc::ENOSPC
         );
+    }
+
+    fn memfd(len: i64, sealed: bool) -> OwnedFd {
+        use nix::sys::memfd::{memfd_create, MFdFlags};
+        let fd = memfd_create(c"dma-test", MFdFlags::MFD_ALLOW_SEALING).unwrap();
+        nix::unistd::ftruncate(&fd, len).unwrap();
+        if sealed {
+            let seal = nix::fcntl::FcntlArg::F_ADD_SEALS(nix::fcntl::SealFlag::F_SEAL_SHRINK);
+            nix::fcntl::fcntl(&fd, seal).unwrap();
+        }
+        fd
+    }
+
+    fn mapped(s: &DmaSpace, iova: u64) -> &ClientMemory {
+        match s.target(iova, 1, false).unwrap() {
+            DmaTarget::Mapped(m, _) => m,
+            DmaTarget::Message => panic!("{iova:#x} is reached by messages"),
+        }
+    }
+
+    #[test]
+    fn shrinkable_memory_is_mapped_and_copied_fault_safely() {
+        let mut s = DmaSpace::new(8);
+        let (sealed, loose) = (memfd(0x2000, true), memfd(0x2000, false));
+        let loose_dup = loose.try_clone().unwrap();
+        s.map(&msg(0x1_0000, 0x2000), Some(sealed)).unwrap();
+        s.map(&msg(0x2_0000, 0x2000), Some(loose)).unwrap();
+        assert!(!mapped(&s, 0x1_0000).may_shrink);
+        let m = mapped(&s, 0x2_0000);
+        assert!(m.may_shrink);
+        m.write(0x1000, b"dma").unwrap();
+        nix::unistd::ftruncate(&loose_dup, 0x1000).unwrap();
+        let mut b = [0u8; 3];
+        assert_eq!(m.read(0x1000, &mut b).unwrap_err().errno(), libc::EFAULT);
+        assert_eq!(m.write(0x1000, &b).unwrap_err().errno(), libc::EFAULT);
+        m.read(0, &mut b).unwrap();
+        // Past the file's current end is refused at DMA_MAP time.
+        let e = s.map(&msg(0x3_0000, 0x2000), Some(memfd(0x1000, false)));
+        assert_eq!(e.unwrap_err().errno(), libc::EINVAL);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use dma::{DmaRegion, DmaSpace};
+pub use dma::{ClientMemory, DmaRegion, DmaSpace};
 pub use irq::IrqState;
 pub use model::{DeviceContext, DeviceModel};
 
