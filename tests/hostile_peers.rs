@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use vfio_io::device::{
-    DeviceInfo, DeviceIo, RegionCap, RegionInfo, SparseArea, VFIO_REGION_INFO_FLAG_CAPS,
-    VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
+    DeviceInfo, DeviceIo, RegionCap, RegionInfo, SparseArea, VFIO_DEVICE_FLAGS_RESET,
+    VFIO_REGION_INFO_FLAG_CAPS, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
 };
 use vfio_io::edu::Edu;
 use vfio_io::error::Error;
@@ -183,11 +183,13 @@ fn plain_region() -> RegionInfo {
     }
 }
 
+/// The fake device's info: it declares reset, which several scripts use as
+/// the simplest request with a reply.
 fn device_info(num_regions: u32, num_irqs: u32) -> [u8; 16] {
     proto::encode_device_info(
         16,
         &DeviceInfo {
-            flags: 0,
+            flags: VFIO_DEVICE_FLAGS_RESET,
             num_regions,
             num_irqs,
         },
