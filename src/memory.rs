@@ -288,6 +288,28 @@ pub struct DmaBuffer {
     map: Mapping,
 }
 
+/// A zeroed memfd of `len` bytes sealed against resizing: a peer that mmaps
+/// it can trust it never to shrink under the mapping (which would raise
+/// SIGBUS there), so it is the memory to offer for DMA or as a region's fd.
+///
+/// ```
+/// use vfio_io::memory::{cannot_shrink, sealed_memfd};
+/// use std::os::fd::AsFd;
+///
+/// let fd = sealed_memfd(c"bar2", 0x4000)?;
+/// assert!(cannot_shrink(fd.as_fd())?);
+/// # Ok::<(), vfio_io::Error>(())
+/// ```
+pub fn sealed_memfd(name: &std::ffi::CStr, len: usize) -> Result<OwnedFd> {
+    let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)
+        .map_err(|e| Error::sys("memfd_create", e))?;
+    let size = i64::try_from(len).map_err(|_| Error::InvalidArgument("memfd size"))?;
+    nix::unistd::ftruncate(&fd, size).map_err(|e| Error::sys("ftruncate", e))?;
+    let seals = nix::fcntl::SealFlag::F_SEAL_SHRINK | nix::fcntl::SealFlag::F_SEAL_GROW;
+    fcntl(&fd, FcntlArg::F_ADD_SEALS(seals)).map_err(|e| Error::sys("F_ADD_SEALS", e))?;
+    Ok(fd)
+}
+
 impl DmaBuffer {
     /// A zeroed buffer of `len` bytes (rounded up to the page size).
     pub fn new(len: usize) -> Result<Self> {
@@ -297,16 +319,7 @@ impl DmaBuffer {
             .ok_or(Error::InvalidArgument("size"))?
             / page
             * page;
-        let fd = memfd_create(
-            c"vfio-io-dma",
-            MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
-        )
-        .map_err(|e| Error::sys("memfd_create", e))?;
-        nix::unistd::ftruncate(&fd, len as i64).map_err(|e| Error::sys("ftruncate", e))?;
-        // Sealed against resizing, a device side that mmaps the buffer can
-        // trust it never to shrink under it (which would raise SIGBUS there).
-        let seals = nix::fcntl::SealFlag::F_SEAL_SHRINK | nix::fcntl::SealFlag::F_SEAL_GROW;
-        fcntl(&fd, FcntlArg::F_ADD_SEALS(seals)).map_err(|e| Error::sys("F_ADD_SEALS", e))?;
+        let fd = sealed_memfd(c"vfio-io-dma", len)?;
         let map = Mapping::new(fd.as_fd(), 0, len, true)?;
         Ok(DmaBuffer { fd, map })
     }

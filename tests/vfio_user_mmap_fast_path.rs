@@ -44,9 +44,11 @@ struct CountingDevice {
 
 impl CountingDevice {
     fn new() -> (Self, Arc<OwnedFd>, Arc<Seen>) {
-        let fd =
-            nix::sys::memfd::memfd_create(c"bar2", nix::sys::memfd::MFdFlags::MFD_CLOEXEC).unwrap();
-        nix::unistd::ftruncate(&fd, BAR2_SIZE as i64).unwrap();
+        Self::with_memory(vfio_io::memory::sealed_memfd(c"bar2", BAR2_SIZE as usize).unwrap())
+    }
+
+    /// The device with BAR2 backed by `fd`.
+    fn with_memory(fd: OwnedFd) -> (Self, Arc<OwnedFd>, Arc<Seen>) {
         let map = Mapping::new(fd.as_fd(), 0, BAR2_SIZE as usize, true).unwrap();
         let fd = Arc::new(fd);
         let seen = Arc::new(Seen::default());
@@ -238,6 +240,25 @@ fn accesses_inside_the_sparse_area_never_reach_the_server() {
 
     assert_eq!(seen.reads.load(Ordering::SeqCst), 0, "a read was trapped");
     assert_eq!(seen.writes.load(Ordering::SeqCst), 0, "a write was trapped");
+}
+
+#[test]
+fn a_region_fd_the_server_could_shrink_is_not_mapped() {
+    let fd =
+        nix::sys::memfd::memfd_create(c"bar2", nix::sys::memfd::MFdFlags::MFD_CLOEXEC).unwrap();
+    nix::unistd::ftruncate(&fd, BAR2_SIZE as i64).unwrap();
+    let (dev, _fd, seen) = CountingDevice::with_memory(fd);
+    let s = serve("mmap-shrinkable", dev);
+    let c = Client::connect(&s.path, ClientConfig::default()).unwrap();
+    assert!(!c.has_mapped_areas(), "a shrinkable region fd was mapped");
+    // Had the client mapped it, the server could shrink the file and raise
+    // SIGBUS in the client; by message, every access reaches the model.
+    c.region_read(2, AREA.offset, &mut [0u8; 4]).unwrap();
+    assert_eq!(
+        seen.reads.load(Ordering::SeqCst),
+        1,
+        "the read went by message"
+    );
 }
 
 #[test]

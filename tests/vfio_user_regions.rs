@@ -27,9 +27,7 @@ struct SharedMemDevice {
 
 impl SharedMemDevice {
     fn new() -> Self {
-        let fd =
-            nix::sys::memfd::memfd_create(c"bar2", nix::sys::memfd::MFdFlags::MFD_CLOEXEC).unwrap();
-        nix::unistd::ftruncate(&fd, SHARED_SIZE as i64).unwrap();
+        let fd = vfio_io::memory::sealed_memfd(c"bar2", SHARED_SIZE as usize).unwrap();
         let map = Mapping::new(fd.as_fd(), 0, SHARED_SIZE as usize, true).unwrap();
         SharedMemDevice {
             fd: Arc::new(fd),

@@ -165,49 +165,6 @@ struct MappedArea {
     map: Mapping,
 }
 
-/// Stores `data` at `offset` of `map` as one access of its natural width for
-/// 1, 2, 4 and 8 bytes (a device register may act on the store's size), as a
-/// plain copy otherwise. The caller has checked the range against the mapping.
-fn write_mapped(map: &Mapping, offset: usize, data: &[u8]) {
-    debug_assert!(offset + data.len() <= map.len());
-    // SAFETY: [offset, offset + len) lies inside the live mapping (checked by
-    // the caller against the area bounds, which equal the mapping's length);
-    // volatile keeps the access width, and the unaligned cases below fall back
-    // to a byte copy so no misaligned typed store is ever made.
-    unsafe {
-        let p = map.as_ptr().add(offset);
-        let aligned = (p as usize) % data.len().max(1) == 0;
-        match data.len() {
-            1 => std::ptr::write_volatile(p, data[0]),
-            2 if aligned => {
-                std::ptr::write_volatile(p as *mut u16, u16::from_ne_bytes([data[0], data[1]]))
-            }
-            4 if aligned => std::ptr::write_volatile(
-                p as *mut u32,
-                u32::from_ne_bytes([data[0], data[1], data[2], data[3]]),
-            ),
-            8 if aligned => std::ptr::write_volatile(
-                p as *mut u64,
-                u64::from_ne_bytes([
-                    data[0], data[1], data[2], data[3], data[4], data[5], data[6], data[7],
-                ]),
-            ),
-            _ => std::ptr::copy_nonoverlapping(data.as_ptr(), p, data.len()),
-        }
-    }
-}
-
-/// Loads `data.len()` bytes at `offset` of `map`: one access of the natural
-/// width for aligned 1, 2, 4 and 8 bytes, a plain copy otherwise.
-fn read_mapped(map: &Mapping, offset: usize, data: &mut [u8]) -> Result<()> {
-    let aligned = (map.as_ptr() as usize + offset) % data.len().max(1) == 0;
-    if aligned {
-        map.read_reg(offset, data)
-    } else {
-        map.read(offset, data)
-    }
-}
-
 /// A reply, as filed in its slot.
 struct Reply<'a> {
     payload: &'a [u8],
@@ -729,6 +686,16 @@ impl Client {
             let Some(fd) = r.fd.as_ref().filter(|_| r.is_mappable()) else {
                 continue;
             };
+            // A server that could shrink the file under our mapping could
+            // raise SIGBUS in this process: such regions go by messages.
+            if !crate::memory::cannot_shrink(fd.as_fd()).unwrap_or(false) {
+                log::debug!(
+                    target: "vfio_io::client",
+                    "region {} not mapped: its fd may shrink; using messages",
+                    r.index
+                );
+                continue;
+            }
             let readable = r.flags & VFIO_REGION_INFO_FLAG_READ != 0;
             let writable = r.flags & VFIO_REGION_INFO_FLAG_WRITE != 0;
             for a in r.mmap_areas() {
@@ -995,7 +962,7 @@ impl DeviceIo for Client {
         if !data.is_empty() {
             if let Some((a, off)) = self.mapped_area(index, offset, data.len()) {
                 if a.readable {
-                    return read_mapped(&a.map, off, data);
+                    return a.map.read_reg(off, data);
                 }
             }
         }
@@ -1029,8 +996,7 @@ impl DeviceIo for Client {
         if !data.is_empty() {
             if let Some((a, off)) = self.mapped_area(index, offset, data.len()) {
                 if a.writable {
-                    write_mapped(&a.map, off, data);
-                    return Ok(());
+                    return a.map.write_reg(off, data);
                 }
             }
         }
