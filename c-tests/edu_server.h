@@ -1,5 +1,6 @@
-/* `vfio-io serve edu` in a child process, for the C tests: start it on a
- * socket in a fresh folder, connect once it listens, stop it with SIGTERM.
+/* `vfio-io serve MODEL` (edu unless said otherwise) in a child process, for
+ * the C tests: start it on a socket in a fresh folder, connect once it
+ * listens, stop it with SIGTERM.
  * Header-only; each test program is one translation unit. */
 #ifndef VFIO_IO_EDU_SERVER_H
 #define VFIO_IO_EDU_SERVER_H
@@ -27,9 +28,9 @@ static inline void sleep_ms(long ms)
     nanosleep(&ts, NULL);
 }
 
-/* Starts `bin serve edu` on <new folder>/edu.sock. Returns 0, or -1 with the
- * reason printed. */
-static inline int edu_server_start(struct edu_server *s, const char *bin)
+/* Starts `bin serve model` on <new folder>/edu.sock. Returns 0, or -1 with
+ * the reason printed. */
+static inline int edu_server_start_model(struct edu_server *s, const char *bin, const char *model)
 {
     snprintf(s->dir, sizeof(s->dir), "/tmp/vfio-io-ctest-XXXXXX");
     if (!mkdtemp(s->dir)) {
@@ -43,11 +44,17 @@ static inline int edu_server_start(struct edu_server *s, const char *bin)
         return -1;
     }
     if (s->pid == 0) {
-        execl(bin, "vfio-io", "serve", "edu", s->sock, (char *)NULL);
+        execl(bin, "vfio-io", "serve", model, s->sock, (char *)NULL);
         perror("exec vfio-io");
         _exit(127);
     }
     return 0;
+}
+
+/* Starts `bin serve edu`, as edu_server_start_model does. */
+static inline int edu_server_start(struct edu_server *s, const char *bin)
+{
+    return edu_server_start_model(s, bin, "edu");
 }
 
 /* Connects through the C ABI, waiting up to 30 s for the server to listen
