@@ -57,8 +57,9 @@
 // from the memory at the map's `vaddr`.
 #define VFIO_IO_CAP_DMA_MESSAGES (1ULL << 9)
 
-// DMA mappings are made through an IOMMU (kernel container or iommufd IOAS):
-// `dma_map` needs the mapping's host virtual address.
+// DMA mappings are programmed into the host IOMMU (a type1 container or
+// an iommufd IOAS) from the mapping's host virtual address, which every
+// kernel road takes (only iommufd can also map from an fd alone).
 #define VFIO_IO_CAP_IOMMU_DMA (1ULL << 10)
 
 

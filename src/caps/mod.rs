@@ -101,8 +101,9 @@ capability_table! {
     /// messages (vfio-user `DMA_READ`/`DMA_WRITE`), which the library answers
     /// from the memory at the map's `vaddr`.
     DMA_MESSAGES = 1 << 9 on Backends::VFIO_USER;
-    /// DMA mappings are made through an IOMMU (kernel container or iommufd IOAS):
-    /// `dma_map` needs the mapping's host virtual address.
+    /// DMA mappings are programmed into the host IOMMU (a type1 container or
+    /// an iommufd IOAS) from the mapping's host virtual address, which every
+    /// kernel road takes (only iommufd can also map from an fd alone).
     IOMMU_DMA = 1 << 10 on Backends::KERNEL;
 }
 
