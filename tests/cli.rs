@@ -116,7 +116,7 @@ fn info_json_has_the_documented_keys() {
     let o = run(&["info", "--json", served.socket.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("info --json is JSON");
-    assert_eq!(v["schema"], 1);
+    assert_eq!(v["schema"], 2);
     assert_eq!(v["backend"], "vfio-user");
     for key in ["flags", "num_regions", "num_irqs"] {
         assert!(!v["device"][key].is_null(), "device.{key}");
@@ -127,12 +127,23 @@ fn info_json_has_the_documented_keys() {
     let bits = v["capabilities"]["bits"].as_array().unwrap();
     assert_eq!(bits.len(), 11);
     for b in bits {
-        for key in ["bit", "name", "device", "backend", "source"] {
+        for key in ["bit", "name", "device", "backend", "source", "detail"] {
             assert!(b.get(key).is_some(), "capabilities.bits[].{key}: {b}");
         }
     }
-    let dma_buf = bits.iter().find(|b| b["name"] == "DMA_BUF").unwrap();
-    assert_eq!(dma_buf["device"], false);
+    let bit = |name: &str| bits.iter().find(|b| b["name"] == name).unwrap();
+    assert_eq!(bit("DMA_BUF")["device"], false);
+    assert_eq!(
+        bit("DMA_BUF")["source"],
+        serde_json::Value::Null,
+        "never on vfio-user"
+    );
+    // What decided each bit is what this open saw.
+    assert_eq!(bit("RESET")["source"], "device info");
+    assert_eq!(bit("WRITE_MULTI")["source"], "negotiation (write_multiple)");
+    assert_eq!(bit("POSTED_WRITES")["source"], "backend");
+    assert_eq!(bit("MIGRATION")["device"], false);
+    assert_eq!(bit("MIGRATION")["source"], "feature probe (1)");
     let regions = v["regions"].as_array().unwrap();
     let bar0 = &regions[0];
     for key in ["index", "name", "size", "offset", "flags", "caps"] {

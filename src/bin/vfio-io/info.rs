@@ -283,7 +283,7 @@ fn describe(dev: &dyn DeviceIo) -> Result<Value, Error> {
         })
         .collect();
     Ok(json!({
-        "schema": 1,
+        "schema": 2,
         "backend": backend,
         "device": {
             "flags": flag_names(info.flags, &[(VFIO_DEVICE_FLAGS_RESET, "RESET"), (VFIO_DEVICE_FLAGS_PCI, "PCI")]),
