@@ -742,7 +742,10 @@ fn round_trips(t: &mut Table, label: &str, server_cpu: usize, n: usize) {
         ),
         ("vfio-io region read 4 B (BAR0 0x0)", ""),
         ("vfio-io region read 8 B (BAR0 0x80)", ""),
-        ("vfio-io region write 4 B (BAR0 0x4), not posted", "36/32 B"),
+        (
+            "vfio-io region write 4 B (BAR0 0x4), not posted",
+            "request 36 B, reply 32 B",
+        ),
     ];
     for (s, (name, note)) in st.into_iter().zip(names) {
         t.add(format!("{name}, {label}"), s, Some(f), note.into());
