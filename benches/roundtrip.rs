@@ -1,19 +1,24 @@
 //! Round-trip latency of vfio-io's vfio-user client and server, side by side
 //! with the floor: a raw AF_UNIX ping-pong of messages the size of a
 //! REGION_READ (16+16 bytes request, 16+16+4 bytes reply), one read() each.
+//! Posted writes, which get no reply, are compared with a one-way floor
+//! instead: 16+16+4 bytes sent with sendmsg, read by the server, no reply.
 //!
-//! Run with `cargo bench --bench roundtrip`. Servers run in child processes
-//! (this binary re-executed with `VFIO_IO_BENCH_ROLE` set), because that is
-//! how vfio-user is deployed: client and device model in different processes,
-//! each woken by the kernel. Re-executing rather than forking keeps the child
-//! free of the parent's threads and allocator state.
+//! Run with `cargo bench --bench roundtrip`; `cargo bench --bench roundtrip --
+//! dma posted` runs only the named sections (names in [`SECTIONS`]). Servers
+//! run in child processes (this binary re-executed with `VFIO_IO_BENCH_ROLE`
+//! set), because that is how vfio-user is deployed: client and device model in
+//! different processes, each woken by the kernel. Re-executing rather than
+//! forking keeps the child free of the parent's threads and allocator state.
 //!
 //! "same core" pins the client thread and the server process to CPU 0;
-//! "cross core" pins the server to CPU 1, so every message is a cross-CPU wake-up.
+//! "cross core" pins the server to CPU 1, so every message is a cross-CPU
+//! wake-up. The scaling rows are unpinned and say so.
 //!
-//! Besides vfio-io against the floor, it measures: a read through an mmapped
-//! region area against the same read by message; rust-vmm's `vfio_user`
-//! client and server on the same 4-byte read; polling mode
+//! Besides vfio-io against the floors, it measures: edu's 4 KiB DMA through a
+//! sealed memfd, an unsealed tmpfs file and by messages; a read through an
+//! mmapped region area against the same read by message; rust-vmm's
+//! `vfio_user` client and server on the same 4-byte read; polling mode
 //! (`ClientConfig::spin`) across cores; and server DMA of 64 KiB - 1 MiB
 //! through fd-mapped memory against memcpy, with a bench-only DMA device.
 
@@ -31,11 +36,11 @@ use nix::sys::socket::{recvmsg, sendmsg, MsgFlags};
 use nix::unistd::Pid;
 use vfio_io::device::DeviceIo;
 use vfio_io::device::{
-    pci_irq, pci_region, DeviceInfo, IrqInfo, RegionCap, RegionInfo, SparseArea,
+    pci_irq, pci_region, DeviceInfo, DmaMap, IrqInfo, RegionCap, RegionInfo, SparseArea,
     VFIO_DEVICE_FLAGS_PCI, VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ,
     VFIO_REGION_INFO_FLAG_WRITE,
 };
-use vfio_io::edu::{regs, Edu, DMA_BUF_ADDR, DMA_BUF_SIZE};
+use vfio_io::edu::{regs, Edu, DMA_BUF_ADDR, DMA_BUF_SIZE, DMA_CMD_START, DMA_CMD_TO_RAM};
 use vfio_io::ffi::{
     vfio_io_device, vfio_io_device_close, vfio_io_device_ops, vfio_io_user_connect,
 };
@@ -51,10 +56,19 @@ const CPU: &str = "VFIO_IO_BENCH_CPU";
 const N_SAME: usize = 50_000;
 const N_CROSS: usize = 20_000;
 const WARMUP: usize = 2_000;
-/// Posted writes sent between two reads (the read flushes them through the server).
-const POSTED_BATCH: usize = 256;
-/// How long each scaling row runs.
-const SCALE_TIME: Duration = Duration::from_millis(800);
+/// The round-trip floor's row names.
+const RT_FLOOR: &str = "floor: round trip 32/36 B, read()/write()";
+const RT_FLOOR_SAME: &str = "floor: round trip 32/36 B, read()/write(), same core";
+const RT_FLOOR_CROSS: &str = "floor: round trip 32/36 B, read()/write(), cross core";
+/// Calls per block of an interleaved measurement.
+const BLOCK: usize = 500;
+/// The scaling rows take turns in slices of this length, [`SCALE_ROUNDS`] each.
+const SCALE_SLICE: Duration = Duration::from_millis(50);
+const SCALE_ROUNDS: usize = 16;
+/// The frame of the one-way floor: 16+16+4 bytes, the size of a 4-byte
+/// REGION_WRITE. A first byte of [`SYNC`] asks for a 36-byte reply.
+const ONEWAY: usize = 36;
+const SYNC: u8 = 1;
 const DMA_IOVA: u64 = 0x20_0000;
 /// The bench-only DMA device's largest transfer.
 const BIG_DMA: usize = 1 << 20;
@@ -89,15 +103,15 @@ fn child_main(role: &str) {
     let path = PathBuf::from(std::env::var(SOCK).expect("socket path"));
     pin(std::env::var(CPU).ok().and_then(|s| s.parse().ok()));
     match role {
-        "floor" | "floor-msg" => {
+        "floor" | "floor-msg" | "floor-oneway" => {
             let l = UnixListener::bind(&path).expect("bind");
             ready();
             for s in l.incoming() {
                 let s = s.expect("accept");
-                if role == "floor" {
-                    floor_serve(s);
-                } else {
-                    floor_serve_msg(s);
+                match role {
+                    "floor" => floor_serve(s),
+                    "floor-msg" => floor_serve_msg(s),
+                    _ => floor_serve_oneway(s),
                 }
             }
         }
@@ -428,9 +442,34 @@ fn floor_serve_msg(s: UnixStream) {
             0 => return,
             n => debug_assert_eq!(n, 32),
         }
-        if send_msg(&s, &hdr, &body).is_err() {
+        if send_msg(&s, &[&hdr, &body]).is_err() {
             return;
         }
+    }
+}
+
+/// The one-way floor's server: receives [`ONEWAY`]-byte frames the way
+/// vfio-io's server does (recvmsg with room for SCM_RIGHTS into a buffer that
+/// may hold several), and answers only frames marked [`SYNC`].
+fn floor_serve_oneway(s: UnixStream) {
+    let mut buf = vec![0u8; 64 << 10];
+    let (mut start, mut end) = (0, 0);
+    let reply = [0x5au8; ONEWAY];
+    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 32]);
+    loop {
+        match recv_msg(&s, &mut buf[end..], &mut cmsg) {
+            0 => return,
+            n => end += n,
+        }
+        while end - start >= ONEWAY {
+            if buf[start] == SYNC && send_msg(&s, &[&reply]).is_err() {
+                return;
+            }
+            start += ONEWAY;
+        }
+        buf.copy_within(start..end, 0);
+        end -= start;
+        start = 0;
     }
 }
 
@@ -447,9 +486,19 @@ fn recv_msg(s: &UnixStream, buf: &mut [u8], cmsg: &mut [u8]) -> usize {
     }
 }
 
-fn send_msg(s: &UnixStream, hdr: &[u8], body: &[u8]) -> nix::Result<usize> {
-    let iov = [IoSlice::new(hdr), IoSlice::new(body)];
-    sendmsg::<()>(s.as_raw_fd(), &iov, &[], MsgFlags::MSG_NOSIGNAL, None)
+/// One sendmsg of up to three iovecs, no fds.
+fn send_msg(s: &UnixStream, parts: &[&[u8]]) -> nix::Result<usize> {
+    let mut iov = [IoSlice::new(&[]); 3];
+    for (v, p) in iov.iter_mut().zip(parts) {
+        *v = IoSlice::new(p);
+    }
+    sendmsg::<()>(
+        s.as_raw_fd(),
+        &iov[..parts.len()],
+        &[],
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )
 }
 
 /// A server child process, killed (by its own pid) on drop.
@@ -514,20 +563,6 @@ fn stats(mut ns: Vec<u64>, ops: usize, total: Duration) -> Stats {
     }
 }
 
-fn measure(n: usize, mut op: impl FnMut()) -> Stats {
-    for _ in 0..WARMUP {
-        op();
-    }
-    let mut ns = Vec::with_capacity(n);
-    let t0 = Instant::now();
-    for _ in 0..n {
-        let t = Instant::now();
-        op();
-        ns.push(t.elapsed().as_nanos() as u64);
-    }
-    stats(ns, n, t0.elapsed())
-}
-
 struct Row {
     name: String,
     s: Stats,
@@ -549,6 +584,13 @@ impl Table {
         // Print as we go: a long run shows progress, and a crash keeps the rows.
         eprintln!("  {}", fmt_row(&r));
         self.0.push(r);
+    }
+
+    /// Adds a section's floor row; returns its p50, what the section's
+    /// other rows are divided by.
+    fn floor(&mut self, name: impl Into<String>, s: Stats, note: String) -> f64 {
+        self.add(name, s, Some(s.p50), note);
+        s.p50
     }
 
     fn print(&self) {
@@ -573,18 +615,35 @@ fn fmt_row(r: &Row) -> String {
 
 // ---------------------------------------------------------------- cases
 
-/// Runs `ops` in turn, `BLOCK` calls at a time, until each has run `n` times,
-/// and returns their stats in order. Alternating in blocks means a burst of
-/// load from elsewhere on this shared machine hits every case alike, so the
-/// ratios between them hold even when absolute figures wander.
+/// Runs `ops` in turn, [`BLOCK`] calls at a time, until each has run `n`
+/// times, and returns their stats in order. Alternating in blocks means a
+/// burst of load from elsewhere on this shared machine hits every case alike,
+/// so the ratios between them hold even when absolute figures wander.
 fn interleaved(n: usize, ops: &mut [&mut dyn FnMut()]) -> Vec<Stats> {
-    const BLOCK: usize = 500;
-    for op in ops.iter_mut() {
+    interleaved_flushed(n, ops, &mut [])
+}
+
+/// [`interleaved`], where `flush[i]` (for the first `flush.len()` cases) runs after each block
+/// of `ops[i]` and after its warm-up: it waits until the server has handled
+/// everything the block sent, so no work spills into the next case's block.
+/// Its time counts in ops/s (sustained rate), not in the per-call samples.
+fn interleaved_flushed(
+    n: usize,
+    ops: &mut [&mut dyn FnMut()],
+    flush: &mut [&mut dyn FnMut()],
+) -> Vec<Stats> {
+    let mut flush_after = |i: usize| {
+        if let Some(f) = flush.get_mut(i) {
+            f();
+        }
+    };
+    for (i, op) in ops.iter_mut().enumerate() {
         for _ in 0..WARMUP {
             op();
         }
+        flush_after(i);
     }
-    let mut ns: Vec<Vec<u64>> = ops.iter().map(|_| Vec::with_capacity(n)).collect();
+    let mut ns: Vec<Vec<u64>> = ops.iter().map(|_| Vec::with_capacity(n + BLOCK)).collect();
     let mut time = vec![Duration::ZERO; ops.len()];
     let rounds = n.div_ceil(BLOCK);
     for _ in 0..rounds {
@@ -595,6 +654,7 @@ fn interleaved(n: usize, ops: &mut [&mut dyn FnMut()]) -> Vec<Stats> {
                 op();
                 ns[i].push(t.elapsed().as_nanos() as u64);
             }
+            flush_after(i);
             time[i] += t0.elapsed();
         }
     }
@@ -602,6 +662,11 @@ fn interleaved(n: usize, ops: &mut [&mut dyn FnMut()]) -> Vec<Stats> {
         .zip(time)
         .map(|(ns, time)| stats(ns, rounds * BLOCK, time))
         .collect()
+}
+
+/// Calls an [`interleaved`] run of `n` makes to each case, warm-up included.
+fn interleaved_calls(n: usize) -> usize {
+    WARMUP + n.div_ceil(BLOCK) * BLOCK
 }
 
 /// A client of the floor's server: one write() of the 32-byte request, one
@@ -628,7 +693,7 @@ fn floor_msg_client(path: &std::path::Path) -> impl FnMut() {
     let mut reply = [0u8; 64];
     let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 32]);
     move || {
-        send_msg(&s, &hdr, &body).expect("floor sendmsg");
+        send_msg(&s, &[&hdr, &body]).expect("floor sendmsg");
         let got = recv_msg(&s, &mut reply, &mut cmsg);
         assert_eq!(got, 36, "short recvmsg");
     }
@@ -638,10 +703,10 @@ fn client(path: &std::path::Path) -> Client {
     Client::connect(path, ClientConfig::default()).expect("connect vfio-user")
 }
 
-/// The floors and vfio-io's synchronous accesses, interleaved, with every
-/// server process pinned to `server_cpu` and this thread to CPU 0. Returns
-/// the raw floor's p50.
-fn vfio_user(t: &mut Table, label: &str, server_cpu: usize, n: usize) -> f64 {
+/// The round-trip floors and vfio-io's synchronous accesses (each a round
+/// trip too), interleaved, with every server process pinned to `server_cpu`
+/// and this thread to CPU 0.
+fn round_trips(t: &mut Table, label: &str, server_cpu: usize, n: usize) {
     let (f1, f2, srv) = (
         spawn_server("floor", Some(server_cpu)),
         spawn_server("floor-msg", Some(server_cpu)),
@@ -670,184 +735,457 @@ fn vfio_user(t: &mut Table, label: &str, server_cpu: usize, n: usize) -> f64 {
     );
     let f = st[0].p50;
     let names = [
-        ("floor: raw UNIX ping-pong 32/36 B, read()/write()", ""),
+        (RT_FLOOR, ""),
         (
-            "floor: same, sendmsg/recvmsg with cmsg room",
+            "floor: round trip 32/36 B, sendmsg/recvmsg with cmsg room",
             "the syscalls vfio-io uses",
         ),
         ("vfio-io region read 4 B (BAR0 0x0)", ""),
         ("vfio-io region read 8 B (BAR0 0x80)", ""),
-        ("vfio-io region write 4 B (BAR0 0x4)", ""),
+        (
+            "vfio-io region write 4 B (BAR0 0x4), not posted",
+            "request 36 B, reply 32 B",
+        ),
     ];
     for (s, (name, note)) in st.into_iter().zip(names) {
         t.add(format!("{name}, {label}"), s, Some(f), note.into());
     }
     assert_eq!(u32::from_ne_bytes(b4), vfio_io::edu::ID);
-    let mut b4 = [0u8; 4];
+}
 
-    // Posted writes: each sample is one posted write; the read after every
-    // batch waits until the server has processed all of them, so ops/s is
-    // sustained throughput, not just the rate of filling the socket buffer.
-    let batches = n / POSTED_BATCH;
-    for _ in 0..WARMUP / POSTED_BATCH + 1 {
-        for _ in 0..POSTED_BATCH {
-            c.region_write(0, regs::LIVENESS, &1u32.to_ne_bytes(), true)
-                .expect("posted write");
+/// Posted writes against the one-way floor, interleaved: each sample is one
+/// send. Every block ends with a flush (vfio-io: a read, which the server
+/// answers only after the writes before it; the floor: a [`SYNC`] frame), so
+/// ops/s is the sustained rate, not the rate of filling the socket buffer.
+/// The same write not posted runs alongside for reference.
+fn posted(t: &mut Table, label: &str, server_cpu: usize, n: usize) {
+    let (f, srv) = (
+        spawn_server("floor-oneway", Some(server_cpu)),
+        spawn_server("edu", Some(server_cpu)),
+    );
+    let s = UnixStream::connect(&f.path).expect("connect floor");
+    let (hdr, mut sync_hdr, body, data) = ([0u8; 16], [0u8; 16], [0xa5u8; 16], [0xa5u8; 4]);
+    sync_hdr[0] = SYNC;
+    let mut oneway = || {
+        send_msg(&s, &[&hdr, &body, &data]).expect("floor sendmsg");
+    };
+    let mut reply = [0u8; ONEWAY];
+    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 32]);
+    let mut oneway_flush = || {
+        send_msg(&s, &[&sync_hdr, &body, &data]).expect("floor sendmsg");
+        let mut got = 0;
+        while got < ONEWAY {
+            match recv_msg(&s, &mut reply[got..], &mut cmsg) {
+                0 => panic!("one-way floor closed"),
+                n => got += n,
+            }
         }
+    };
+    let c = client(&srv.path);
+    let last = std::cell::Cell::new(0u32);
+    let mut post = || {
+        last.set(last.get().wrapping_add(1));
+        c.region_write(0, regs::LIVENESS, &last.get().to_ne_bytes(), true)
+            .expect("posted write")
+    };
+    let mut post_flush = || {
+        let mut b4 = [0u8; 4];
         c.region_read(0, regs::LIVENESS, &mut b4).expect("read");
-    }
-    let mut ns = Vec::with_capacity(batches * POSTED_BATCH);
-    let t0 = Instant::now();
-    let mut last = 0u32;
-    for b in 0..batches {
-        for i in 0..POSTED_BATCH {
-            last = (b * POSTED_BATCH + i) as u32;
-            let t = Instant::now();
-            c.region_write(0, regs::LIVENESS, &last.to_ne_bytes(), true)
-                .expect("posted write");
-            ns.push(t.elapsed().as_nanos() as u64);
-        }
-        c.region_read(0, regs::LIVENESS, &mut b4).expect("read");
-    }
-    let s = stats(ns, batches * POSTED_BATCH, t0.elapsed());
-    assert_eq!(
-        u32::from_ne_bytes(b4),
-        !last,
-        "posted writes lost or reordered"
+        // edu's liveness register reads back the complement of the last write.
+        assert_eq!(
+            u32::from_ne_bytes(b4),
+            !last.get(),
+            "posted writes lost or reordered"
+        );
+    };
+    let mut v = 0u32;
+    let mut sync_write = || {
+        v = v.wrapping_add(1);
+        c.region_write(0, regs::LIVENESS, &v.to_ne_bytes(), false)
+            .expect("write")
+    };
+    let st = interleaved_flushed(
+        n,
+        &mut [&mut oneway, &mut post, &mut sync_write],
+        &mut [&mut oneway_flush, &mut post_flush],
+    );
+    let flushed = format!("ops/s incl. one flush per {BLOCK}");
+    let f = t.floor(
+        format!("floor: one way 16+16+4 B, sendmsg, no reply, {label}"),
+        st[0],
+        flushed.clone(),
     );
     t.add(
         format!("vfio-io posted write 4 B (BAR0 0x4), {label}"),
-        s,
+        st[1],
         Some(f),
-        format!("ops/s incl. one read per {POSTED_BATCH} writes"),
+        flushed,
     );
-    f
+    t.add(
+        format!("vfio-io region write 4 B, not posted (round trip, reference), {label}"),
+        st[2],
+        None,
+        format!("posted: {:.1}x its ops/s", st[1].ops / st[2].ops),
+    );
 }
 
-fn scaling(t: &mut Table, floor: f64) {
+/// One slice of the scaling rows: runs `ops` on threads of their own for
+/// [`SCALE_SLICE`], each pushing its per-call samples into its `ns` (up to
+/// its capacity). Returns the calls made and the slice's wall time.
+fn scale_slice(ops: &mut [Box<dyn FnMut() + Send + '_>], ns: &mut [Vec<u64>]) -> (usize, Duration) {
+    let stop = AtomicBool::new(false);
+    let t0 = Instant::now();
+    let calls: usize = std::thread::scope(|sc| {
+        let hs: Vec<_> = ops
+            .iter_mut()
+            .zip(ns.iter_mut())
+            .map(|(op, ns)| {
+                let stop = &stop;
+                sc.spawn(move || {
+                    let mut calls = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        let t = Instant::now();
+                        op();
+                        if ns.len() < ns.capacity() {
+                            ns.push(t.elapsed().as_nanos() as u64);
+                        }
+                        calls += 1;
+                    }
+                    calls
+                })
+            })
+            .collect();
+        std::thread::sleep(SCALE_SLICE);
+        stop.store(true, Ordering::Relaxed);
+        hs.into_iter().map(|h| h.join().expect("thread")).sum()
+    });
+    (calls, t0.elapsed())
+}
+
+/// 1, 2, 4 and 8 threads sharing one `Client`, and the round-trip floor on
+/// one thread, taking turns in slices of [`SCALE_SLICE`]. Nothing is pinned:
+/// client threads and server processes go wherever the scheduler puts them.
+fn scaling(t: &mut Table) {
     pin(None);
+    let f = spawn_server("floor", None);
     let srv = spawn_server("edu", None);
     let c = client(&srv.path);
-    for threads in [1usize, 2, 4, 8] {
-        let stop = AtomicBool::new(false);
-        let results: Vec<(Vec<u64>, usize)> = std::thread::scope(|sc| {
-            let hs: Vec<_> = (0..threads)
-                .map(|_| {
-                    let (c, stop) = (&c, &stop);
-                    sc.spawn(move || {
-                        let mut b = [0u8; 4];
-                        let mut ns = Vec::with_capacity(1 << 18);
-                        while !stop.load(Ordering::Relaxed) {
-                            let t = Instant::now();
-                            c.region_read(0, regs::ID, &mut b).expect("read");
-                            if ns.len() < ns.capacity() {
-                                ns.push(t.elapsed().as_nanos() as u64);
-                            }
-                        }
-                        let n = ns.len();
-                        (ns, n)
-                    })
-                })
-                .collect();
-            std::thread::sleep(SCALE_TIME);
-            stop.store(true, Ordering::Relaxed);
-            hs.into_iter().map(|h| h.join().expect("thread")).collect()
-        });
-        let total: usize = results.iter().map(|r| r.1).sum();
-        let all: Vec<u64> = results.into_iter().flat_map(|r| r.0).collect();
-        let s = stats(all, total, SCALE_TIME);
+    const THREADS: [usize; 4] = [1, 2, 4, 8];
+    let mut floor = floor_client(&f.path);
+    let mut b = [0u8; 4];
+    for _ in 0..WARMUP {
+        floor();
+        c.region_read(0, regs::ID, &mut b).expect("read");
+    }
+    let mut floor_op: [Box<dyn FnMut() + Send + '_>; 1] = [Box::new(floor)];
+    let reads = |n: usize| -> Vec<Box<dyn FnMut() + Send + '_>> {
+        (0..n)
+            .map(|_| {
+                let c = &c;
+                let mut b = [0u8; 4];
+                Box::new(move || {
+                    c.region_read(0, regs::ID, &mut b).expect("read");
+                    assert_eq!(u32::from_ne_bytes(b), vfio_io::edu::ID);
+                }) as Box<dyn FnMut() + Send + '_>
+            })
+            .collect()
+    };
+    let mut read_ops: Vec<_> = THREADS.iter().map(|&n| reads(n)).collect();
+    // Per row: per-thread samples, calls, wall time.
+    let per_thread = SCALE_ROUNDS * 15_000;
+    let mut acc: Vec<(Vec<Vec<u64>>, usize, Duration)> = std::iter::once(1)
+        .chain(THREADS)
+        .map(|n| {
+            let ns = (0..n).map(|_| Vec::with_capacity(per_thread)).collect();
+            (ns, 0, Duration::ZERO)
+        })
+        .collect();
+    for _ in 0..SCALE_ROUNDS {
+        for (row, (ns, calls, time)) in acc.iter_mut().enumerate() {
+            let ops = match row {
+                0 => &mut floor_op[..],
+                r => &mut read_ops[r - 1][..],
+            };
+            let (c, d) = scale_slice(ops, ns);
+            *calls += c;
+            *time += d;
+        }
+    }
+    let rows: Vec<Stats> = acc
+        .into_iter()
+        .map(|(ns, calls, time)| stats(ns.concat(), calls, time))
+        .collect();
+    let (f_ops, one_ops) = (rows[0].ops, rows[1].ops);
+    let f = t.floor(
+        format!("{RT_FLOOR}, 1 thread, unpinned"),
+        rows[0],
+        String::new(),
+    );
+    for (s, n) in rows[1..].iter().zip(THREADS) {
         t.add(
-            format!("scaling: {threads} thread(s), 4 B reads, one Client, unpinned"),
-            s,
-            Some(floor),
-            "ops/s is the total of all threads".into(),
+            format!("scaling: {n} thread(s), 4 B reads, one Client, unpinned"),
+            *s,
+            Some(f),
+            format!(
+                "ops/s of all threads: {:.2}x the floor's, {:.2}x 1 thread's",
+                s.ops / f_ops,
+                s.ops / one_ops
+            ),
         );
     }
     pin(Some(0));
 }
 
+/// Client memory that is a file in /dev/shm (tmpfs): created, sized, mmapped
+/// shared and passed as the DMA_MAP fd, with no seals. Removed on drop.
+struct TmpfsBuffer {
+    path: PathBuf,
+    file: std::fs::File,
+    map: Mapping,
+}
+
+impl TmpfsBuffer {
+    fn new(len: usize) -> std::io::Result<Self> {
+        let path = PathBuf::from(format!(
+            "/dev/shm/vfio-io-bench-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        let buf = |file| -> std::io::Result<Self> {
+            let file: std::fs::File = file;
+            file.set_len(len as u64)?;
+            let map = Mapping::new(std::os::fd::AsFd::as_fd(&file), 0, len, true)
+                .map_err(std::io::Error::other)?;
+            Ok(TmpfsBuffer {
+                path: path.clone(),
+                file,
+                map,
+            })
+        };
+        buf(file).inspect_err(|_| {
+            let _ = std::fs::remove_file(&path);
+        })
+    }
+
+    fn dma_map(&self, iova: u64) -> DmaMap {
+        DmaMap {
+            iova,
+            size: self.map.len() as u64,
+            vaddr: self.map.as_ptr() as u64,
+            fd: self.file.as_raw_fd(),
+            offset: 0,
+            readable: true,
+            writable: true,
+        }
+    }
+}
+
+impl Drop for TmpfsBuffer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// This process's threads named `vfio-user-dma`: each client's twin-socket
+/// thread, which serves the server's DMA_READ/DMA_WRITE messages.
+fn dma_threads() -> Vec<u64> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let e = e.ok()?;
+        let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+        (comm.trim() == "vfio-user-dma")
+            .then(|| e.file_name().to_str()?.parse().ok())
+            .flatten()
+    })
+    .collect()
+}
+
+/// How often thread `tid` of this process has blocked so far. A client's DMA
+/// thread sleeps while no DMA_READ/DMA_WRITE comes and wakes for each one, so
+/// the count stays put when the server reaches client memory by its mapping.
+fn wakeups(tid: Option<u64>) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/self/task/{}/status", tid?)).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Whether process `pid` has a mapping whose name contains `name`.
+fn maps_contain(pid: u32, name: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|m| m.contains(name))
+}
+
+/// One edu client for the DMA section, with the DMA thread it owns (if the
+/// server took twin-socket mode) and the name its memory has in the server's
+/// /proc/PID/maps when the server mmapped it.
+struct DmaCase<'a> {
+    label: &'a str,
+    srv: Served,
+    c: Client,
+    thread: Option<u64>,
+    mapped_as: Option<String>,
+    mem: &'a dyn Fn(usize, &mut [u8]),
+}
+
 /// edu DMA of its whole 4 KiB buffer, each op one DMA_CMD write that edu
-/// completes inside the write: from server A, whose mapping of the client's
-/// buffer came with its fd (the server mmaps it), and from server B, mapped
-/// with fd=-1 (the server sends DMA_READ/DMA_WRITE to the client). Interleaved
-/// with the floor and a plain 8-byte register write, so the DMA's own cost is
-/// the difference from that write.
+/// completes inside the write, through three kinds of client memory: a
+/// sealed memfd ([`DmaBuffer`]), an unsealed tmpfs file, and memory mapped
+/// with fd=-1 (the server sends DMA_READ/DMA_WRITE to the client).
+/// Interleaved with the floor and a plain 8-byte register write, so the
+/// DMA's own cost is the difference from that write. Which way the tmpfs
+/// case went is observed, not assumed: the server process's maps, and the
+/// wake-ups of the client's DMA thread per op.
 fn dma(t: &mut Table, n: usize) {
     let f = spawn_server("floor", Some(0));
     let mut floor = floor_client(&f.path);
-    let (srv_a, srv_b) = (spawn_server("edu", Some(0)), spawn_server("edu", Some(0)));
-    let (ca, cb) = (client(&srv_a.path), client(&srv_b.path));
-    let (buf_a, buf_b) = (
-        DmaBuffer::new(DMA_BUF_SIZE).expect("DMA buffer"),
-        DmaBuffer::new(DMA_BUF_SIZE).expect("DMA buffer"),
-    );
-    let map_a = buf_a.dma_map(DMA_IOVA);
-    let mut map_b = buf_b.dma_map(DMA_IOVA);
-    map_b.fd = -1;
-    // SAFETY: the buffers outlive their mappings, which are removed below.
-    unsafe {
-        ca.dma_map(&map_a).expect("dma_map");
-        cb.dma_map(&map_b).expect("dma_map");
+    let memfd = DmaBuffer::new(DMA_BUF_SIZE).expect("DMA buffer");
+    let nofd = DmaBuffer::new(DMA_BUF_SIZE).expect("DMA buffer");
+    let tmpfs = TmpfsBuffer::new(DMA_BUF_SIZE)
+        .inspect_err(|e| eprintln!("  SKIPPED the tmpfs rows: no file in /dev/shm: {e}"))
+        .ok();
+    let read_memfd = |o: usize, b: &mut [u8]| memfd.read(o, b).expect("read");
+    let read_nofd = |o: usize, b: &mut [u8]| nofd.read(o, b).expect("read");
+    let read_tmpfs = |o: usize, b: &mut [u8]| {
+        if let Some(m) = &tmpfs {
+            m.map.read(o, b).expect("read");
+        }
+    };
+    let mut maps = vec![(
+        "sealed memfd (DmaBuffer)",
+        memfd.dma_map(DMA_IOVA),
+        Some("memfd:vfio-io-dma".to_string()),
+        &read_memfd as &dyn Fn(usize, &mut [u8]),
+    )];
+    if let Some(m) = &tmpfs {
+        maps.push((
+            "tmpfs file in /dev/shm, unsealed",
+            m.dma_map(DMA_IOVA),
+            Some(m.path.display().to_string()),
+            &read_tmpfs,
+        ));
     }
+    let mut msg_map = nofd.dma_map(DMA_IOVA);
+    msg_map.fd = -1;
+    maps.push((
+        "fd=-1, DMA_READ/DMA_WRITE messages",
+        msg_map,
+        None,
+        &read_nofd,
+    ));
+    let cases: Vec<DmaCase> = maps
+        .into_iter()
+        .map(|(label, map, mapped_as, mem)| {
+            let srv = spawn_server("edu", Some(0));
+            let before = dma_threads();
+            let c = client(&srv.path);
+            let thread = dma_threads().into_iter().find(|t| !before.contains(t));
+            // SAFETY: every buffer outlives its mapping, removed at the end.
+            unsafe { c.dma_map(&map).expect("dma_map") };
+            DmaCase {
+                label,
+                srv,
+                c,
+                thread,
+                mapped_as,
+                mem,
+            }
+        })
+        .collect();
     let w = |c: &Client, off: u64, v: u64| {
         c.region_write(0, off, &v.to_ne_bytes(), false)
             .expect("write")
     };
+    let pattern: Vec<u8> = (0..DMA_BUF_SIZE).map(|i| (i * 13) as u8).collect();
+    memfd.write(0, &pattern).expect("fill");
+    nofd.write(0, &pattern).expect("fill");
+    if let Some(m) = &tmpfs {
+        m.map.write(0, &pattern).expect("fill");
+    }
     for (dir, src, dst, cmd) in [
-        ("RAM->edu", DMA_IOVA, DMA_BUF_ADDR, 1u64),
-        ("edu->RAM", DMA_BUF_ADDR, DMA_IOVA, 3u64),
+        ("RAM->edu", DMA_IOVA, DMA_BUF_ADDR, DMA_CMD_START),
+        (
+            "edu->RAM",
+            DMA_BUF_ADDR,
+            DMA_IOVA,
+            DMA_CMD_START | DMA_CMD_TO_RAM,
+        ),
     ] {
-        for c in [&ca, &cb] {
-            w(c, regs::DMA_SRC, src);
-            w(c, regs::DMA_DST, dst);
-            w(c, regs::DMA_COUNT, DMA_BUF_SIZE as u64);
+        for k in &cases {
+            w(&k.c, regs::DMA_SRC, src);
+            w(&k.c, regs::DMA_DST, dst);
+            w(&k.c, regs::DMA_COUNT, DMA_BUF_SIZE as u64);
+        }
+        if dir == "edu->RAM" {
+            // edu holds the pattern from RAM->edu: clear client memory, so
+            // the check below proves the copy back happened.
+            memfd.write(0, &[0; DMA_BUF_SIZE]).expect("clear");
+            nofd.write(0, &[0; DMA_BUF_SIZE]).expect("clear");
+            if let Some(m) = &tmpfs {
+                m.map.write(0, &[0; DMA_BUF_SIZE]).expect("clear");
+            }
         }
         // DMA_COUNT rewritten with its own value: a write with no side effect.
-        let mut plain = || w(&ca, regs::DMA_COUNT, DMA_BUF_SIZE as u64);
-        let mut mapped = || w(&ca, regs::DMA_CMD, cmd);
-        let mut msgs = || w(&cb, regs::DMA_CMD, cmd);
-        let st = interleaved(n, &mut [&mut floor, &mut plain, &mut mapped, &mut msgs]);
-        let fl = st[0].p50;
-        let names = [
-            "floor (this section's), same core",
+        let mut plain = || w(&cases[0].c, regs::DMA_COUNT, DMA_BUF_SIZE as u64);
+        let mut dmas: Vec<_> = cases
+            .iter()
+            .map(|k| move || w(&k.c, regs::DMA_CMD, cmd))
+            .collect();
+        let mut ops: Vec<&mut dyn FnMut()> = vec![&mut floor, &mut plain];
+        ops.extend(dmas.iter_mut().map(|d| d as &mut dyn FnMut()));
+        let woke0: Vec<_> = cases.iter().map(|k| wakeups(k.thread)).collect();
+        let st = interleaved(n, &mut ops);
+        let calls = interleaved_calls(n) as f64;
+        let fl = t.floor(RT_FLOOR_SAME, st[0], String::new());
+        let base = st[1].p50;
+        t.add(
             "edu 8 B register write, no DMA (baseline), same core",
-            "edu DMA 4 KiB {dir}, fd-mapped, same core",
-            "edu DMA 4 KiB {dir}, fd=-1 via DMA_READ/DMA_WRITE msgs, same core",
-        ];
-        for (i, (s, name)) in st.into_iter().zip(names).enumerate() {
-            let note = if i >= 2 {
-                format!("{:.0} MB/s", s.ops * DMA_BUF_SIZE as f64 / 1e6)
-            } else {
-                String::new()
+            st[1],
+            Some(fl),
+            String::new(),
+        );
+        let (memfd_p50, msg_p50) = (st[2].p50, st[st.len() - 1].p50);
+        for ((k, s), w0) in cases.iter().zip(&st[2..]).zip(woke0) {
+            if dir == "edu->RAM" {
+                let mut back = vec![0u8; DMA_BUF_SIZE];
+                (k.mem)(0, &mut back);
+                assert!(back == pattern, "{}: the data did not come back", k.label);
+            }
+            let woke = match (w0, wakeups(k.thread)) {
+                (Some(a), Some(b)) => format!("{:.2}", (b - a) as f64 / calls),
+                _ => "n/a".into(),
             };
-            t.add(name.replace("{dir}", dir), s, Some(fl), note);
+            let path = match &k.mapped_as {
+                Some(name) if maps_contain(k.srv.child.id(), name) => "server mmapped it",
+                Some(_) => "server did not mmap it",
+                None => "no fd",
+            };
+            t.add(
+                format!("edu DMA 4 KiB {dir}, {}, same core", k.label),
+                *s,
+                Some(fl),
+                format!(
+                    "{:+.2} µs over baseline; {path}; client DMA thread woke {woke}/op; p50 {:.2}x memfd's, {:.2}x messages'",
+                    s.p50 - base,
+                    s.p50 / memfd_p50,
+                    s.p50 / msg_p50
+                ),
+            );
         }
     }
-    ca.dma_unmap(DMA_IOVA, buf_a.len() as u64)
-        .expect("dma_unmap");
-    cb.dma_unmap(DMA_IOVA, buf_b.len() as u64)
-        .expect("dma_unmap");
-    // The ceiling: copying the 4 KiB in this process, timed in batches of
-    // 1000 so Instant's own cost does not swamp it.
-    let src = vec![1u8; DMA_BUF_SIZE];
-    let mut dst = vec![0u8; DMA_BUF_SIZE];
-    let mut ns = Vec::with_capacity(2000);
-    let t0 = Instant::now();
-    for _ in 0..2000 {
-        let t = Instant::now();
-        for _ in 0..1000 {
-            dst.copy_from_slice(std::hint::black_box(&src));
-            std::hint::black_box(&mut dst);
-        }
-        ns.push(t.elapsed().as_nanos() as u64 / 1000);
+    for k in &cases {
+        k.c.dma_unmap(DMA_IOVA, DMA_BUF_SIZE as u64)
+            .expect("dma_unmap");
     }
-    let s = stats(ns, 2_000_000, t0.elapsed());
-    t.add(
-        "memcpy 4 KiB in process (ceiling)",
-        s,
-        None,
-        format!("{:.0} MB/s", s.ops * DMA_BUF_SIZE as f64 / 1e6),
-    );
 }
 
 /// The C ABI and the Rust call, each on its own server process (a server
@@ -876,7 +1214,7 @@ fn c_abi(t: &mut Table, n: usize) {
     let st = interleaved(n, &mut [&mut floor, &mut via_c, &mut via_rust]);
     let fl = st[0].p50;
     let names = [
-        "floor (this section's), same core",
+        RT_FLOOR_SAME,
         "C ABI ops->region_read 4 B, same core",
         "Rust Client::region_read 4 B, same core",
     ];
@@ -905,27 +1243,23 @@ fn mmap_path(t: &mut Table, n: usize) {
     let mut trapped = || c.region_read(2, 0x3000, &mut b).expect("read");
     let st = interleaved(n, &mut [&mut floor, &mut trapped, &mut mapped]);
     assert_eq!(u32::from_ne_bytes(a), vfio_io::edu::ID);
-    let fl = st[0].p50;
-    let names = [
-        ("floor (this section's), same core", String::new()),
-        (
-            "region read 4 B by message (BAR2 trapped part), same core",
-            String::new(),
+    let fl = t.floor(RT_FLOOR_SAME, st[0], String::new());
+    t.add(
+        "region read 4 B by message (BAR2 trapped part), same core",
+        st[1],
+        Some(fl),
+        String::new(),
+    );
+    // No socket at all: a ratio to the socket floor would compare unlike things.
+    t.add(
+        "region read 4 B through the mmapped sparse area (BAR2), same core",
+        st[2],
+        None,
+        format!(
+            "no message; p50 is mostly Instant's own cost; {:.0}x the message read's ops/s",
+            st[2].ops / st[1].ops
         ),
-        (
-            "region read 4 B through the mmapped sparse area (BAR2), same core",
-            "no socket round trip; p50 is mostly Instant's own cost".to_string(),
-        ),
-    ];
-    let msg_ops = st[1].ops;
-    for (i, (s, (name, note))) in st.into_iter().zip(names).enumerate() {
-        let note = if i == 2 {
-            format!("{note}; {:.0}x the message's ops/s", s.ops / msg_ops)
-        } else {
-            note
-        };
-        t.add(name, s, Some(fl), note);
-    }
+    );
 }
 
 /// rust-vmm's vfio-user crate (its Client and Server, in the same process
@@ -949,10 +1283,7 @@ fn rust_vmm(t: &mut Table, label: &str, server_cpu: usize, n: usize) {
     let fl = st[0].p50;
     let ratio = st[1].ops / st[2].ops;
     let names = [
-        (
-            "floor: raw UNIX ping-pong 32/36 B, read()/write()",
-            String::new(),
-        ),
+        (RT_FLOOR, String::new()),
         (
             "vfio-io client + server, region read 4 B",
             format!("{ratio:.2}x rust-vmm's ops/s"),
@@ -991,10 +1322,7 @@ fn polling(t: &mut Table, n: usize) {
     let fl = st[0].p50;
     let saved = st[1].p50 - st[2].p50;
     let names = [
-        (
-            "floor: raw UNIX ping-pong 32/36 B, cross core",
-            String::new(),
-        ),
+        (RT_FLOOR_CROSS, String::new()),
         (
             "vfio-io region read 4 B, blocking, cross core",
             String::new(),
@@ -1072,72 +1400,92 @@ fn dma_bandwidth(t: &mut Table) {
     c.dma_unmap(DMA_IOVA, buf.len() as u64).expect("dma_unmap");
 }
 
-/// What the client's hot path pays besides the socket: std's futex-based
-/// Condvar makes a FUTEX_WAKE system call on every notify, waiters or not,
-/// and a lone synchronous request notifies twice (strace: 2 futex calls per
-/// request). Timed in batches of 100 so Instant's cost does not swamp it.
-fn attribution(t: &mut Table) {
-    let m = std::sync::Mutex::new(());
-    let cv = std::sync::Condvar::new();
-    let s = measure(N_SAME / 10, || {
-        for _ in 0..100 {
-            let _g = m.lock().expect("lock");
-            cv.notify_all();
-        }
-    });
-    let per = |x: f64| x / 100.0;
-    t.add(
-        "Mutex lock + Condvar::notify_all, no waiters",
-        Stats {
-            p50: per(s.p50),
-            p99: per(s.p99),
-            ops: s.ops * 100.0,
-        },
-        None,
-        "the client does this twice per request".into(),
-    );
-}
+/// Section names, in run order: `cargo bench --bench roundtrip -- NAME...`
+/// runs only those.
+const SECTIONS: [&str; 9] = [
+    "roundtrip",
+    "posted",
+    "scaling",
+    "dma",
+    "c-abi",
+    "mmap",
+    "rust-vmm",
+    "polling",
+    "dma-bandwidth",
+];
 
 fn main() {
     if let Ok(role) = std::env::var(ROLE) {
         child_main(&role);
         return;
     }
+    // cargo passes `--bench` to a bench without the test harness; other
+    // words are section names.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    if let Some(bad) = only.iter().find(|a| !SECTIONS.contains(&a.as_str())) {
+        eprintln!("unknown section {bad:?}; sections: {}", SECTIONS.join(" "));
+        std::process::exit(2);
+    }
+    let run = |name: &str| {
+        let yes = only.is_empty() || only.iter().any(|a| a == name);
+        if yes {
+            eprintln!("{name}");
+        }
+        yes
+    };
     let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
     NCPU.store(ncpu, Ordering::Relaxed);
+    let cross = ncpu > 1;
+    if !cross {
+        eprintln!("SKIPPED every cross-core row and polling: only one CPU");
+    }
     let started = Instant::now();
     let mut t = Table(Vec::new());
     pin(Some(0));
 
-    eprintln!("(a)");
-    eprintln!("(b) vfio-io client + server, interleaved with the floors");
-    let same = vfio_user(&mut t, "same core", 0, N_SAME);
-    if ncpu > 1 {
-        vfio_user(&mut t, "cross core", 1, N_CROSS);
+    if run("roundtrip") {
+        round_trips(&mut t, "same core", 0, N_SAME);
+        if cross {
+            round_trips(&mut t, "cross core", 1, N_CROSS);
+        }
     }
-    eprintln!("(c) scaling");
-    scaling(&mut t, same);
-    eprintln!("(d) DMA");
-    dma(&mut t, N_SAME / 5);
-    eprintln!("(e) C ABI");
-    c_abi(&mut t, N_SAME);
-    eprintln!("(f) attribution");
-    attribution(&mut t);
-    eprintln!("(g) mmap fast path");
-    mmap_path(&mut t, N_SAME);
-    eprintln!("(h) rust-vmm vfio-user");
-    rust_vmm(&mut t, "same core", 0, N_SAME);
-    if ncpu > 1 {
-        rust_vmm(&mut t, "cross core", 1, N_CROSS);
-        eprintln!("(i) polling mode");
+    if run("posted") {
+        posted(&mut t, "same core", 0, N_SAME);
+        if cross {
+            posted(&mut t, "cross core", 1, N_CROSS);
+        }
+    }
+    if run("scaling") {
+        scaling(&mut t);
+    }
+    if run("dma") {
+        dma(&mut t, N_SAME / 5);
+    }
+    if run("c-abi") {
+        c_abi(&mut t, N_SAME);
+    }
+    if run("mmap") {
+        mmap_path(&mut t, N_SAME);
+    }
+    if run("rust-vmm") {
+        rust_vmm(&mut t, "same core", 0, N_SAME);
+        if cross {
+            rust_vmm(&mut t, "cross core", 1, N_CROSS);
+        }
+    }
+    if cross && run("polling") {
         polling(&mut t, N_CROSS);
     }
-    eprintln!("(j) DMA bandwidth");
-    dma_bandwidth(&mut t);
+    if run("dma-bandwidth") {
+        dma_bandwidth(&mut t);
+    }
 
     println!();
     println!(
-        "{ncpu} CPUs; same-core rows compare with the same-core floor, cross-core rows with the cross-core floor."
+        "{ncpu} CPUs; each row's ratio is to the floor of its own section, measured interleaved with it."
     );
     t.print();
     println!(
