@@ -174,7 +174,7 @@ fn no_irq(index: u32) -> Option<IrqInfo> {
     })
 }
 
-/// BAR0: 16 trapped bytes. BAR2: 16 KiB of shared memory (a memfd) whose
+/// BAR0: 16 trapped bytes. BAR2: 16 KiB of shared memory (a sealed memfd) whose
 /// [`SHM_AREA`] the client may mmap.
 struct ShmDevice {
     fd: std::sync::Arc<std::os::fd::OwnedFd>,
@@ -184,10 +184,8 @@ struct ShmDevice {
 
 impl ShmDevice {
     fn new() -> Self {
-        let fd =
-            nix::sys::memfd::memfd_create(c"bench-bar2", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
-                .expect("memfd");
-        nix::unistd::ftruncate(&fd, 0x4000).expect("ftruncate");
+        // Sealed: the client maps only region fds that cannot shrink.
+        let fd = vfio_io::memory::sealed_memfd(c"bench-bar2", 0x4000).expect("memfd");
         let map = Mapping::new(std::os::fd::AsFd::as_fd(&fd), 0, 0x4000, true).expect("mmap");
         map.write(SHM_AREA.offset as usize, &vfio_io::edu::ID.to_ne_bytes())
             .expect("write");
