@@ -650,13 +650,11 @@ fn relay(listener: UnixListener, server: PathBuf) -> std::io::Result<Vec<u16>> {
     Ok(answered)
 }
 
+/// A memfd sealed against resizing: our client maps only region fds that
+/// cannot shrink.
 fn memfd(len: u64) -> File {
-    let fd: OwnedFd =
-        nix::sys::memfd::memfd_create(c"interop-region", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
-            .unwrap();
-    let f = File::from(fd);
-    f.set_len(len).unwrap();
-    f
+    let fd: OwnedFd = vfio_io::memory::sealed_memfd(c"interop-region", len as usize).unwrap();
+    File::from(fd)
 }
 
 /// Serves the test device with rust-vmm's server; `mmap_region` adds the
