@@ -1,11 +1,13 @@
 //! Every ioctl the kernel backend issues, and the iommufd UAPI structs that
 //! vfio-bindings does not carry.
 //!
-//! Keeping them in one module keeps the `unsafe` surface to four private
-//! helpers, each of which passes the kernel either nothing, an integer, or a
-//! buffer whose size field it sets itself from the buffer's real length. The
-//! public wrappers pair each request with the one argument type it expects,
-//! so no caller can hand a request the wrong kind of memory.
+//! Keeping them in one module keeps the `unsafe` surface to six small
+//! functions: three private helpers that pass the kernel nothing, an integer,
+//! or a buffer whose size field they set themselves from the buffer's real
+//! length; one that owns an fd an ioctl returned; and the two requests whose
+//! argument is neither (an int through a pointer, a device name). The public
+//! wrappers pair each request with the one argument type it expects, so no
+//! caller can hand a request the wrong kind of memory.
 
 use std::ffi::CStr;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
