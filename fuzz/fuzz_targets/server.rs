@@ -55,6 +55,10 @@ const MAX_SILENT: u32 = 4;
 /// Total time the writer may wait for replies it asked to see: bounds an
 /// input whose size lies desynchronise the stream.
 const SYNC_BUDGET: Duration = Duration::from_millis(1500);
+/// How long the writer waits, after its last message, for that message's
+/// reply before it ends the session: the server may still be asking for DMA
+/// on this socket, which a half-closed socket could not answer.
+const FINAL_WAIT: Duration = Duration::from_secs(2);
 /// The longest the reader waits for the server to say anything.
 const READ_IDLE: Duration = Duration::from_secs(3);
 
@@ -88,6 +92,8 @@ struct Msg {
     fds: u8,
     /// The server will answer it (a command without NO_REPLY).
     answered: bool,
+    /// Its size field disagrees with the bytes sent.
+    lies: bool,
 }
 
 fn parse(c: &mut Cursor<'_>, mode: u8) -> Vec<Msg> {
@@ -102,6 +108,7 @@ fn parse(c: &mut Cursor<'_>, mode: u8) -> Vec<Msg> {
             with_fds: false,
             fds: 0,
             answered: true,
+            lies: false,
         });
     }
     let mut id = 1u16;
@@ -134,6 +141,7 @@ fn parse(c: &mut Cursor<'_>, mode: u8) -> Vec<Msg> {
             with_fds: flags & 0x10 != 0,
             fds,
             answered: flags & 0x27 == 0,
+            lies: flags & 0x20 != 0,
         });
         id = id.wrapping_add(1);
     }
@@ -451,6 +459,13 @@ fuzz_target!(|data: &[u8]| {
                     fds.signal_eventfds();
                 }
                 fds.truncate(m.fds);
+            }
+            // Unless a size field lied (the stream may then be out of step
+            // for good), every answered message gets its reply in order.
+            if !msgs.iter().any(|m| m.lies) {
+                if let Some(last) = msgs.iter().rev().find(|m| m.answered) {
+                    seen.wait(last.id, Instant::now() + FINAL_WAIT);
+                }
             }
             let _ = sock.shutdown(std::net::Shutdown::Write);
         });
