@@ -296,12 +296,13 @@ fn server_seeds() {
             vec![],
             [server_msg(cmd::DMA_MAP, 0, 0, &map), dma_both.clone()].concat(),
         ),
-        // Answered wrongly: a stale id then the right one, an error, a short
-        // read, nothing, the other command's reply.
+        // Answered wrongly: a stale id then the right one, an error, nothing,
+        // the other command's reply (both time out), and a short write echo
+        // (a short read would end the session before the rest).
         (
             "dma_messages_wrong_answers",
             1,
-            vec![3 | 8, 4 | (14 << 3), 5, 6, 7],
+            vec![3 | 8, 4 | (14 << 3), 6, 7, 5],
             [
                 server_msg(cmd::DMA_MAP, 0, 0, &map),
                 dma_both.clone(),
