@@ -75,7 +75,7 @@ fuzz_target!(|data: &[u8]| {
     // Many small writes can fill the socket's buffer (each costs an skb), so
     // a thread writes while this one receives.
     std::thread::scope(|s| {
-        s.spawn(move || {
+        let writer = s.spawn(move || {
             let fd = memfd(0);
             for (i, part) in stream.chunks(chunk).enumerate() {
                 let fds: &[i32] = if fd_mask & (1 << (i % 8)) != 0 {
@@ -97,6 +97,10 @@ fuzz_target!(|data: &[u8]| {
         }
         // Unblocks the writer if the receiver stopped early.
         drop(b);
+        // An explicit join waits for the thread to exit; the scope alone
+        // waits only for its closure, and the thread's TLS teardown would
+        // then race the leak check.
+        writer.join().expect("writer thread");
     });
     leaks.check();
 });
