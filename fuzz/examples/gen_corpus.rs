@@ -47,7 +47,7 @@ fn decode_seeds() {
         v.extend_from_slice(msg);
         v
     };
-    let version = client_version_payload(true);
+    let version = client_version_payload(true, None);
     let region = RegionInfo {
         index: 0,
         flags: 7,
@@ -113,17 +113,81 @@ fn decode_seeds() {
     write("decode", "stream", &with_prefix(&all));
 }
 
+/// A BAR0 register write of the server target (8 bytes at the DMA
+/// registers, 4 elsewhere, as edu wants).
+fn bar0_write(reg: u64, val: u64, fds: u8) -> Vec<u8> {
+    let data = if reg >= edu::regs::DMA_SRC {
+        val.to_ne_bytes().to_vec()
+    } else {
+        (val as u32).to_ne_bytes().to_vec()
+    };
+    let p = region_access(pci_region::BAR0, reg, &data, data.len() as u32);
+    server_msg(cmd::REGION_WRITE, 0, fds, &p)
+}
+
+/// An edu DMA of `count` bytes between RAM at `iova` and the device buffer.
+fn edu_dma(iova: u64, count: u64, to_ram: bool, irq: bool) -> Vec<u8> {
+    let (src, dst) = if to_ram {
+        (edu::DMA_BUF_ADDR, iova)
+    } else {
+        (iova, edu::DMA_BUF_ADDR)
+    };
+    let mut command = edu::DMA_CMD_START;
+    if to_ram {
+        command |= edu::DMA_CMD_TO_RAM;
+    }
+    if irq {
+        command |= edu::DMA_CMD_IRQ;
+    }
+    [
+        bar0_write(edu::regs::DMA_SRC, src, 0),
+        bar0_write(edu::regs::DMA_DST, dst, 0),
+        bar0_write(edu::regs::DMA_COUNT, count, 0),
+        bar0_write(edu::regs::DMA_CMD, command, 0),
+    ]
+    .concat()
+}
+
+fn set_irqs(index: u32, flags: u32, count: u32) -> Vec<u8> {
+    proto::IrqSetMsg {
+        argsz: proto::IRQ_SET_SIZE as u32,
+        flags,
+        index,
+        start: 0,
+        count,
+    }
+    .encode()
+    .to_vec()
+}
+
 fn server_seeds() {
+    // vfio_irq_set flags.
+    const DATA_EVENTFD: u32 = 0x4;
+    const ACTION_UNMASK: u32 = 0x10;
+    const ACTION_TRIGGER: u32 = 0x20;
+    // Flags byte: 0x10 attach fds. Fds byte: bits 0-1 kind (0 eventfds,
+    // 1 sealed memfd, 2 regular file, 3 unsealed memfd), 0x10 wait for the
+    // reply, 0x20 then signal the eventfds, bits 6-7 first eventfd or truncate.
+    const WITH_FDS: u8 = 0x10;
+    const SEALED: u8 = 1;
+    const FILE: u8 = 2;
+    const UNSEALED: u8 = 3;
+    const SYNC: u8 = 0x10;
+    const SIGNAL: u8 = 0x20;
+    const TRUNCATE_TO_0: u8 = 0x40;
     let r = proto::encode_region_info_request(256, pci_region::BAR0);
     let cfg = proto::encode_region_info_request(256, pci_region::CONFIG);
-    let map = proto::DmaMapMsg {
-        argsz: proto::DmaMapMsg::SIZE as u32,
-        flags: proto::DMA_MAP_READ | proto::DMA_MAP_WRITE,
-        offset: 0,
-        address: 0x10000,
-        size: 0x10000,
-    }
-    .encode();
+    let map_at = |offset: u64, size: u64| {
+        proto::DmaMapMsg {
+            argsz: proto::DmaMapMsg::SIZE as u32,
+            flags: proto::DMA_MAP_READ | proto::DMA_MAP_WRITE,
+            offset,
+            address: 0x10000,
+            size,
+        }
+        .encode()
+    };
+    let map = map_at(0, 0x10000);
     let unmap = proto::DmaUnmapMsg {
         argsz: proto::DmaUnmapMsg::SIZE as u32,
         flags: 0,
@@ -131,17 +195,6 @@ fn server_seeds() {
         size: 0x10000,
     }
     .encode();
-    let mut irq = proto::IrqSetMsg {
-        argsz: (proto::IRQ_SET_SIZE + 4) as u32,
-        // DATA_EVENTFD | ACTION_TRIGGER, with the fd attached.
-        flags: 0x4 | 0x20,
-        index: pci_irq::MSI,
-        start: 0,
-        count: 1,
-    }
-    .encode()
-    .to_vec();
-    irq.extend_from_slice(&0u32.to_ne_bytes());
     let mut multi = Vec::new();
     proto::encode_write_multi(
         &[proto::MultiWrite {
@@ -152,124 +205,240 @@ fn server_seeds() {
         }],
         &mut multi,
     );
-    // Mode byte: bit 0 a valid VERSION first, bit 2 twin socket offered, bit 3 write multi.
-    let scripts: Vec<(&str, u8, Vec<u8>)> = vec![
+    let read_status = server_msg(
+        cmd::REGION_READ,
+        0,
+        SYNC,
+        &region_access(pci_region::BAR0, edu::regs::IRQ_STATUS, &[], 4),
+    );
+    // Both directions of an edu DMA, the second raising the DMA interrupt.
+    let dma_both = [
+        edu_dma(0x10000, 64, false, false),
+        edu_dma(0x10800, 4096, true, true),
+    ]
+    .concat();
+    // (name, mode, DMA answer script, steps). Mode: bit 0 a valid VERSION
+    // first, bit 1 the client proposes twin sockets, bit 2 the server offers
+    // them, bit 3 write multi, bit 4 a 256-byte max_data_xfer_size.
+    let scripts: Vec<(&str, u8, Vec<u8>, Vec<u8>)> = vec![
         (
             "info",
             1,
-            server_msg(cmd::DEVICE_GET_INFO, 0, &u32s(&[16, 0, 0, 0])),
+            vec![],
+            server_msg(cmd::DEVICE_GET_INFO, 0, 0, &u32s(&[16, 0, 0, 0])),
         ),
         (
             "regions",
             1,
+            vec![],
             [
-                server_msg(cmd::DEVICE_GET_REGION_INFO, 0, &r),
-                server_msg(cmd::DEVICE_GET_REGION_INFO, 0, &cfg),
+                server_msg(cmd::DEVICE_GET_REGION_INFO, 0, 0, &r),
+                server_msg(cmd::DEVICE_GET_REGION_INFO, 0, 0, &cfg),
             ]
             .concat(),
         ),
         (
             "bar0_rw",
             1,
+            vec![],
             [
-                server_msg(cmd::REGION_READ, 0, &region_access(0, 0, &[], 4)),
-                server_msg(
-                    cmd::REGION_WRITE,
-                    0,
-                    &region_access(0, edu::regs::FACTORIAL, &5u32.to_ne_bytes(), 4),
-                ),
+                server_msg(cmd::REGION_READ, 0, 0, &region_access(0, 0, &[], 4)),
+                bar0_write(edu::regs::FACTORIAL, 5, 0),
                 server_msg(
                     cmd::REGION_READ,
+                    0,
                     0,
                     &region_access(0, edu::regs::FACTORIAL, &[], 4),
                 ),
                 server_msg(
                     cmd::REGION_READ,
                     0,
+                    0,
                     &region_access(pci_region::CONFIG, 0, &[], 64),
                 ),
             ]
             .concat(),
         ),
+        // DMA through a sealed memfd the server maps.
         (
-            "dma",
+            "dma_sealed_memfd",
             1,
+            vec![],
             [
-                server_msg(cmd::DMA_MAP, 0x10, &map),
-                server_msg(
-                    cmd::REGION_WRITE,
-                    0,
-                    &region_access(0, edu::regs::DMA_SRC, &0x10000u64.to_ne_bytes(), 8),
-                ),
-                server_msg(
-                    cmd::REGION_WRITE,
-                    0,
-                    &region_access(0, edu::regs::DMA_DST, &edu::DMA_BUF_ADDR.to_ne_bytes(), 8),
-                ),
-                server_msg(
-                    cmd::REGION_WRITE,
-                    0,
-                    &region_access(0, edu::regs::DMA_COUNT, &64u64.to_ne_bytes(), 8),
-                ),
-                server_msg(
-                    cmd::REGION_WRITE,
-                    0,
-                    &region_access(0, edu::regs::DMA_CMD, &1u64.to_ne_bytes(), 8),
-                ),
-                server_msg(cmd::DMA_UNMAP, 0, &unmap),
+                server_msg(cmd::DMA_MAP, WITH_FDS, SEALED | SYNC, &map),
+                dma_both.clone(),
+                server_msg(cmd::DMA_UNMAP, 0, 0, &unmap),
             ]
             .concat(),
         ),
+        // A regular file, truncated to nothing once mapped, then DMA into it.
         (
-            "irqs",
+            "dma_file_truncated",
             1,
+            vec![],
+            [
+                server_msg(cmd::DMA_MAP, WITH_FDS, FILE | SYNC | TRUNCATE_TO_0, &map),
+                dma_both.clone(),
+            ]
+            .concat(),
+        ),
+        // No fd: the server's DMA goes by DMA_READ/DMA_WRITE, answered right.
+        (
+            "dma_messages",
+            1,
+            vec![],
+            [server_msg(cmd::DMA_MAP, 0, 0, &map), dma_both.clone()].concat(),
+        ),
+        // The same, cut into 256-byte messages on the twin socket.
+        (
+            "dma_messages_twin_small",
+            1 | 2 | 4 | 0x10,
+            vec![],
+            [server_msg(cmd::DMA_MAP, 0, 0, &map), dma_both.clone()].concat(),
+        ),
+        // Answered wrongly: a stale id then the right one, an error, nothing,
+        // the other command's reply (both time out), and a short write echo
+        // (a short read would end the session before the rest).
+        (
+            "dma_messages_wrong_answers",
+            1,
+            vec![3 | 8, 4 | (14 << 3), 6, 7, 5],
+            [
+                server_msg(cmd::DMA_MAP, 0, 0, &map),
+                dma_both.clone(),
+                edu_dma(0x10000, 64, false, false),
+                edu_dma(0x10000, 64, false, false),
+                edu_dma(0x10000, 64, true, false),
+            ]
+            .concat(),
+        ),
+        // MSI with a real eventfd: raising the interrupt signals it.
+        (
+            "irqs_msi_eventfd",
+            1,
+            vec![],
             [
                 server_msg(
                     cmd::DEVICE_GET_IRQ_INFO,
                     0,
+                    0,
                     &u32s(&[16, 0, pci_irq::MSI, 0]),
                 ),
-                server_msg(cmd::DEVICE_SET_IRQS, 0x10, &irq),
                 server_msg(
-                    cmd::REGION_WRITE,
-                    0,
-                    &region_access(0, edu::regs::IRQ_RAISE, &1u32.to_ne_bytes(), 4),
+                    cmd::DEVICE_SET_IRQS,
+                    WITH_FDS,
+                    SYNC,
+                    &set_irqs(pci_irq::MSI, DATA_EVENTFD | ACTION_TRIGGER, 1),
                 ),
+                bar0_write(edu::regs::IRQ_RAISE, 1, 0),
+                edu_dma(0x40000, 8, false, true),
+            ]
+            .concat(),
+        ),
+        // INTx (automasked) with trigger and unmask eventfds: the raised line
+        // masks itself, the harness signals the unmask eventfd, the server
+        // unmasks and the still asserted line fires again.
+        (
+            "irqs_intx_unmask_eventfd",
+            1,
+            vec![],
+            [
+                server_msg(
+                    cmd::DEVICE_SET_IRQS,
+                    WITH_FDS,
+                    SYNC,
+                    &set_irqs(pci_irq::INTX, DATA_EVENTFD | ACTION_TRIGGER, 1),
+                ),
+                server_msg(
+                    cmd::DEVICE_SET_IRQS,
+                    WITH_FDS,
+                    SYNC | 0x40,
+                    &set_irqs(pci_irq::INTX, DATA_EVENTFD | ACTION_UNMASK, 1),
+                ),
+                bar0_write(edu::regs::IRQ_RAISE, 1, SYNC | SIGNAL),
+                read_status.clone(),
+                bar0_write(edu::regs::IRQ_ACK, 1, SYNC),
             ]
             .concat(),
         ),
         (
             "multi_reset",
             1 | 8,
+            vec![],
             [
-                server_msg(cmd::REGION_WRITE_MULTI, 0, &multi),
-                server_msg(cmd::DEVICE_RESET, 0, &[]),
+                server_msg(cmd::REGION_WRITE_MULTI, 0, 0, &multi),
+                server_msg(cmd::DEVICE_RESET, 0, 0, &[]),
             ]
             .concat(),
         ),
         (
             "twin_version",
             1 | 2 | 4,
-            server_msg(cmd::DEVICE_GET_INFO, 0, &u32s(&[16, 0, 0, 0])),
+            vec![],
+            server_msg(cmd::DEVICE_GET_INFO, 0, 0, &u32s(&[16, 0, 0, 0])),
         ),
         (
             "no_version",
             0,
-            server_msg(cmd::VERSION, 0, &client_version_payload(false)),
+            vec![],
+            server_msg(cmd::VERSION, 0, 0, &client_version_payload(false, None)),
+        ),
+        // Regressions: a DMA_MAP range past the end of the fd's file, and an
+        // unmask "eventfd" that is a memfd (always readable).
+        (
+            "dma_map_past_file_end",
+            1,
+            vec![],
+            [
+                server_msg(cmd::DMA_MAP, WITH_FDS, SEALED, &map_at(0x8000, 0x10000)),
+                server_msg(cmd::DMA_MAP, WITH_FDS, UNSEALED, &map_at(0x10000, 0x1000)),
+                edu_dma(0x10000, 64, false, false),
+            ]
+            .concat(),
+        ),
+        (
+            "unmask_fd_not_an_eventfd",
+            1,
+            vec![],
+            [
+                server_msg(
+                    cmd::DEVICE_SET_IRQS,
+                    WITH_FDS,
+                    UNSEALED,
+                    &set_irqs(pci_irq::INTX, DATA_EVENTFD | ACTION_UNMASK, 1),
+                ),
+                read_status,
+            ]
+            .concat(),
         ),
     ];
-    for (name, mode, body) in scripts {
-        let mut v = vec![mode];
+    for (name, mode, answers, body) in scripts {
+        let mut v = vec![mode, answers.len() as u8];
+        v.extend_from_slice(&answers);
         v.extend_from_slice(&body);
         write("server", name, &v);
     }
 }
 
+/// A client-target input: mode, the driver script (length first), then the
+/// fake server's script.
+fn client_seed(mode: u8, driver: &[u8], server: &[&[u8]]) -> Vec<u8> {
+    let mut v = vec![mode];
+    v.extend_from_slice(&(driver.len() as u16).to_le_bytes());
+    v.extend_from_slice(driver);
+    for step in server {
+        v.extend_from_slice(step);
+    }
+    v
+}
+
 fn client_seeds() {
-    // Mode 0: no twin socket, 1 MiB transfers. Steps: op 0 answers validly;
-    // DEVICE_GET_INFO's valid answer reads flags, num_regions, num_irqs; a
-    // region's reads caps kind, flags u32, size u32, offset u16.
-    let region = |k: u8| {
+    // Fake server steps. Op 0 answers validly: DEVICE_GET_INFO's answer reads
+    // flags, num_regions, num_irqs; a region's reads a caps byte (bit 0
+    // sparse areas, bit 1 type, bit 3 attach the region fd), flags u32, size
+    // u32, offset u16; REGION_READ's reads the data. Op 4 is an error reply,
+    // op 7 a DMA command before the next step.
+    let region = |k: u8, flags: u32, size: u32| {
         let mut v = vec![0u8, k];
         if k & 1 != 0 {
             v.extend_from_slice(&[1, 0, 0x10, 0]);
@@ -277,63 +446,146 @@ fn client_seeds() {
         if k & 2 != 0 {
             v.extend_from_slice(&[0; 8]);
         }
-        v.extend_from_slice(&7u32.to_le_bytes());
-        v.extend_from_slice(&4096u32.to_le_bytes());
+        v.extend_from_slice(&flags.to_le_bytes());
+        v.extend_from_slice(&size.to_le_bytes());
         v.extend_from_slice(&[0, 0]);
         v
     };
-    let info = |n: u8| vec![0u8, 1, n, 2];
+    let info = |regions: u8, irqs: u8| vec![0u8, 1, regions, irqs];
     let err = vec![4u8, 95];
+    let ok = vec![0u8];
+    // op 7, a DMA command: kind byte (bit 0 write, bit 1 into a mapping the
+    // fake server saw, bit 2 a data length of its own), then the mapping's
+    // index and offset or an address and shift, count u16, data, id u16.
+    let dma_into_map = |write: bool, offset: u16, count: u16, id: u16| {
+        let mut v = vec![7u8, 2 | u8::from(write), 0];
+        v.extend_from_slice(&offset.to_le_bytes());
+        v.extend_from_slice(&count.to_le_bytes());
+        if write {
+            v.extend((0..count).map(|i| i as u8));
+        }
+        v.extend_from_slice(&id.to_le_bytes());
+        v
+    };
+    let mut dma_unmapped = vec![7u8, 0];
+    dma_unmapped.extend_from_slice(&0x0099_0000u32.to_le_bytes());
+    dma_unmapped.extend_from_slice(&[0, 16, 0, 9, 0]);
+
+    // Driver ops: 0 read (region u8, offset u16, len u16), 1 write and
+    // 2 posted write (the same, then the data), 3 SET_IRQS with eventfds
+    // (index, start, kind byte), 4 SET_IRQS without (index, start, count,
+    // kind byte, bools), 5 dma_map (kind byte, IOVA page), 6 dma_unmap (IOVA
+    // page, pages), 7 irq_info (index), 8 reset.
+    let rw = |op: u8, region: u8, offset: u16, len: u16| {
+        let mut v = vec![op, region];
+        v.extend_from_slice(&offset.to_le_bytes());
+        v.extend_from_slice(&len.to_le_bytes());
+        if op != 0 {
+            v.extend((0..len).map(|i| i as u8 ^ 0x5a));
+        }
+        v
+    };
+    let handshake = |regions: &[Vec<u8>], irqs: u8| {
+        let mut v = vec![ok.clone(), info(regions.len() as u8, irqs)];
+        v.extend(regions.iter().cloned());
+        v.push(err.clone());
+        v.push(err.clone());
+        v
+    };
+    let as_steps = |v: &[Vec<u8>]| v.concat();
+    // dma_map (of the given kind) at IOVA 0x1000, DMA commands while its
+    // DMA_MAP waits for the answer, then dma_unmap.
+    let dma_map_serve = |mode: u8, kind: u8| {
+        client_seed(
+            mode,
+            &[5, kind, 1, 6, 1, 1],
+            &[
+                &as_steps(&handshake(&[], 0)),
+                &dma_into_map(true, 16, 64, 0x100),
+                &dma_into_map(false, 0, 128, 0x101),
+                &dma_unmapped,
+                &ok,
+                &ok,
+            ],
+        )
+    };
+
     let seeds: Vec<(&str, Vec<u8>)> = vec![
-        ("version_only", vec![0, 0]),
+        ("version_only", client_seed(0, &[], &[&[0]])),
+        ("error_version", client_seed(0, &[], &[&[4, 22]])),
         (
-            "no_regions",
-            [vec![0, 0], info(0), err.clone(), err.clone()].concat(),
+            "handshake_regions",
+            client_seed(
+                0,
+                &[],
+                &[&as_steps(&handshake(
+                    &[region(1, 7, 4096), region(7, 3, 4096)],
+                    0,
+                ))],
+            ),
         ),
+        // Region 0 mmapped (its accesses go to memory), region 1 by messages.
         (
-            "one_region",
-            [vec![0, 0], info(1), region(0), err.clone(), err.clone()].concat(),
+            "region_rw",
+            client_seed(
+                0,
+                &[
+                    rw(0, 0, 0, 4),
+                    rw(1, 0, 8, 4),
+                    rw(0, 1, 16, 4),
+                    rw(1, 1, 16, 8),
+                    rw(2, 1, 32, 4),
+                    rw(0, 1, 0, 4),
+                ]
+                .concat(),
+                &[
+                    &as_steps(&handshake(&[region(8, 7, 4096), region(0, 3, 0x10000)], 0)),
+                    &[0, 1, 2, 3, 4],
+                    &ok,
+                    // Not posted after all: with an area mapped, the client
+                    // waits for the write's reply to keep the order.
+                    &ok,
+                    &[0, 9, 9, 9, 9],
+                ],
+            ),
         ),
+        // MSI eventfds attached (the fake server fires them), detached, and
+        // SET_IRQS by bools; then irq_info and a reset.
         (
-            "caps_region",
-            [
-                vec![0, 0],
-                info(2),
-                region(1),
-                region(7),
-                err.clone(),
-                err.clone(),
-            ]
-            .concat(),
+            "set_irqs_eventfds",
+            client_seed(
+                0,
+                &[3, 1, 0, 0x00, 3, 1, 0, 0x10, 4, 1, 0, 1, 1, 1, 7, 1, 8],
+                &[
+                    &as_steps(&handshake(&[], 5)),
+                    &ok,
+                    &ok,
+                    &ok,
+                    &[0, 4, 1],
+                    &ok,
+                ],
+            ),
         ),
-        (
-            "dma_first",
-            [
-                vec![0, 6, 11, 0, 16],
-                vec![0; 16],
-                vec![0, 0],
-                vec![0],
-                info(0),
-                err.clone(),
-                err,
-            ]
-            .concat(),
-        ),
-        ("error_version", vec![0, 4, 22]),
+        // A heap buffer with a sealed memfd mapped at IOVA 0x1000; while the
+        // DMA_MAP is pending the fake server writes into it, reads it back,
+        // and reads an unmapped address; then the buffer is unmapped.
+        ("dma_map_serve", dma_map_serve(0, 0)),
+        // The same over a twin socket, with a DmaBuffer.
+        ("dma_map_serve_twin", dma_map_serve(1 | 4, 1)),
     ];
     for (name, v) in seeds {
         write("client", name, &v);
     }
     // A valid VERSION reply frame to splice in as raw bytes (op 5).
-    let p = server_version_payload();
+    let p = server_version_payload(None);
     let f = frame(
         &Header::reply(&Header::command(0, cmd::VERSION, 0), p.len()),
         &p,
     );
-    let mut raw = vec![0u8, 5];
+    let mut raw = vec![5u8];
     raw.extend_from_slice(&(f.len() as u16).to_le_bytes());
     raw.extend_from_slice(&f);
-    write("client", "raw_version", &raw);
+    write("client", "raw_version", &client_seed(0, &[], &[&raw]));
 }
 
 fn main() {

@@ -9,7 +9,7 @@ use libfuzzer_sys::fuzz_target;
 use vfio_io::user::proto::{self, Header};
 use vfio_io::user::version::VersionCaps;
 use vfio_io::user::wire::{send_msg, Receiver};
-use vfio_io_fuzz::{memfd, Cursor, MAX_INPUT};
+use vfio_io_fuzz::{memfd, Cursor, FdLeakCheck, MAX_INPUT};
 
 /// Every payload decoder on one byte string. Results are dropped: only
 /// panics (and sanitizer reports) count.
@@ -46,6 +46,7 @@ fn decoders(b: &[u8]) {
 
 fuzz_target!(|data: &[u8]| {
     let data = &data[..data.len().min(MAX_INPUT)];
+    let leaks = FdLeakCheck::start();
     // The whole input, and the payload after a 16-byte header as a receiver
     // would hand it over.
     decoders(data);
@@ -74,7 +75,7 @@ fuzz_target!(|data: &[u8]| {
     // Many small writes can fill the socket's buffer (each costs an skb), so
     // a thread writes while this one receives.
     std::thread::scope(|s| {
-        s.spawn(move || {
+        let writer = s.spawn(move || {
             let fd = memfd(0);
             for (i, part) in stream.chunks(chunk).enumerate() {
                 let fds: &[i32] = if fd_mask & (1 << (i % 8)) != 0 {
@@ -96,5 +97,10 @@ fuzz_target!(|data: &[u8]| {
         }
         // Unblocks the writer if the receiver stopped early.
         drop(b);
+        // An explicit join waits for the thread to exit; the scope alone
+        // waits only for its closure, and the thread's TLS teardown would
+        // then race the leak check.
+        writer.join().expect("writer thread");
     });
+    leaks.check();
 });

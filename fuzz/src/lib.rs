@@ -1,9 +1,18 @@
 //! Helpers shared by the fuzz targets and the seed-corpus generator: a cursor
-//! over the fuzz input, message framing, and the few valid messages that get
-//! the fuzzers past the VERSION handshake.
+//! over the fuzz input, message framing, the few valid messages that get the
+//! fuzzers past the VERSION handshake, the real fds the harnesses pass
+//! (eventfds, sealed and unsealed memfds, a regular file), and the per-input
+//! fd leak check.
 
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::time::Duration;
 
+use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use nix::sys::memfd::{memfd_create, MFdFlags};
 use vfio_io::user::proto::{self, Header, HEADER_SIZE};
 use vfio_io::user::version::{self, VersionCaps};
 
@@ -44,6 +53,12 @@ impl<'a> Cursor<'a> {
         self.pos = end;
         &self.data[start..end]
     }
+
+    /// The next `n` bytes as a cursor of their own (fewer at the end), so
+    /// two peers running at once each consume their own part of the input.
+    pub fn split(&mut self, n: usize) -> Cursor<'a> {
+        Cursor::new(self.bytes(n))
+    }
 }
 
 /// Header and payload as one buffer.
@@ -53,47 +68,170 @@ pub fn frame(h: &Header, payload: &[u8]) -> Vec<u8> {
     v
 }
 
-/// A client's VERSION command payload, optionally proposing twin sockets.
-pub fn client_version_payload(twin: bool) -> Vec<u8> {
-    let caps = VersionCaps {
+/// A client's VERSION command payload, optionally proposing twin sockets and
+/// a small max_data_xfer_size (so the server cuts its DMA into many messages).
+pub fn client_version_payload(twin: bool, max_data_xfer_size: Option<u32>) -> Vec<u8> {
+    let mut caps = VersionCaps {
         twin_socket: twin,
         ..VersionCaps::default()
     };
+    if let Some(m) = max_data_xfer_size {
+        caps.max_data_xfer_size = m;
+    }
     proto::encode_version(version::MAJOR, version::MINOR, &caps.to_json())
 }
 
-/// A server's VERSION reply payload, declining twin sockets (so no fd is needed).
-pub fn server_version_payload() -> Vec<u8> {
+/// A server's VERSION reply payload; with `twin_fd_index`, offering twin
+/// sockets with the socket passed as that fd.
+pub fn server_version_payload(twin_fd_index: Option<u32>) -> Vec<u8> {
     let caps = VersionCaps {
-        twin_socket: false,
+        twin_socket: twin_fd_index.is_some(),
+        twin_fd_index,
         ..VersionCaps::default()
     };
     proto::encode_version(version::MAJOR, version::MINOR, &caps.to_json())
 }
 
-/// A small memfd to attach to messages: DMA_MAP maps it, SET_IRQS uses it as
-/// an eventfd stand-in (writes of 8 bytes succeed), the client mmaps it as a
-/// region fd.
+fn new_memfd(sealing: bool) -> OwnedFd {
+    let mut flags = MFdFlags::MFD_CLOEXEC;
+    if sealing {
+        flags |= MFdFlags::MFD_ALLOW_SEALING;
+    }
+    memfd_create(c"vfio-io-fuzz", flags).expect("memfd_create")
+}
+
+/// A memfd of `len` bytes that can still shrink: the server must not map it
+/// for DMA, and as an "eventfd" it must be refused.
 pub fn memfd(len: i64) -> OwnedFd {
-    // SAFETY: memfd_create takes a NUL-terminated name (a C string literal)
-    // and flags; it returns a new fd or -1 and touches no memory of ours.
-    let fd = unsafe { libc::memfd_create(c"vfio-io-fuzz".as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(fd >= 0, "memfd_create failed");
-    // SAFETY: fd was just created by memfd_create and nothing else owns it.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: ftruncate on an fd we own; failure only leaves it 0 bytes long.
-    unsafe { libc::ftruncate(std::os::fd::AsRawFd::as_raw_fd(&fd), len) };
+    let fd = new_memfd(false);
+    nix::unistd::ftruncate(&fd, len).expect("ftruncate memfd");
     fd
+}
+
+/// The byte at `offset` of the memory the harnesses hand out for DMA: not a
+/// multiple of 256 long, so a copy between two places shows as a change.
+pub fn pattern(offset: u64) -> u8 {
+    (offset % 251) as u8
+}
+
+/// Fills the first `len` bytes of `fd` with [`pattern`].
+fn fill(fd: OwnedFd, len: u64) -> OwnedFd {
+    let f = File::from(fd);
+    let bytes: Vec<u8> = (0..len).map(pattern).collect();
+    std::os::unix::fs::FileExt::write_all_at(&f, &bytes, 0).expect("fill DMA memory");
+    f.into()
+}
+
+/// A memfd of `len` bytes sealed against shrinking and growing, as QEMU's
+/// memory backends pass them: the server maps it for DMA. Filled with
+/// [`pattern`], so DMA moves something visible.
+pub fn sealed_memfd(len: i64) -> OwnedFd {
+    let fd = new_memfd(true);
+    nix::unistd::ftruncate(&fd, len).expect("ftruncate memfd");
+    let fd = fill(fd, len as u64);
+    fcntl(
+        &fd,
+        FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW),
+    )
+    .expect("F_ADD_SEALS");
+    fd
+}
+
+/// An unnamed regular file of `len` bytes on tmpfs (/dev/shm), or in the
+/// temporary directory where /dev/shm is missing: a file that can shrink
+/// while the server holds it (no seals on regular files).
+pub fn shm_file(len: u64) -> File {
+    let open = |dir: &std::path::Path| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC)
+            .open(dir)
+    };
+    let f = open(std::path::Path::new("/dev/shm"))
+        .or_else(|_| open(&std::env::temp_dir()))
+        .expect("O_TMPFILE in /dev/shm or the temporary directory");
+    f.set_len(len).expect("size the DMA file");
+    fill(f.into(), len).into()
+}
+
+/// A real eventfd, non-blocking so the harness can drain it without waiting.
+pub fn eventfd() -> OwnedFd {
+    EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+        .expect("eventfd")
+        .into()
+}
+
+/// Waits up to `timeout` for `fd` to be readable (or hung up).
+pub fn readable_within(fd: BorrowedFd<'_>, timeout: Duration) -> bool {
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    let mut p = [PollFd::new(fd, PollFlags::POLLIN)];
+    matches!(
+        poll(&mut p, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)),
+        Ok(n) if n > 0
+    )
+}
+
+/// Waits up to `timeout` for any of `fds`; returns which are readable.
+pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout: Duration) -> Vec<bool> {
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    let mut p: Vec<PollFd<'_>> = fds
+        .iter()
+        .map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLIN))
+        .collect();
+    if poll(
+        &mut p,
+        PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+    )
+    .is_err()
+    {
+        return vec![false; fds.len()];
+    }
+    p.iter()
+        .map(|p| p.revents().is_some_and(|r| !r.is_empty()))
+        .collect()
+}
+
+/// Number of open fds of this process.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Checks that one fuzz input leaves no fd open: every fd a harness, a
+/// client or a server opened for the input is closed once its threads are
+/// joined. Create it first thing in the input, call `check` last.
+pub struct FdLeakCheck {
+    before: usize,
+}
+
+impl FdLeakCheck {
+    pub fn start() -> Self {
+        FdLeakCheck { before: open_fds() }
+    }
+
+    /// Panics (a libFuzzer crash, with the input saved) on a leaked fd.
+    pub fn check(self) {
+        let after = open_fds();
+        assert!(
+            after <= self.before,
+            "fd leak: {} open before this input, {after} after",
+            self.before
+        );
+    }
 }
 
 /// Largest fuzz input processed; longer ones are cut so writes never fill
 /// the socket buffers and block (the peers run concurrently anyway).
 pub const MAX_INPUT: usize = 64 * 1024;
 
-/// Encodes a server-target input message: (command, flags byte, payload).
-pub fn server_msg(command: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
+/// Encodes one step of the server target: (command, flags byte, fds byte,
+/// payload); see fuzz_targets/server.rs for what the two bytes mean.
+pub fn server_msg(command: u16, flags: u8, fds: u8, payload: &[u8]) -> Vec<u8> {
     let mut v = command.to_le_bytes().to_vec();
     v.push(flags);
+    v.push(fds);
     v.extend_from_slice(&(payload.len() as u16).to_le_bytes());
     v.extend_from_slice(payload);
     v
