@@ -420,6 +420,7 @@ fuzz_target!(|data: &[u8]| {
         write_multiple: mode & 8 != 0,
         // Short, so a DMA request the harness leaves unanswered costs little.
         timeout: SERVER_TIMEOUT,
+        dma_timeout: SERVER_TIMEOUT,
         ..ServerConfig::default()
     };
     let fds = Fds::new();
