@@ -282,7 +282,7 @@ mod tests {
 
     use nix::errno::Errno;
 
-    use super::super::mock_kernel::{MockFd, RegionAnswer, Script};
+    use super::super::mock_kernel::{DmaBufAnswer, MockFd, RegionAnswer, Script};
     use super::*;
     use crate::bytes::{u32_at, u64_at};
     use crate::caps::Source;
@@ -549,7 +549,7 @@ mod tests {
     #[test]
     fn dma_buf_answered_without_an_fd_is_eio() {
         let (d, _dev) = open_mock(Script {
-            dma_buf_fd: false,
+            dma_buf: DmaBufAnswer::NoFd,
             ..edu_like()
         });
         let e = d.region_create_dma_buf(0, &[(0, 0x1000)]).unwrap_err();
@@ -583,10 +583,12 @@ mod tests {
         assert_eq!(e.errno(), libc::EINVAL);
         assert!(e.to_string().contains("VFIO_DEVICE_GET_IRQ_INFO"), "{e}");
         let (d, _dev) = open_mock(Script {
-            fail: vec![(ioctl::VFIO_DEVICE_FEATURE, Errno::EINVAL)],
+            dma_buf: DmaBufAnswer::Fails(Errno::EINVAL),
             ..edu_like()
         });
-        assert!(d.region_create_dma_buf(0, &[]).is_ok_and(|fd| fd.is_none()));
+        let e = d.region_create_dma_buf(0, &[(1, 3)]).unwrap_err();
+        assert_eq!(e.errno(), libc::EINVAL);
+        assert!(e.to_string().contains("VFIO_DEVICE_FEATURE"), "{e}");
     }
 
     #[test]

@@ -43,6 +43,18 @@ pub enum RegionAnswer {
     Refused(Errno),
 }
 
+/// How the mock answers a DMA_BUF GET of a device that has the feature.
+#[derive(Debug, Clone, Copy)]
+pub enum DmaBufAnswer {
+    /// A new fd, as the kernel does.
+    Fd,
+    /// 0 instead of an fd.
+    NoFd,
+    /// The request is refused with this errno (as the kernel refuses a range
+    /// outside the region).
+    Fails(Errno),
+}
+
 /// What a scripted object answers. One script serves every kind of object;
 /// each request reads only the fields it concerns.
 #[derive(Debug, Clone)]
@@ -58,8 +70,8 @@ pub struct Script {
     pub features: Vec<u32>,
     /// What a GET of a feature other than DMA_BUF writes into its payload.
     pub feature_reply: Vec<u8>,
-    /// Whether a DMA_BUF GET returns a new fd (else it returns 0).
-    pub dma_buf_fd: bool,
+    /// What a DMA_BUF GET returns.
+    pub dma_buf: DmaBufAnswer,
     /// VFIO_GET_API_VERSION of a container.
     pub api_version: i32,
     /// The IOMMU types VFIO_CHECK_EXTENSION of a container reports.
@@ -84,7 +96,7 @@ impl Default for Script {
             irqs: Vec::new(),
             features: Vec::new(),
             feature_reply: Vec::new(),
-            dma_buf_fd: true,
+            dma_buf: DmaBufAnswer::Fd,
             api_version: uapi::VFIO_API_VERSION as i32,
             extensions: vec![uapi::VFIO_TYPE1v2_IOMMU],
             group_flags: uapi::VFIO_GROUP_FLAGS_VIABLE,
@@ -434,11 +446,14 @@ impl Kernel for MockKernel {
                 return Err(Errno::ENOTTY);
             }
             s.feature(buf)?;
-            if !s.script.dma_buf_fd {
-                return Ok(None);
+            match s.script.dma_buf {
+                DmaBufAnswer::Fd => {
+                    let fd = File::open("/dev/null").map_err(|_| Errno::EMFILE)?;
+                    Ok(Some(fd.into()))
+                }
+                DmaBufAnswer::NoFd => Ok(None),
+                DmaBufAnswer::Fails(e) => Err(e),
             }
-            let fd = File::open("/dev/null").map_err(|_| Errno::EMFILE)?;
-            Ok(Some(fd.into()))
         })
     }
 
