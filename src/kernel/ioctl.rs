@@ -1,17 +1,20 @@
 //! Every ioctl the kernel backend issues, and the iommufd UAPI structs that
 //! vfio-bindings does not carry.
 //!
-//! Keeping them in one module keeps the `unsafe` surface to six small
-//! functions: three private helpers that pass the kernel nothing, an integer,
-//! or a buffer whose size field they set themselves from the buffer's real
-//! length; one that owns an fd an ioctl returned; and the two requests whose
-//! argument is neither (an int through a pointer, a device name). The public
-//! wrappers pair each request with the one argument type it expects, so no
-//! caller can hand a request the wrong kind of memory.
+//! Keeping them in one module keeps the `unsafe` surface to the six methods
+//! of [`Linux`], one per kind of argument: nothing or an integer, a struct
+//! whose size field is set from its real size, a byte buffer whose argsz is
+//! its real length (with or without a new fd coming back), an int through a
+//! pointer, and a device name. The public wrappers pair each request with the
+//! one argument type it expects, so no caller can hand a request the wrong
+//! kind of memory. Under `cfg(test)` the wrappers talk to `mock_kernel`
+//! instead, which is safe Rust.
 
+use std::any::Any;
 use std::ffi::CStr;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
+use nix::errno::Errno;
 use nix::sys::ioctl::ioctl_num_type as Req;
 use vfio_bindings::bindings::vfio as uapi;
 
@@ -166,8 +169,16 @@ const _: () = assert!(std::mem::size_of::<IommuIoasMapFile>() == 40);
 const _: () = assert!(std::mem::size_of::<IommuIoasUnmap>() == 24);
 
 /// A fixed-size UAPI struct whose first u32 is its own size (`argsz`/`size`).
-trait SizedArg {
+pub(super) trait SizedArg: Any + Send {
+    /// Sets the size field to `size_of::<Self>()`.
     fn set_size(&mut self);
+    /// The size field as it stands, which the mock kernel checks.
+    #[cfg(test)]
+    fn size(&self) -> u32;
+    /// A copy, for the record the mock kernel keeps (not every binding
+    /// derives `Copy`).
+    #[cfg(test)]
+    fn duplicate(&self) -> Self;
 }
 
 macro_rules! sized_arg {
@@ -175,6 +186,14 @@ macro_rules! sized_arg {
         $(impl SizedArg for $t {
             fn set_size(&mut self) {
                 self.$field = std::mem::size_of::<Self>() as u32;
+            }
+            #[cfg(test)]
+            fn size(&self) -> u32 {
+                self.$field
+            }
+            #[cfg(test)]
+            fn duplicate(&self) -> Self {
+                *self
             }
         })*
     };
@@ -185,7 +204,6 @@ sized_arg!(
     uapi::vfio_device_info => argsz,
     uapi::vfio_irq_info => argsz,
     uapi::vfio_iommu_type1_dma_map => argsz,
-    uapi::vfio_iommu_type1_dma_unmap => argsz,
     uapi::vfio_device_bind_iommufd => argsz,
     uapi::vfio_device_attach_iommufd_pt => argsz,
     IommuDestroy => size,
@@ -195,19 +213,129 @@ sized_arg!(
     IommuIoasUnmap => size,
 );
 
-fn check(op: &'static str, ret: libc::c_int) -> Result<i32> {
+// Its trailing flexible array keeps the binding from deriving Copy.
+impl SizedArg for uapi::vfio_iommu_type1_dma_unmap {
+    fn set_size(&mut self) {
+        self.argsz = std::mem::size_of::<Self>() as u32;
+    }
+    #[cfg(test)]
+    fn size(&self) -> u32 {
+        self.argsz
+    }
+    #[cfg(test)]
+    fn duplicate(&self) -> Self {
+        uapi::vfio_iommu_type1_dma_unmap {
+            argsz: self.argsz,
+            flags: self.flags,
+            iova: self.iova,
+            size: self.size,
+            data: Default::default(),
+        }
+    }
+}
+
+/// What the kernel answers one request: its non-negative return, or an errno.
+pub(super) type Answer<T> = std::result::Result<T, Errno>;
+
+/// The kernel's side of each kind of request. The public wrappers below build
+/// every argument and name every operation, then hand the request to
+/// [`Active`]: [`Linux`], which issues the ioctl, or under `cfg(test)` the
+/// scripted stand-in in `mock_kernel`, so that the logic above this trait runs
+/// in unit tests on any machine.
+pub(super) trait Kernel {
+    /// A request whose argument is an integer passed by value, or nothing.
+    fn val(fd: BorrowedFd<'_>, req: Req, val: libc::c_ulong) -> Answer<i32>;
+    /// A request on a fixed-size struct whose size field is already set.
+    fn sized<T: SizedArg>(fd: BorrowedFd<'_>, req: Req, arg: &mut T) -> Answer<i32>;
+    /// A request on a header and its data in `buf`, whose argsz already says
+    /// `buf.len()`.
+    fn bytes(fd: BorrowedFd<'_>, req: Req, buf: &mut [u8]) -> Answer<i32>;
+    /// As [`Kernel::bytes`], for a request that installs a new fd and returns
+    /// it; `None` when the request returned 0 instead.
+    fn bytes_new_fd(fd: BorrowedFd<'_>, req: Req, buf: &mut [u8]) -> Answer<Option<OwnedFd>>;
+    /// `VFIO_GROUP_SET_CONTAINER`, whose argument is an int behind a pointer.
+    fn set_container(group: BorrowedFd<'_>, container: BorrowedFd<'_>) -> Answer<()>;
+    /// `VFIO_GROUP_GET_DEVICE_FD`, whose argument is a device name.
+    fn get_device_fd(group: BorrowedFd<'_>, name: &CStr) -> Answer<OwnedFd>;
+}
+
+/// The kernel itself.
+#[cfg_attr(test, allow(dead_code))]
+struct Linux;
+
+fn check(ret: libc::c_int) -> Answer<i32> {
     if ret < 0 {
-        Err(Error::sys(op, nix::errno::Errno::last()))
+        Err(Errno::last())
     } else {
         Ok(ret)
     }
 }
 
+impl Kernel for Linux {
+    fn val(fd: BorrowedFd<'_>, req: Req, val: libc::c_ulong) -> Answer<i32> {
+        // SAFETY: only called with requests that take their argument by value
+        // (or ignore it), so the kernel dereferences no memory of ours.
+        check(unsafe { libc::ioctl(fd.as_raw_fd(), req, val) })
+    }
+
+    fn sized<T: SizedArg>(fd: BorrowedFd<'_>, req: Req, arg: &mut T) -> Answer<i32> {
+        // SAFETY: `arg` is a live, exclusively borrowed T whose size field
+        // io_struct (the only caller) set to size_of::<T>(), and each wrapper
+        // pairs `req` with the struct it expects, so the kernel reads and
+        // writes only inside `arg`.
+        check(unsafe { libc::ioctl(fd.as_raw_fd(), req, arg as *mut T) })
+    }
+
+    fn bytes(fd: BorrowedFd<'_>, req: Req, buf: &mut [u8]) -> Answer<i32> {
+        // SAFETY: io_bytes (the only caller) set argsz to the buffer's length,
+        // so the kernel (which bounds its copies by argsz for every request
+        // passed here) stays inside `buf`. The kernel copies with
+        // copy_from_user/copy_to_user, which need no alignment.
+        check(unsafe { libc::ioctl(fd.as_raw_fd(), req, buf.as_mut_ptr()) })
+    }
+
+    fn bytes_new_fd(fd: BorrowedFd<'_>, req: Req, buf: &mut [u8]) -> Answer<Option<OwnedFd>> {
+        let ret = Self::bytes(fd, req, buf)?;
+        // SAFETY: a positive return of a request that installs a new fd in
+        // this process's table (the DMA_BUF feature) is that fd; nothing else
+        // knows it, so it is ours to own and close.
+        Ok((ret > 0).then(|| unsafe { OwnedFd::from_raw_fd(ret) }))
+    }
+
+    fn set_container(group: BorrowedFd<'_>, container: BorrowedFd<'_>) -> Answer<()> {
+        let mut raw: RawFd = container.as_raw_fd();
+        // SAFETY: this request reads one int through the pointer, which points
+        // at a live local.
+        check(unsafe {
+            libc::ioctl(
+                group.as_raw_fd(),
+                VFIO_GROUP_SET_CONTAINER,
+                &mut raw as *mut RawFd,
+            )
+        })
+        .map(drop)
+    }
+
+    fn get_device_fd(group: BorrowedFd<'_>, name: &CStr) -> Answer<OwnedFd> {
+        // SAFETY: this request reads a NUL-terminated string, which `name` is.
+        let ret = check(unsafe {
+            libc::ioctl(group.as_raw_fd(), VFIO_GROUP_GET_DEVICE_FD, name.as_ptr())
+        })?;
+        // SAFETY: GET_DEVICE_FD returns a new fd in this process's table;
+        // nothing else knows it, so it is ours to own and close.
+        Ok(unsafe { OwnedFd::from_raw_fd(ret) })
+    }
+}
+
+/// Where the wrappers send their requests.
+#[cfg(not(test))]
+type Active = Linux;
+#[cfg(test)]
+type Active = super::mock_kernel::MockKernel;
+
 /// An ioctl whose argument is an integer passed by value, or nothing.
 fn io_val(fd: BorrowedFd<'_>, op: &'static str, req: Req, val: libc::c_ulong) -> Result<i32> {
-    // SAFETY: only called below with requests that take their argument by
-    // value (or ignore it), so the kernel dereferences no memory of ours.
-    check(op, unsafe { libc::ioctl(fd.as_raw_fd(), req, val) })
+    Active::val(fd, req, val).map_err(|e| Error::sys(op, e))
 }
 
 /// An ioctl on a fixed-size struct that starts with its own size.
@@ -218,37 +346,25 @@ fn io_struct<T: SizedArg>(
     arg: &mut T,
 ) -> Result<i32> {
     arg.set_size();
-    // SAFETY: `arg` is a live, exclusively borrowed T whose size field now says
-    // size_of::<T>(), and each caller pairs `req` with the struct it expects,
-    // so the kernel reads and writes only inside `arg`.
-    check(op, unsafe {
-        libc::ioctl(fd.as_raw_fd(), req, arg as *mut T)
-    })
+    Active::sized(fd, req, arg).map_err(|e| Error::sys(op, e))
 }
 
-/// An ioctl on a variable-length argument (a header followed by data) held in
-/// a byte buffer; argsz is set to the buffer's length.
-fn io_bytes(fd: BorrowedFd<'_>, op: &'static str, req: Req, buf: &mut [u8]) -> Result<i32> {
+/// Sets argsz of a variable-length argument (a header followed by data) to
+/// the buffer's length, refusing buffers that cannot hold a header.
+fn set_argsz(buf: &mut [u8]) -> Result<()> {
     let argsz =
         u32::try_from(buf.len()).map_err(|_| Error::InvalidArgument("ioctl argument too large"))?;
     if buf.len() < 8 {
         return Err(Error::InvalidArgument("ioctl argument too small"));
     }
     buf[..4].copy_from_slice(&argsz.to_ne_bytes());
-    // SAFETY: argsz equals the buffer's length, so the kernel (which bounds its
-    // copies by argsz for every request passed here) stays inside `buf`. The
-    // kernel copies with copy_from_user/copy_to_user, which need no alignment.
-    check(op, unsafe {
-        libc::ioctl(fd.as_raw_fd(), req, buf.as_mut_ptr())
-    })
+    Ok(())
 }
 
-/// Wraps an fd that an ioctl just returned.
-fn new_fd(raw: i32) -> OwnedFd {
-    // SAFETY: `raw` is the non-negative return value of an ioctl that installs
-    // a new fd in this process's table (GET_DEVICE_FD, the DMA_BUF feature);
-    // nothing else knows it, so it is ours to own and close.
-    unsafe { OwnedFd::from_raw_fd(raw) }
+/// An ioctl on a variable-length argument held in a byte buffer.
+fn io_bytes(fd: BorrowedFd<'_>, op: &'static str, req: Req, buf: &mut [u8]) -> Result<i32> {
+    set_argsz(buf)?;
+    Active::bytes(fd, req, buf).map_err(|e| Error::sys(op, e))
 }
 
 /// `VFIO_GET_API_VERSION`.
@@ -291,24 +407,12 @@ pub fn group_status(group: BorrowedFd<'_>) -> Result<u32> {
 
 /// `VFIO_GROUP_SET_CONTAINER`.
 pub fn group_set_container(group: BorrowedFd<'_>, container: BorrowedFd<'_>) -> Result<()> {
-    let mut raw: RawFd = container.as_raw_fd();
-    // SAFETY: this request reads one int through the pointer, which points at
-    // a live local.
-    let ret = unsafe {
-        libc::ioctl(
-            group.as_raw_fd(),
-            VFIO_GROUP_SET_CONTAINER,
-            &mut raw as *mut RawFd,
-        )
-    };
-    check("VFIO_GROUP_SET_CONTAINER", ret).map(drop)
+    Active::set_container(group, container).map_err(|e| Error::sys("VFIO_GROUP_SET_CONTAINER", e))
 }
 
 /// `VFIO_GROUP_GET_DEVICE_FD`.
 pub fn group_get_device_fd(group: BorrowedFd<'_>, name: &CStr) -> Result<OwnedFd> {
-    // SAFETY: this request reads a NUL-terminated string, which `name` is.
-    let ret = unsafe { libc::ioctl(group.as_raw_fd(), VFIO_GROUP_GET_DEVICE_FD, name.as_ptr()) };
-    check("VFIO_GROUP_GET_DEVICE_FD", ret).map(new_fd)
+    Active::get_device_fd(group, name).map_err(|e| Error::sys("VFIO_GROUP_GET_DEVICE_FD", e))
 }
 
 /// `VFIO_DEVICE_GET_INFO`.
@@ -364,16 +468,17 @@ pub fn device_feature(dev: BorrowedFd<'_>, buf: &mut [u8]) -> Result<i32> {
 
 /// `VFIO_DEVICE_FEATURE` for a feature that returns a new fd (DMA_BUF).
 pub fn device_feature_fd(dev: BorrowedFd<'_>, buf: &mut [u8]) -> Result<OwnedFd> {
-    let ret = device_feature(dev, buf)?;
-    if ret == 0 {
+    set_argsz(buf)?;
+    match Active::bytes_new_fd(dev, VFIO_DEVICE_FEATURE, buf) {
+        Ok(Some(fd)) => Ok(fd),
         // A GET of an fd-returning feature that returns 0 gave no fd: treat
         // it as the kernel not doing what was asked rather than owning fd 0.
-        return Err(Error::Sys {
+        Ok(None) => Err(Error::Sys {
             op: "VFIO_DEVICE_FEATURE returned no fd",
             errno: libc::EIO,
-        });
+        }),
+        Err(e) => Err(Error::sys("VFIO_DEVICE_FEATURE", e)),
     }
-    Ok(new_fd(ret))
 }
 
 /// `VFIO_IOMMU_MAP_DMA`.
@@ -503,6 +608,46 @@ mod tests {
         let mut i = uapi::vfio_irq_info::default();
         i.set_size();
         assert_eq!(i.argsz, 16);
+    }
+
+    /// The real path, on a file that is no VFIO object: the kernel's ENOTTY
+    /// comes back from every kind of request.
+    #[test]
+    fn the_kernel_path_returns_the_kernels_errno() {
+        use std::os::fd::AsFd;
+        let f = std::fs::File::open("/dev/null").unwrap();
+        let fd = f.as_fd();
+        assert_eq!(Linux::val(fd, VFIO_GET_API_VERSION, 0), Err(Errno::ENOTTY));
+        let mut info = uapi::vfio_device_info::default();
+        info.set_size();
+        assert_eq!(
+            Linux::sized(fd, VFIO_DEVICE_GET_INFO, &mut info),
+            Err(Errno::ENOTTY)
+        );
+        let mut buf = [0u8; 32];
+        set_argsz(&mut buf).unwrap();
+        assert_eq!(
+            Linux::bytes(fd, VFIO_DEVICE_GET_REGION_INFO, &mut buf),
+            Err(Errno::ENOTTY)
+        );
+        assert_eq!(
+            Linux::bytes_new_fd(fd, VFIO_DEVICE_FEATURE, &mut buf).unwrap_err(),
+            Errno::ENOTTY
+        );
+        assert_eq!(Linux::set_container(fd, fd), Err(Errno::ENOTTY));
+        assert_eq!(
+            Linux::get_device_fd(fd, c"0000:00:01.0").unwrap_err(),
+            Errno::ENOTTY
+        );
+    }
+
+    #[test]
+    fn an_fd_the_mock_does_not_know_answers_enotty_with_the_operation() {
+        use std::os::fd::AsFd;
+        let f = std::fs::File::open("/dev/null").unwrap();
+        let e = device_reset(f.as_fd()).unwrap_err();
+        assert_eq!(e.errno(), libc::ENOTTY);
+        assert!(e.to_string().starts_with("VFIO_DEVICE_RESET"), "{e}");
     }
 
     #[test]

@@ -12,12 +12,17 @@ mod container;
 mod device;
 mod ioctl;
 mod iommufd;
+#[cfg(test)]
+mod mock_kernel;
 mod probe;
 mod region;
 
 pub use container::parse_pci_address;
 pub use device::KernelDevice;
 pub use probe::BACKEND as BACKEND_CAPABILITIES;
+
+use std::fs::OpenOptions;
+use std::os::fd::OwnedFd;
 
 use crate::error::{Error, Result};
 
@@ -33,6 +38,17 @@ pub fn open(path: &str) -> Result<KernelDevice> {
             "expected a PCI address (DDDD:BB:DD.F) or a /dev/vfio/devices/vfioN path",
         ))
     }
+}
+
+/// Opens a VFIO or iommufd device node for reading and writing; a failure
+/// keeps the OS errno with `op`.
+fn open_rw(path: &str, op: &'static str) -> Result<OwnedFd> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map(OwnedFd::from)
+        .map_err(|e| Error::io(op, &e))
 }
 
 #[cfg(test)]

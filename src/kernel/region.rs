@@ -11,10 +11,11 @@ use vfio_bindings::bindings::vfio as uapi;
 use super::ioctl;
 use crate::device::{RegionInfo, VFIO_REGION_INFO_FLAG_MMAP};
 use crate::error::{Error, Result};
-use crate::region_info::decode_region_info;
+use crate::region_info::{decode_region_info, REGION_INFO_SIZE};
 
-/// sizeof(struct vfio_region_info): capabilities start at or after it.
-pub const REGION_INFO_SIZE: usize = std::mem::size_of::<uapi::vfio_region_info>();
+// The layout's owner and the UAPI agree on the fixed part, where the chain
+// starts at the earliest.
+const _: () = assert!(REGION_INFO_SIZE == std::mem::size_of::<uapi::vfio_region_info>());
 /// A bound on the buffer the kernel may ask for: real chains are a few hundred
 /// bytes, so anything near this means a confused kernel, not a big region.
 const MAX_REGION_INFO: usize = 64 * 1024;
@@ -45,4 +46,104 @@ pub fn query(dev: &Arc<OwnedFd>, index: u32) -> Result<RegionInfo> {
     info.index = index;
     info.fd = (info.flags & VFIO_REGION_INFO_FLAG_MMAP != 0).then(|| Arc::clone(dev));
     Ok(info)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::mock_kernel::{MockFd, RegionAnswer, Script};
+    use super::*;
+    use crate::bytes::u32_at;
+    use crate::device::{RegionCap, SparseArea, VFIO_REGION_INFO_FLAG_READ};
+
+    fn device(regions: Vec<RegionAnswer>) -> (MockFd, Arc<OwnedFd>) {
+        let dev = MockFd::new(Script {
+            regions,
+            ..Script::default()
+        });
+        let fd = Arc::new(dev.fd());
+        (dev, fd)
+    }
+
+    fn info(flags: u32, caps: Vec<RegionCap>) -> RegionAnswer {
+        RegionAnswer::Info(RegionInfo {
+            flags,
+            size: 0x4000,
+            offset: 0x10000,
+            caps,
+            ..Default::default()
+        })
+    }
+
+    /// The argsz of each GET_REGION_INFO the mock saw.
+    fn argszs(dev: &MockFd) -> Vec<u32> {
+        dev.bytes_sent(ioctl::VFIO_DEVICE_GET_REGION_INFO)
+            .iter()
+            .map(|b| u32_at(b, 0).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_chain_longer_than_the_fixed_part_is_fetched_again_with_room() {
+        let caps = vec![
+            RegionCap::SparseMmap(vec![
+                SparseArea {
+                    offset: 0,
+                    size: 0x1000,
+                },
+                SparseArea {
+                    offset: 0x3000,
+                    size: 0x1000,
+                },
+            ]),
+            RegionCap::Type {
+                region_type: 1,
+                subtype: 3,
+            },
+        ];
+        let (dev, fd) = device(vec![info(VFIO_REGION_INFO_FLAG_MMAP, caps.clone())]);
+        let got = query(&fd, 0).unwrap();
+        assert_eq!(got.caps, caps);
+        assert_eq!((got.size, got.offset), (0x4000, 0x10000));
+        // Fixed part first, then exactly the size the chain needs: 32 + sparse
+        // (8 header + 8 + 2 * 16) + type (8 header + 8).
+        assert_eq!(argszs(&dev), [32, 32 + 48 + 16]);
+    }
+
+    #[test]
+    fn a_region_without_a_chain_takes_one_call() {
+        let (dev, fd) = device(vec![info(VFIO_REGION_INFO_FLAG_READ, vec![])]);
+        let got = query(&fd, 0).unwrap();
+        assert!(got.caps.is_empty());
+        assert_eq!(argszs(&dev), [32]);
+        assert_eq!(got.index, 0);
+    }
+
+    #[test]
+    fn a_kernel_that_keeps_asking_for_more_is_eproto() {
+        let (dev, fd) = device(vec![RegionAnswer::Grows]);
+        let e = query(&fd, 0).unwrap_err();
+        assert_eq!(e.errno(), libc::EPROTO);
+        assert!(e.to_string().contains("keeps growing"), "{e}");
+        assert_eq!(argszs(&dev), [32, 40], "one retry, no more");
+    }
+
+    #[test]
+    fn a_kernel_asking_for_too_much_is_eproto_without_a_retry() {
+        let (dev, fd) = device(vec![RegionAnswer::Needs(1 << 20)]);
+        assert_eq!(query(&fd, 0).unwrap_err().errno(), libc::EPROTO);
+        assert_eq!(argszs(&dev), [32]);
+    }
+
+    #[test]
+    fn a_mappable_region_lends_the_device_fd_and_others_do_not() {
+        let (_dev, fd) = device(vec![
+            info(VFIO_REGION_INFO_FLAG_MMAP, vec![]),
+            info(VFIO_REGION_INFO_FLAG_READ, vec![]),
+        ]);
+        let mappable = query(&fd, 0).unwrap();
+        assert!(mappable.fd.as_ref().is_some_and(|f| Arc::ptr_eq(f, &fd)));
+        let plain = query(&fd, 1).unwrap();
+        assert!(plain.fd.is_none());
+        assert_eq!(plain.index, 1);
+    }
 }
