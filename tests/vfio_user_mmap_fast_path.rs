@@ -49,7 +49,12 @@ impl CountingDevice {
 
     /// The device with BAR2 backed by `fd`.
     fn with_memory(fd: OwnedFd) -> (Self, Arc<OwnedFd>, Arc<Seen>) {
-        let map = Mapping::new(fd.as_fd(), 0, BAR2_SIZE as usize, true).unwrap();
+        Self::with_memory_of_size(fd, BAR2_SIZE as usize)
+    }
+
+    /// The device with BAR2 backed by the first `len` bytes of `fd`.
+    fn with_memory_of_size(fd: OwnedFd, len: usize) -> (Self, Arc<OwnedFd>, Arc<Seen>) {
+        let map = Mapping::new(fd.as_fd(), 0, len, true).unwrap();
         let fd = Arc::new(fd);
         let seen = Arc::new(Seen::default());
         let dev = CountingDevice {
@@ -254,6 +259,27 @@ fn a_region_fd_the_server_could_shrink_is_not_mapped() {
     // Had the client mapped it, the server could shrink the file and raise
     // SIGBUS in the client; by message, every access reaches the model.
     c.region_read(2, AREA.offset, &mut [0u8; 4]).unwrap();
+    assert_eq!(
+        seen.reads.load(Ordering::SeqCst),
+        1,
+        "the read went by message"
+    );
+}
+
+#[test]
+fn an_area_past_the_end_of_its_fd_is_not_mapped() {
+    // Sealed, but smaller than the area the server declares: touching the
+    // missing pages through a mapping would raise SIGBUS in the client.
+    let fd = vfio_io::memory::sealed_memfd(c"bar2", AREA.offset as usize).unwrap();
+    let (dev, _fd, seen) = CountingDevice::with_memory_of_size(fd, AREA.offset as usize);
+    let s = serve("mmap-short", dev);
+    let c = Client::connect(&s.path, ClientConfig::default()).unwrap();
+    assert!(
+        !c.has_mapped_areas(),
+        "an area past the end of its fd was mapped"
+    );
+    let e = c.region_read(2, AREA.offset, &mut [0u8; 4]).unwrap_err();
+    assert_eq!(e.errno(), libc::EINVAL, "the model refuses: {e}");
     assert_eq!(
         seen.reads.load(Ordering::SeqCst),
         1,

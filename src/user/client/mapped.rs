@@ -57,6 +57,15 @@ fn map_region(r: &RegionInfo, mapped: &mut Vec<MappedArea>) {
         let (Some(off), Ok(len)) = (r.offset.checked_add(a.offset), usize::try_from(a.size)) else {
             continue;
         };
+        // Pages past the end of the file would raise SIGBUS when touched.
+        if !file_holds(fd.as_fd(), off.saturating_add(a.size)) {
+            log::debug!(
+                target: "vfio_io::client",
+                "region {} area {:#x}+{:#x} lies past the end of its fd; using messages",
+                r.index, a.offset, a.size
+            );
+            continue;
+        }
         match Mapping::new(fd.as_fd(), off, len, writable) {
             Ok(map) => mapped.push(MappedArea {
                 region: r.index,
@@ -72,6 +81,16 @@ fn map_region(r: &RegionInfo, mapped: &mut Vec<MappedArea>) {
                 r.index, a.offset, a.size
             ),
         }
+    }
+}
+
+/// Whether the file behind `fd` reaches `end`: always for what is not a
+/// regular file (the kernel refuses an mmap it cannot back).
+fn file_holds(fd: std::os::fd::BorrowedFd<'_>, end: u64) -> bool {
+    match nix::sys::stat::fstat(fd) {
+        Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => end <= st.st_size as u64,
+        Ok(_) => true,
+        Err(_) => false,
     }
 }
 
