@@ -6,15 +6,21 @@
 # $jobs (kernel build parallelism), and defines say and die.
 
 # ---------------------------------------------------------------- host packages
+# apt_get, apt_update, apt_install, debian_mirror.
+# shellcheck source=scripts/deps
+source "$root/scripts/deps"
+
 # Newer suites are needed only for QEMU (bookworm-backports) and the kernel
 # source (trixie-backports). Both are pinned at 100 so that no later
-# `apt-get install` or upgrade pulls host libraries from them.
+# `apt-get install` or upgrade pulls host libraries from them. They come from
+# the mirror this machine's own suite is configured with.
 setup_apt() {
     local src=/etc/apt/sources.list.d/vfio-io-vm.sources
     local pin=/etc/apt/preferences.d/vfio-io-vm
-    local want_src want_pin
+    local want_src want_pin mirror
+    mirror="$(debian_mirror)" || die "cannot tell which Debian mirror this machine uses"
     want_src="Types: deb
-URIs: http://deb.debian.org/debian
+URIs: $mirror
 Suites: bookworm-backports trixie trixie-backports
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
@@ -42,25 +48,14 @@ Pin-Priority: 100
     local stamp="$cache/apt-updated"
     if [[ $changed == 1 || ! -e $stamp || -n "$(find "$stamp" -mmin +1440 2>/dev/null)" ]]; then
         say "apt-get update"
-        apt-get update -qq >/dev/null || die "apt-get update failed"
+        apt_update >/dev/null || die "apt-get update failed"
         touch "$stamp"
     fi
 }
 
-pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
-
 install_packages() {
-    export DEBIAN_FRONTEND=noninteractive
-    local need=() p
-    for p in busybox-static cpio flex bison bc libelf-dev libssl-dev gcc make xz-utils \
-             kmod python3 ca-certificates; do
-        pkg_installed "$p" || need+=("$p")
-    done
-    if ((${#need[@]})); then
-        say "installing ${need[*]}"
-        apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null \
-            || die "apt-get install ${need[*]} failed"
-    fi
+    apt_install busybox-static cpio flex bison bc libelf-dev libssl-dev gcc make xz-utils \
+        kmod python3 ca-certificates || die "apt-get install of the VM's build tools failed"
 }
 
 # The host's own QEMU (run-guest-tests boots the guest with it; circle-test
@@ -71,10 +66,10 @@ install_host_qemu() {
         # qemu-utils this machine kind carries), else bookworm's own.
         say "installing qemu-system-x86"
         if apt-cache policy qemu-system-x86 | grep -q bookworm-backports; then
-            apt-get install -y -qq --no-install-recommends -t bookworm-backports \
+            apt_get install -y -qq --no-install-recommends -t bookworm-backports \
                 qemu-system-x86 >/dev/null || die "installing qemu-system-x86 failed"
         else
-            apt-get install -y -qq --no-install-recommends qemu-system-x86 >/dev/null \
+            apt_get install -y -qq --no-install-recommends qemu-system-x86 >/dev/null \
                 || die "installing qemu-system-x86 failed"
         fi
     fi
@@ -120,7 +115,7 @@ fetch_kernel_source() {
     say "fetching $pkg $src_ver"
     rm -rf "$cache/src-dl" "$cache"/linux-*
     mkdir -p "$cache/src-dl"
-    (cd "$cache/src-dl" && apt-get download -qq -o APT::Sandbox::User=root "$pkg" >/dev/null) || die "apt-get download $pkg failed"
+    (cd "$cache/src-dl" && apt_get download -qq -o APT::Sandbox::User=root "$pkg" >/dev/null) || die "apt-get download $pkg failed"
     dpkg -x "$cache"/src-dl/"$pkg"_*.deb "$cache/src-dl/x"
     local tarball
     tarball="$(ls "$cache"/src-dl/x/usr/src/linux-source-"$ver".tar.* | head -1)"
