@@ -6,15 +6,21 @@
 # $jobs (kernel build parallelism), and defines say and die.
 
 # ---------------------------------------------------------------- host packages
+# apt_get, apt_update, apt_install, debian_mirror.
+# shellcheck source=scripts/deps
+source "$root/scripts/deps"
+
 # Newer suites are needed only for QEMU (bookworm-backports) and the kernel
 # source (trixie-backports). Both are pinned at 100 so that no later
-# `apt-get install` or upgrade pulls host libraries from them.
+# `apt-get install` or upgrade pulls host libraries from them. They come from
+# the mirror this machine's own suite is configured with.
 setup_apt() {
     local src=/etc/apt/sources.list.d/vfio-io-vm.sources
     local pin=/etc/apt/preferences.d/vfio-io-vm
-    local want_src want_pin
+    local want_src want_pin mirror
+    mirror="$(debian_mirror)" || die "cannot tell which Debian mirror this machine uses"
     want_src="Types: deb
-URIs: http://deb.debian.org/debian
+URIs: $mirror
 Suites: bookworm-backports trixie trixie-backports
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
@@ -42,25 +48,14 @@ Pin-Priority: 100
     local stamp="$cache/apt-updated"
     if [[ $changed == 1 || ! -e $stamp || -n "$(find "$stamp" -mmin +1440 2>/dev/null)" ]]; then
         say "apt-get update"
-        apt-get update -qq >/dev/null || die "apt-get update failed"
+        apt_update >/dev/null || die "apt-get update failed"
         touch "$stamp"
     fi
 }
 
-pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
-
 install_packages() {
-    export DEBIAN_FRONTEND=noninteractive
-    local need=() p
-    for p in busybox-static cpio flex bison bc libelf-dev libssl-dev gcc make xz-utils \
-             kmod python3 ca-certificates; do
-        pkg_installed "$p" || need+=("$p")
-    done
-    if ((${#need[@]})); then
-        say "installing ${need[*]}"
-        apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null \
-            || die "apt-get install ${need[*]} failed"
-    fi
+    apt_install busybox-static cpio flex bison bc libelf-dev libssl-dev gcc make xz-utils \
+        kmod python3 ca-certificates || die "apt-get install of the VM's build tools failed"
 }
 
 # The host's own QEMU (run-guest-tests boots the guest with it; circle-test
@@ -71,14 +66,26 @@ install_host_qemu() {
         # qemu-utils this machine kind carries), else bookworm's own.
         say "installing qemu-system-x86"
         if apt-cache policy qemu-system-x86 | grep -q bookworm-backports; then
-            apt-get install -y -qq --no-install-recommends -t bookworm-backports \
+            apt_get install -y -qq --no-install-recommends -t bookworm-backports \
                 qemu-system-x86 >/dev/null || die "installing qemu-system-x86 failed"
         else
-            apt-get install -y -qq --no-install-recommends qemu-system-x86 >/dev/null \
+            apt_get install -y -qq --no-install-recommends qemu-system-x86 >/dev/null \
                 || die "installing qemu-system-x86 failed"
         fi
     fi
     command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 is not available"
+}
+
+# ---------------------------------------------------------------- the cache
+# One run at a time per cache: two runs building one kernel tree, or writing
+# one initramfs and console log, corrupt each other. The lock is held until
+# the calling script exits.
+lock_cache() {
+    exec {cache_lock_fd}>"$cache/lock"
+    if ! flock -n "$cache_lock_fd"; then
+        say "waiting for another run using $cache (lock $cache/lock)"
+        flock -w 7200 "$cache_lock_fd" || die "$cache stayed locked for 2 hours"
+    fi
 }
 
 # ---------------------------------------------------------------- guest kernel
@@ -120,7 +127,7 @@ fetch_kernel_source() {
     say "fetching $pkg $src_ver"
     rm -rf "$cache/src-dl" "$cache"/linux-*
     mkdir -p "$cache/src-dl"
-    (cd "$cache/src-dl" && apt-get download -qq -o APT::Sandbox::User=root "$pkg" >/dev/null) || die "apt-get download $pkg failed"
+    (cd "$cache/src-dl" && apt_get download -qq -o APT::Sandbox::User=root "$pkg" >/dev/null) || die "apt-get download $pkg failed"
     dpkg -x "$cache"/src-dl/"$pkg"_*.deb "$cache/src-dl/x"
     local tarball
     tarball="$(ls "$cache"/src-dl/x/usr/src/linux-source-"$ver".tar.* | head -1)"
@@ -235,17 +242,22 @@ else
     for road in container iommufd; do
         if [ $road = container ]; then dev=$addr; else dev=/dev/vfio/devices/$cdev; fi
         echo "VFIO-IO-BEGIN road=$road device=$dev"
-        VFIO_IO_TEST_DEVICE=$dev RUST_BACKTRACE=1 /bin/kernel_guest --ignored --test-threads=1 --show-output $(cat /etc/test-args) 2>&1
+        VFIO_IO_TEST_DEVICE=$dev RUST_BACKTRACE=1 /bin/kernel_guest --include-ignored --test-threads=1 --show-output $(cat /etc/test-args) 2>&1
         echo "VFIO-IO-RESULT road=$road status=$?"
         echo "VFIO-IO-C-BEGIN road=$road"
         VFIO_IO_TEST_DEVICE=$dev /bin/qemu_style 2>&1
         echo "VFIO-IO-C-RESULT road=$road status=$?"
         echo "VFIO-IO-INFO-BEGIN road=$road"
         /bin/vfio-io info $dev 2>&1
-        /bin/vfio-io info $dev --json 2>&1
         echo "VFIO-IO-INFO-END road=$road status=$?"
+        echo "VFIO-IO-JSON-BEGIN road=$road"
+        /bin/vfio-io info $dev --json 2>&1
+        echo "VFIO-IO-JSON-END road=$road status=$?"
     done
 fi
+# The last line before a clean power-off: a guest that panics also ends QEMU
+# with status 0 (panic=-1, -no-reboot), but never prints this.
+echo "VFIO-IO-GUEST-DONE"
 poweroff -f
 EOF
     # Extra test-harness arguments (circle-test passes `--skip NAME` for tests
@@ -258,58 +270,160 @@ EOF
 }
 
 # ---------------------------------------------------------------- judging the console
-# Reads $console (and $guest_rc) and sets $summary; fails when a road did not
-# pass.
+# The console between two sentinel lines (both included).
+console_section() {
+    sed -n "/^$1/,/^$2/p" "$console"
+}
+
+# The tests the guest must run on each road: every test in the binary (the
+# guest runs them with --include-ignored), less what $guest_test_args skips.
+expected_guest_tests() {
+    # shellcheck disable=SC2086 # the arguments are words on purpose
+    "$test_bin" --list ${guest_test_args:-} 2>/dev/null | sed -n 's/: test$//p' | sort
+}
+
+# Checks `vfio-io info --json` (stdin) for road $1: one JSON object whose
+# backend is the road's kernel backend and whose capability bits are edu's
+# under Linux >= 6.19. Prints one line saying what it found, or why it failed.
+check_info_json() {
+    local backend
+    if [[ $1 == iommufd ]]; then backend=kernel-iommufd; else backend=kernel-container; fi
+    python3 -c "$(cat <<'PY'
+import json, sys
+
+backend = sys.argv[1]
+try:
+    v = json.load(sys.stdin)
+except ValueError as e:
+    sys.exit(f"not valid JSON: {e}")
+problems = []
+def want(cond, what):
+    if not cond:
+        problems.append(what)
+
+if not isinstance(v, dict):
+    sys.exit(f"not a JSON object: {type(v).__name__}")
+want(v.get("schema") == 1, f"schema {v.get('schema')!r}, expected 1")
+want(v.get("backend") == backend, f"backend {v.get('backend')!r}, expected {backend!r}")
+dev = v.get("device") or {}
+want("PCI" in (dev.get("flags") or []), f"device.flags {dev.get('flags')!r} lack PCI")
+caps = v.get("capabilities") or {}
+mask = caps.get("device")
+bits = {b.get("name"): b for b in caps.get("bits") or [] if isinstance(b, dict)}
+want(isinstance(mask, int), f"capabilities.device {mask!r} is not a number")
+# edu under vfio-pci on Linux >= 6.19: DMA-BUF export (a feature probe), an
+# mmappable BAR0, IOMMU DMA; no migration driver.
+present = {"DMA_BUF": "VFIO_DEVICE_FEATURE probe", "REGION_MMAP": "region info", "IOMMU_DMA": "backend"}
+for name, source in present.items():
+    b = bits.get(name)
+    if b is None:
+        problems.append(f"no capability bit {name}")
+        continue
+    want(b.get("device") is True and b.get("backend") is True, f"{name}: device {b.get('device')!r} backend {b.get('backend')!r}")
+    want(b.get("source") == source, f"{name}: source {b.get('source')!r}, expected {source!r}")
+    want(isinstance(mask, int) and isinstance(b.get("bit"), int) and mask >> b["bit"] & 1 == 1,
+         f"{name}: bit {b.get('bit')!r} not set in capabilities.device {mask!r}")
+m = bits.get("MIGRATION")
+want(m is not None and m.get("device") is False and m.get("source") is None,
+     f"MIGRATION should be absent from edu: {m!r}")
+regions = v.get("regions") or []
+bar0 = regions[0] if regions and isinstance(regions[0], dict) else {}
+want(bar0.get("name") == "BAR0" and bar0.get("size") == 1 << 20, f"regions[0] is not a 1 MiB BAR0: {bar0!r}")
+if problems:
+    sys.exit("; ".join(problems))
+print(f"backend {v['backend']}, device caps {mask:#x}: " + " ".join(n for n in present) + " present, MIGRATION absent")
+PY
+)" "$backend"
+}
+
+# Judges one road of the console: the Rust tests (every expected test must
+# report ok, none may fail or be ignored), the C drop-in, and `vfio-io info`
+# in both forms. Adds to $passed and $failed.
+judge_road() {
+    local road=$1 tests line status name
+    tests="$(console_section "VFIO-IO-BEGIN road=$road" "VFIO-IO-RESULT road=$road")"
+    echo "== road $road"
+    while IFS= read -r line; do
+        case $line in
+            "test "*" ... ok") echo "  $line"; passed=$((passed + 1)) ;;
+            "test "*" ... FAILED") echo "  $line"; failed=$((failed + 1)) ;;
+            # An ignored test did not run: a road that skips one has not passed.
+            "test "*" ... ignored"*) echo "  $line (did not run)"; failed=$((failed + 1)) ;;
+            *" device caps: "*) echo "  $line" ;;
+        esac
+    done <<<"$tests"
+    # Each expected test by name, so that a test that never ran (a crash,
+    # a filter, a test the guest's binary lacks) fails the road.
+    local ran missing n_expected n_ran
+    ran="$(sed -n 's/^test \([^ ]*\) \.\.\. ok$/\1/p' <<<"$tests" | sort -u)"
+    missing="$(comm -23 <(printf '%s\n' "$expected_tests") <(printf '%s\n' "$ran"))"
+    n_expected="$(grep -c . <<<"$expected_tests" || true)"
+    n_ran="$(comm -12 <(printf '%s\n' "$expected_tests") <(printf '%s\n' "$ran") | grep -c . || true)"
+    if [[ -n $missing ]]; then
+        say "road $road: $n_ran of $n_expected tests passed; no ok from: $(tr '\n' ' ' <<<"$missing")"
+        failed=$((failed + 1))
+    else
+        echo "  road $road: all $n_expected tests of the binary passed"
+    fi
+    status="$(sed -n "s/^VFIO-IO-RESULT road=$road status=\([0-9]*\).*/\1/p" "$console")"
+    if [[ -z $status ]]; then
+        say "road $road: no result sentinel"; failed=$((failed + 1))
+    elif [[ $status != 0 ]]; then
+        say "road $road: test binary exited with $status"
+        # Show the failure details the test harness printed.
+        sed -n '/^failures:/,/^test result/p' <<<"$tests" >&2
+        failed=$((failed + 1))
+    fi
+
+    # The C drop-in, through the C ABI on the same device.
+    status="$(sed -n "s/^VFIO-IO-C-RESULT road=$road status=\([0-9]*\).*/\1/p" "$console")"
+    if [[ $status == 0 ]]; then
+        echo "  test c-tests/qemu_style ... ok"; passed=$((passed + 1))
+    else
+        echo "  test c-tests/qemu_style ... FAILED (status ${status:-missing})"; failed=$((failed + 1))
+        console_section "VFIO-IO-C-BEGIN road=$road" "VFIO-IO-C-RESULT road=$road" >&2
+    fi
+
+    # vfio-io info: the human form is shown, the JSON form is parsed and checked.
+    status="$(sed -n "s/^VFIO-IO-INFO-END road=$road status=\([0-9]*\).*/\1/p" "$console")"
+    console_section "VFIO-IO-INFO-BEGIN road=$road" "VFIO-IO-INFO-END road=$road" | sed '1d;$d;s/^/    /'
+    if [[ $status == 0 ]]; then
+        echo "  test vfio-io info ... ok"; passed=$((passed + 1))
+    else
+        echo "  test vfio-io info ... FAILED (status ${status:-missing})"; failed=$((failed + 1))
+    fi
+    status="$(sed -n "s/^VFIO-IO-JSON-END road=$road status=\([0-9]*\).*/\1/p" "$console")"
+    local verdict
+    if [[ $status != 0 ]]; then
+        echo "  test vfio-io info --json ... FAILED (status ${status:-missing})"; failed=$((failed + 1))
+    elif verdict="$(console_section "VFIO-IO-JSON-BEGIN road=$road" "VFIO-IO-JSON-END road=$road" \
+        | sed '1d;$d' | check_info_json "$road" 2>&1)"; then
+        echo "  test vfio-io info --json ... ok ($verdict)"; passed=$((passed + 1))
+    else
+        echo "  test vfio-io info --json ... FAILED: $verdict"; failed=$((failed + 1))
+    fi
+}
+
+# Reads $console and $guest_rc and sets $summary; fails unless QEMU exited 0
+# after the guest's last sentinel and both roads passed in full.
 judge() {
-    local passed=0 failed=0 road line status
+    local passed=0 failed=0 road expected_tests
     grep -o 'VFIO-IO-GUEST.*' "$console" || true
+    expected_tests="$(expected_guest_tests)"
+    [[ -n $expected_tests ]] || die "the kernel_guest binary lists no tests ($test_bin --list)"
+    if [[ $guest_rc != 0 ]]; then
+        say "QEMU exited with $guest_rc, expected 0 (the guest's power-off)"; failed=$((failed + 1))
+    fi
+    if ! grep -qx 'VFIO-IO-GUEST-DONE' "$console"; then
+        say "the guest never reached its power-off (no VFIO-IO-GUEST-DONE: a panic or a hang)"
+        failed=$((failed + 1))
+    fi
     for road in container iommufd; do
         if ! grep -q "^VFIO-IO-BEGIN road=$road" "$console"; then
             say "road $road: never started"; failed=$((failed + 1)); continue
         fi
-        echo "== road $road"
-        # Per-test lines between this road's begin and result sentinels.
-        while IFS= read -r line; do
-            case $line in
-                "test "*" ... ok") echo "  $line"; passed=$((passed + 1)) ;;
-                "test "*" ... FAILED") echo "  $line"; failed=$((failed + 1)) ;;
-                "test "*" ... ignored"*) echo "  $line" ;;
-                *" device caps: "*) echo "  $line" ;;
-            esac
-        done < <(sed -n "/^VFIO-IO-BEGIN road=$road/,/^VFIO-IO-RESULT road=$road/p" "$console")
-        status="$(sed -n "s/^VFIO-IO-RESULT road=$road status=\([0-9]*\).*/\1/p" "$console")"
-        if [[ -z $status ]]; then
-            say "road $road: no result sentinel"; failed=$((failed + 1))
-        elif [[ $status != 0 ]]; then
-            say "road $road: test binary exited with $status"
-            # Show the failure details the test harness printed.
-            sed -n "/^VFIO-IO-BEGIN road=$road/,/^VFIO-IO-RESULT road=$road/p" "$console" \
-                | sed -n '/^failures:/,/^test result/p' >&2
-            # A non-zero exit with no FAILED line (a crash) still counts.
-            grep -q "^test .* FAILED" <(sed -n "/^VFIO-IO-BEGIN road=$road/,/^VFIO-IO-RESULT road=$road/p" "$console") \
-                || failed=$((failed + 1))
-        else
-            echo "  road $road: exit 0"
-        fi
-        # The C drop-in, through the C ABI on the same device.
-        status="$(sed -n "s/^VFIO-IO-C-RESULT road=$road status=\([0-9]*\).*/\1/p" "$console")"
-        if [[ $status == 0 ]]; then
-            echo "  test c-tests/qemu_style ... ok"; passed=$((passed + 1))
-        else
-            echo "  test c-tests/qemu_style ... FAILED (status ${status:-missing})"; failed=$((failed + 1))
-            sed -n "/^VFIO-IO-C-BEGIN road=$road/,/^VFIO-IO-C-RESULT road=$road/p" "$console" >&2
-        fi
-        # vfio-io info: its human form here, the JSON form in the console log.
-        status="$(sed -n "s/^VFIO-IO-INFO-END road=$road status=\([0-9]*\).*/\1/p" "$console")"
-        awk -v b="VFIO-IO-INFO-BEGIN road=$road" -v e="VFIO-IO-INFO-END road=$road" \
-            '$0 == b {on = 1; next} /^VFIO-IO-INFO-END/ || /^\{/ {on = 0} on {print "    " $0}' "$console"
-        if [[ $status == 0 ]]; then
-            echo "  test vfio-io info (human and --json) ... ok"; passed=$((passed + 1))
-        else
-            echo "  test vfio-io info (human and --json) ... FAILED (status ${status:-missing})"; failed=$((failed + 1))
-        fi
+        judge_road "$road"
     done
     summary="$passed passed, $failed failed"
-    if ((guest_rc == 124)); then return 1; fi
     ((failed == 0 && passed > 0))
 }

@@ -7,13 +7,16 @@
 # apart: the host's core libraries stay bookworm's, and only the chroot sees
 # trixie's.
 #
-# The caller sets $cache and defines say/die. Provides:
+# The caller sets $root and $cache and defines say/die. Provides:
 #   trixie_root_ensure      build the chroot once (reused while it is ready)
 #   trixie_root_mount       mount proc, sys and dev into it
 #   trixie_root_umount      undo that (safe to call twice; for traps)
 #   trixie_root_qemu_version
 
 trixie_root="${cache:?}/trixie-root"
+# apt_get and debian_mirror.
+# shellcheck source=scripts/deps
+source "${root:?}/scripts/deps"
 trixie_mounts=()
 
 # Every path under $1 that is a mount point, deepest first.
@@ -71,19 +74,21 @@ trixie_root_ensure() {
     export DEBIAN_FRONTEND=noninteractive
     if ! command -v debootstrap >/dev/null; then
         say "installing debootstrap (host, bookworm)"
-        timeout 600 apt-get install -y -qq --no-install-recommends debootstrap >/dev/null \
-            || die "apt-get install debootstrap failed"
+        apt_install debootstrap || die "apt-get install debootstrap failed"
     fi
+    # The chroot's suites come from the mirror the host is configured with.
+    local mirror
+    mirror="$(debian_mirror)" || die "cannot tell which Debian mirror this machine uses"
     [[ -e /usr/share/debootstrap/scripts/trixie ]] \
         || die "this debootstrap does not know trixie"
     local log="$cache/trixie-root.log"
     say "building the trixie chroot in $r (debootstrap, a few minutes; log $log)"
     if [[ -e $r ]]; then _trixie_safe_rm "$r"; fi
     mkdir -p "$r"
-    timeout 1800 debootstrap --variant=minbase trixie "$r" http://deb.debian.org/debian \
+    timeout 1800 debootstrap --variant=minbase trixie "$r" "$mirror" \
         >"$log" 2>&1 || { tail -20 "$log" >&2; die "debootstrap trixie failed (see $log)"; }
-    printf '%s\n' "deb http://deb.debian.org/debian trixie main" \
-        "deb http://deb.debian.org/debian trixie-backports main" >"$r/etc/apt/sources.list"
+    printf '%s\n' "deb $mirror trixie main" \
+        "deb $mirror trixie-backports main" >"$r/etc/apt/sources.list"
     cp /etc/resolv.conf "$r/etc/resolv.conf"
     # No daemon may start inside the chroot during package configuration.
     printf '#!/bin/sh\nexit 101\n' >"$r/usr/sbin/policy-rc.d"
@@ -91,7 +96,7 @@ trixie_root_ensure() {
     trixie_root_mount
     # seabios is QEMU's PC firmware: without recommends it must be named.
     if ! { timeout 600 chroot "$r" apt-get update -qq &&
-        timeout 1200 chroot "$r" apt-get install -y -qq --no-install-recommends \
+        timeout 1200 chroot "$r" apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends \
             -t trixie-backports qemu-system-x86 seabios; } >>"$log" 2>&1; then
         trixie_root_umount
         tail -20 "$log" >&2
