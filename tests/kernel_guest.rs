@@ -534,3 +534,124 @@ fn dma_by_fd_alone() {
         assert_eq!(r.unwrap_err().errno(), libc::EINVAL);
     }
 }
+
+/// One capability bit against what the device then does: with the bit set the
+/// behaviour works; without it the operation fails at once with the kernel's
+/// own errno (or the library's refusal).
+fn check_bit(dev: &KernelDevice, bit: Capabilities) {
+    let has = dev.capabilities().contains(bit);
+    let name = bit.describe();
+    let feature = |flags: u32, data: &mut [u8]| dev.device_feature(flags, data);
+    match bit {
+        b if b == Capabilities::DMA_BUF => {
+            let fd = dev
+                .region_create_dma_buf(pci_region::BAR0, &[(0, 0x1000)])
+                .expect("DMA-BUF export");
+            assert_eq!(
+                fd.is_some(),
+                has,
+                "{name}: an fd comes back exactly when the bit is set"
+            );
+        }
+        b if b == Capabilities::MIGRATION || b == Capabilities::DIRTY_TRACKING => {
+            let f = if b == Capabilities::MIGRATION {
+                uapi::VFIO_DEVICE_FEATURE_GET | uapi::VFIO_DEVICE_FEATURE_MIGRATION
+            } else {
+                uapi::VFIO_DEVICE_FEATURE_PROBE
+                    | uapi::VFIO_DEVICE_FEATURE_SET
+                    | uapi::VFIO_DEVICE_FEATURE_DMA_LOGGING_START
+            };
+            let r = feature(f, &mut [0u8; 8]);
+            assert_eq!(r.is_ok(), has, "{name}: {r:?}");
+            if !has {
+                assert_eq!(
+                    r.unwrap_err().errno(),
+                    libc::ENOTTY,
+                    "{name}: the kernel's errno"
+                );
+            }
+        }
+        b if b == Capabilities::LOW_POWER => {
+            let entry = feature(
+                uapi::VFIO_DEVICE_FEATURE_SET | uapi::VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY,
+                &mut [],
+            );
+            assert_eq!(entry.is_ok(), has, "{name}: {entry:?}");
+            if has {
+                feature(
+                    uapi::VFIO_DEVICE_FEATURE_SET | uapi::VFIO_DEVICE_FEATURE_LOW_POWER_EXIT,
+                    &mut [],
+                )
+                .expect("low-power exit");
+                assert_eq!(read32(dev, 0).unwrap(), EDU_ID, "usable after low power");
+            }
+        }
+        b if b == Capabilities::REGION_MMAP => {
+            let bar0 = dev.region_info(pci_region::BAR0).unwrap();
+            let mapped = bar0.fd.as_ref().and_then(|fd| {
+                Mapping::new(fd.as_fd(), bar0.offset, bar0.size as usize, false).ok()
+            });
+            assert_eq!(mapped.is_some(), has, "{name}: BAR0 maps exactly when set");
+            if let Some(m) = mapped {
+                let mut id = [0u8; 4];
+                m.read_reg(0, &mut id).unwrap();
+                assert_eq!(u32::from_le_bytes(id), EDU_ID);
+            }
+        }
+        b if b == Capabilities::REGION_FDS => {
+            assert!(!has, "the kernel has no region fds");
+            let bar0 = dev.region_info(pci_region::BAR0).unwrap();
+            if let Some(fd) = bar0.fd {
+                let ino = |f: std::os::fd::BorrowedFd<'_>| nix::sys::stat::fstat(f).unwrap().st_ino;
+                assert_eq!(
+                    ino(fd.as_fd()),
+                    ino(dev.fd().as_fd()),
+                    "the region's fd is the device fd"
+                );
+            }
+        }
+        b if b == Capabilities::POSTED_WRITES => {
+            assert!(!has, "kernel writes complete before they return");
+            dev.region_write(pci_region::BAR0, 4, &0x1234u32.to_le_bytes(), true)
+                .unwrap();
+            assert_eq!(read32(dev, 4).unwrap(), !0x1234u32);
+        }
+        b if b == Capabilities::RESET => {
+            let r = dev.reset();
+            assert_eq!(r.is_ok(), has, "{name}: {r:?}");
+        }
+        b if b == Capabilities::WRITE_MULTI => assert!(!has, "no coalesced writes on the kernel"),
+        b if b == Capabilities::DMA_MESSAGES => {
+            assert!(!has, "the kernel serves no DMA messages");
+            let buf = DmaBuffer::new(4096).unwrap();
+            let mut map = buf.dma_map(0x10_0000);
+            (map.vaddr, map.fd) = (0, -1);
+            // SAFETY: nothing is mapped: the map is refused before the kernel.
+            let e = unsafe { dev.dma_map(&map) }.unwrap_err();
+            assert_eq!(e.errno(), libc::EINVAL, "a map of no memory: {e}");
+        }
+        b if b == Capabilities::IOMMU_DMA => {
+            assert!(has, "kernel DMA goes through the IOMMU");
+            dma_round_trip_mapped(dev, false).expect("DMA through a map by address");
+        }
+        other => panic!("no check for {}", other.describe()),
+    }
+}
+
+#[test]
+#[ignore = "needs real kernel VFIO: run by vm/run-guest-tests"]
+fn every_capability_bit_matches_what_the_device_does() {
+    let dev = open();
+    for (_, bit) in Capabilities::named_bits() {
+        check_bit(&dev, bit);
+    }
+    let rec = dev.capability_record();
+    for (name, bit) in Capabilities::named_bits() {
+        if dev.backend_capabilities().contains(bit) {
+            assert!(
+                rec.deciding(bit).is_some(),
+                "{name}: nothing recorded what decided it"
+            );
+        }
+    }
+}

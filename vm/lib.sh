@@ -303,7 +303,7 @@ def want(cond, what):
 
 if not isinstance(v, dict):
     sys.exit(f"not a JSON object: {type(v).__name__}")
-want(v.get("schema") == 1, f"schema {v.get('schema')!r}, expected 1")
+want(v.get("schema") == 2, f"schema {v.get('schema')!r}, expected 2")
 want(v.get("backend") == backend, f"backend {v.get('backend')!r}, expected {backend!r}")
 dev = v.get("device") or {}
 want("PCI" in (dev.get("flags") or []), f"device.flags {dev.get('flags')!r} lack PCI")
@@ -311,9 +311,9 @@ caps = v.get("capabilities") or {}
 mask = caps.get("device")
 bits = {b.get("name"): b for b in caps.get("bits") or [] if isinstance(b, dict)}
 want(isinstance(mask, int), f"capabilities.device {mask!r} is not a number")
-# edu under vfio-pci on Linux >= 6.19: DMA-BUF export (a feature probe), an
-# mmappable BAR0, IOMMU DMA; no migration driver.
-present = {"DMA_BUF": "VFIO_DEVICE_FEATURE probe", "REGION_MMAP": "region info", "IOMMU_DMA": "backend"}
+# edu under vfio-pci on Linux >= 6.19: DMA-BUF export (the probe of feature
+# 11), an mmappable BAR0, IOMMU DMA; no migration driver (feature 1).
+present = {"DMA_BUF": "feature probe (11)", "REGION_MMAP": "region info (0)", "IOMMU_DMA": "backend"}
 for name, source in present.items():
     b = bits.get(name)
     if b is None:
@@ -324,8 +324,8 @@ for name, source in present.items():
     want(isinstance(mask, int) and isinstance(b.get("bit"), int) and mask >> b["bit"] & 1 == 1,
          f"{name}: bit {b.get('bit')!r} not set in capabilities.device {mask!r}")
 m = bits.get("MIGRATION")
-want(m is not None and m.get("device") is False and m.get("source") is None,
-     f"MIGRATION should be absent from edu: {m!r}")
+want(m is not None and m.get("device") is False and m.get("source") == "feature probe (1)",
+     f"MIGRATION should be absent from edu, refused by its probe: {m!r}")
 regions = v.get("regions") or []
 bar0 = regions[0] if regions and isinstance(regions[0], dict) else {}
 want(bar0.get("name") == "BAR0" and bar0.get("size") == 1 << 20, f"regions[0] is not a 1 MiB BAR0: {bar0!r}")
