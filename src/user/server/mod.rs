@@ -1,8 +1,11 @@
 //! The device side of vfio-user: serves a [`DeviceModel`] to one client at a
 //! time on a listening UNIX socket, and the next one after a disconnect.
 
+mod commands;
+mod context;
 mod dma;
 mod irq;
+mod link;
 mod model;
 mod session;
 
