@@ -11,9 +11,11 @@ mod session;
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
+
+use nix::sys::socket::Shutdown;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use dma::{ClientMemory, DmaRegion, DmaSpace};
@@ -81,23 +83,26 @@ impl ServerConfig {
 }
 
 /// Stops a running [`Server`] from another thread or a signal handler thread.
+///
+/// It shares ownership of the listening socket and of the current session's
+/// socket, so neither fd can be closed and its number reused by something
+/// else while a `stop` is under way, even after the server is gone.
 #[derive(Debug, Clone)]
 pub struct ServerStopper {
     stop: Arc<AtomicBool>,
-    listener_fd: i32,
-    active_fd: Arc<AtomicI32>,
+    listener: Arc<UnixListener>,
+    active: Arc<Mutex<Option<Arc<OwnedFd>>>>,
 }
 
 impl ServerStopper {
     /// Asks the server to stop: the accept and the current session end promptly.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
-        // shutdown() wakes threads blocked in accept()/recvmsg() on these fds;
-        // the fds stay open (owned by the server) so no fd can be reused under us.
-        let _ = nix::sys::socket::shutdown(self.listener_fd, nix::sys::socket::Shutdown::Both);
-        let fd = self.active_fd.load(Ordering::SeqCst);
-        if fd >= 0 {
-            let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
+        // shutdown() wakes threads blocked in accept()/recvmsg() on the socket.
+        let _ = nix::sys::socket::shutdown(self.listener.as_raw_fd(), Shutdown::Both);
+        let active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(fd) = active.as_ref() {
+            let _ = nix::sys::socket::shutdown(fd.as_raw_fd(), Shutdown::Both);
         }
     }
 }
@@ -115,11 +120,12 @@ pub enum SessionEnd {
 
 /// A vfio-user server for one device model.
 pub struct Server<M: DeviceModel> {
-    listener: UnixListener,
+    listener: Arc<UnixListener>,
     model: M,
     config: ServerConfig,
     stop: Arc<AtomicBool>,
-    active_fd: Arc<AtomicI32>,
+    /// The current session's socket, shared with the stopper.
+    active: Arc<Mutex<Option<Arc<OwnedFd>>>>,
 }
 
 impl<M: DeviceModel> Server<M> {
@@ -133,11 +139,11 @@ impl<M: DeviceModel> Server<M> {
     /// Serves on an already listening socket.
     pub fn from_listener(listener: UnixListener, model: M, config: ServerConfig) -> Self {
         Server {
-            listener,
+            listener: Arc::new(listener),
             model,
             config,
             stop: Arc::new(AtomicBool::new(false)),
-            active_fd: Arc::new(AtomicI32::new(-1)),
+            active: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -145,9 +151,14 @@ impl<M: DeviceModel> Server<M> {
     pub fn stopper(&self) -> ServerStopper {
         ServerStopper {
             stop: self.stop.clone(),
-            listener_fd: self.listener.as_raw_fd(),
-            active_fd: self.active_fd.clone(),
+            listener: self.listener.clone(),
+            active: self.active.clone(),
         }
+    }
+
+    /// Publishes (or withdraws) the session socket the stopper shuts down.
+    fn set_active(&self, sock: Option<Arc<OwnedFd>>) {
+        *self.active.lock().unwrap_or_else(|e| e.into_inner()) = sock;
     }
 
     /// The device model.
@@ -168,13 +179,13 @@ impl<M: DeviceModel> Server<M> {
                 Err(e) => return Err(Error::io("accept", &e)),
             }
         };
-        let sock: OwnedFd = stream.into();
-        self.active_fd.store(sock.as_raw_fd(), Ordering::SeqCst);
+        let sock = Arc::new(OwnedFd::from(stream));
+        self.set_active(Some(sock.clone()));
         if self.stop.load(Ordering::SeqCst) {
-            let _ = nix::sys::socket::shutdown(sock.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+            let _ = nix::sys::socket::shutdown(sock.as_raw_fd(), Shutdown::Both);
         }
         let end = session::Session::new(sock.as_fd(), &mut self.model, &self.config).run();
-        self.active_fd.store(-1, Ordering::SeqCst);
+        self.set_active(None);
         self.model.client_disconnected();
         if self.stop.load(Ordering::SeqCst) {
             return Ok(SessionEnd::Stopped);
