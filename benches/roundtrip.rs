@@ -40,11 +40,11 @@ use vfio_io::device::{
     VFIO_DEVICE_FLAGS_PCI, VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ,
     VFIO_REGION_INFO_FLAG_WRITE,
 };
-use vfio_io::edu::{regs, Edu, DMA_BUF_ADDR, DMA_BUF_SIZE, DMA_CMD_START, DMA_CMD_TO_RAM};
 use vfio_io::ffi::{
     vfio_io_device, vfio_io_device_close, vfio_io_device_ops, vfio_io_user_connect,
 };
 use vfio_io::memory::{DmaBuffer, Mapping};
+use vfio_io::models::edu::{regs, Edu, DMA_BUF_ADDR, DMA_BUF_SIZE, DMA_CMD_START, DMA_CMD_TO_RAM};
 use vfio_io::user::client::{Client, ClientConfig};
 use vfio_io::user::server::{DeviceContext, DeviceModel, Server, ServerConfig};
 
@@ -187,10 +187,13 @@ impl ShmDevice {
         // Sealed: the client maps only region fds that cannot shrink.
         let fd = vfio_io::memory::sealed_memfd(c"bench-bar2", 0x4000).expect("memfd");
         let map = Mapping::new(std::os::fd::AsFd::as_fd(&fd), 0, 0x4000, true).expect("mmap");
-        map.write(SHM_AREA.offset as usize, &vfio_io::edu::ID.to_ne_bytes())
-            .expect("write");
+        map.write(
+            SHM_AREA.offset as usize,
+            &vfio_io::models::edu::ID.to_ne_bytes(),
+        )
+        .expect("write");
         let mut regs = [0u8; 16];
-        regs[..4].copy_from_slice(&vfio_io::edu::ID.to_ne_bytes());
+        regs[..4].copy_from_slice(&vfio_io::models::edu::ID.to_ne_bytes());
         ShmDevice {
             fd: std::sync::Arc::new(fd),
             map,
@@ -330,7 +333,7 @@ fn rust_vmm_serve(path: &std::path::Path) {
     struct Backend;
     impl vfio_user::ServerBackend for Backend {
         fn region_read(&mut self, _: u32, _: u64, data: &mut [u8]) -> std::io::Result<()> {
-            let id = vfio_io::edu::ID.to_ne_bytes();
+            let id = vfio_io::models::edu::ID.to_ne_bytes();
             for (i, b) in data.iter_mut().enumerate() {
                 *b = id[i % 4];
             }
@@ -748,7 +751,7 @@ fn round_trips(t: &mut Table, label: &str, server_cpu: usize, n: usize) {
     for (s, (name, note)) in st.into_iter().zip(names) {
         t.add(format!("{name}, {label}"), s, Some(f), note.into());
     }
-    assert_eq!(u32::from_ne_bytes(b4), vfio_io::edu::ID);
+    assert_eq!(u32::from_ne_bytes(b4), vfio_io::models::edu::ID);
 }
 
 /// Posted writes against the one-way floor, interleaved: each sample is one
@@ -883,7 +886,7 @@ fn scaling(t: &mut Table) {
                 let mut b = [0u8; 4];
                 Box::new(move || {
                     c.region_read(0, regs::ID, &mut b).expect("read");
-                    assert_eq!(u32::from_ne_bytes(b), vfio_io::edu::ID);
+                    assert_eq!(u32::from_ne_bytes(b), vfio_io::models::edu::ID);
                 }) as Box<dyn FnMut() + Send + '_>
             })
             .collect()
@@ -1219,7 +1222,7 @@ fn c_abi(t: &mut Table, n: usize) {
     for (s, name) in st.into_iter().zip(names) {
         t.add(name, s, Some(fl), String::new());
     }
-    assert_eq!(u32::from_ne_bytes(b), vfio_io::edu::ID);
+    assert_eq!(u32::from_ne_bytes(b), vfio_io::models::edu::ID);
     // SAFETY: closed once, after its last use.
     unsafe { vfio_io_device_close(dev) };
 }
@@ -1240,7 +1243,7 @@ fn mmap_path(t: &mut Table, n: usize) {
     };
     let mut trapped = || c.region_read(2, 0x3000, &mut b).expect("read");
     let st = interleaved(n, &mut [&mut floor, &mut trapped, &mut mapped]);
-    assert_eq!(u32::from_ne_bytes(a), vfio_io::edu::ID);
+    assert_eq!(u32::from_ne_bytes(a), vfio_io::models::edu::ID);
     let fl = t.floor(RT_FLOOR_SAME, st[0], String::new());
     t.add(
         "region read 4 B by message (BAR2 trapped part), same core",
@@ -1276,8 +1279,8 @@ fn rust_vmm(t: &mut Table, label: &str, server_cpu: usize, n: usize) {
     let mut vio = || c.region_read(0, regs::ID, &mut a).expect("read");
     let mut rv = || rc.region_read(0, 0, &mut b).expect("rust-vmm read");
     let st = interleaved(n, &mut [&mut floor, &mut vio, &mut rv]);
-    assert_eq!(u32::from_ne_bytes(a), vfio_io::edu::ID);
-    assert_eq!(u32::from_ne_bytes(b), vfio_io::edu::ID);
+    assert_eq!(u32::from_ne_bytes(a), vfio_io::models::edu::ID);
+    assert_eq!(u32::from_ne_bytes(b), vfio_io::models::edu::ID);
     let fl = st[0].p50;
     let ratio = st[1].ops / st[2].ops;
     let names = [
@@ -1316,7 +1319,7 @@ fn polling(t: &mut Table, n: usize) {
     let mut blk = || blocking.region_read(0, regs::ID, &mut a).expect("read");
     let mut spn = || spinning.region_read(0, regs::ID, &mut b).expect("read");
     let st = interleaved(n, &mut [&mut floor, &mut blk, &mut spn]);
-    assert_eq!(u32::from_ne_bytes(b), vfio_io::edu::ID);
+    assert_eq!(u32::from_ne_bytes(b), vfio_io::models::edu::ID);
     let fl = st[0].p50;
     let saved = st[1].p50 - st[2].p50;
     let names = [

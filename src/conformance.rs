@@ -1,7 +1,7 @@
 //! The edu conformance suite, written once against [`DeviceIo`].
 //!
 //! The same cases run on QEMU's real edu device behind kernel VFIO and on our
-//! [`crate::edu::Edu`] model behind vfio-user; passing both shows that the two
+//! [`crate::models::edu::Edu`] model behind vfio-user; passing both shows that the two
 //! backends are interchangeable. The cases therefore rely only on what the
 //! real device does:
 //!
@@ -25,10 +25,10 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use crate::device::{pci_irq, pci_region, DeviceIo, IrqAction, IrqData, IrqSet};
-use crate::edu::{self, regs};
 use crate::error::{Error, Result};
 use crate::memory::DmaBuffer;
-use crate::pci::{command, reg};
+use crate::models::edu::{self, regs};
+use crate::models::pci::{command, reg};
 
 /// How long a busy bit may stay set before a case fails.
 const BUSY_DEADLINE: Duration = Duration::from_secs(5);
@@ -594,8 +594,8 @@ mod tests {
     use super::*;
     use crate::caps::{Capabilities, CapabilityRecord};
     use crate::device::{DeviceInfo, DmaMap, IrqInfo, RegionInfo};
-    use crate::edu::Edu;
     use crate::memory::Mapping;
+    use crate::models::edu::Edu;
     use crate::user::server::{DeviceContext, DeviceModel};
 
     /// Takes our own copy of an fd the caller lends for the duration of a call,

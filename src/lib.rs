@@ -5,8 +5,7 @@
 //! * [`caps::Capabilities`]: what a backend, and each device, can do.
 //! * [`user`]: the vfio-user protocol, a client backend and a device server.
 //! * [`kernel`]: the kernel VFIO backend (container/group and iommufd).
-//! * [`edu`]: QEMU's educational PCI device, as a vfio-user device model.
-//! * [`scratch`]: a sample device whose BAR2 is shared memory a client maps.
+//! * [`models`]: device models to serve: QEMU's edu, a shared-memory sample, PCI config space.
 //! * [`conformance`]: the edu suite that every backend must pass.
 
 #![deny(missing_docs)]
@@ -15,14 +14,12 @@ mod bytes;
 pub mod caps;
 pub mod conformance;
 pub mod device;
-pub mod edu;
 pub mod error;
 pub mod ffi;
 pub mod kernel;
 pub mod memory;
-pub mod pci;
+pub mod models;
 pub mod region_info;
-pub mod scratch;
 pub mod user;
 
 pub use caps::Capabilities;

@@ -76,7 +76,7 @@ impl Mapping {
     /// this is a volatile copy of shared memory, never a reference into it: the
     /// compiler may neither assume the bytes stable nor merge, split or elide
     /// the loads. Each aligned 8 bytes is read in one access (see
-    /// [`VolatileSplit`]), in vector-wide loads where the CPU has them.
+    /// `VolatileSplit`), in vector-wide loads where the CPU has them.
     /// Volatile accesses are what Rust defines for memory outside its own
     /// allocations, as this mapping is: each returns what the memory holds
     /// at that moment, whoever writes it.

@@ -15,9 +15,9 @@ use vfio_bindings::bindings::vfio::{
 };
 use vfio_io::caps::{Capabilities, Source};
 use vfio_io::device::*;
-use vfio_io::edu::{regs, Edu};
 use vfio_io::memory::{DmaBuffer, Mapping};
-use vfio_io::scratch::{Scratch, BAR2_SIZE};
+use vfio_io::models::edu::{regs, Edu};
+use vfio_io::models::scratch::{Scratch, BAR2_SIZE};
 use vfio_io::user::client::{Client, ClientConfig};
 use vfio_io::user::proto::MultiWrite;
 use vfio_io::user::server::{DeviceContext, DeviceModel, ServerConfig};

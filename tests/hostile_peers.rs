@@ -17,8 +17,8 @@ use vfio_io::device::{
     DeviceInfo, DeviceIo, RegionCap, RegionInfo, SparseArea, VFIO_DEVICE_FLAGS_RESET,
     VFIO_REGION_INFO_FLAG_CAPS, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
 };
-use vfio_io::edu::Edu;
 use vfio_io::error::Error;
+use vfio_io::models::edu::Edu;
 use vfio_io::user::client::{Client, ClientConfig};
 use vfio_io::user::proto::{
     self, cmd, DmaAccess, DmaMapMsg, DmaUnmapMsg, Header, IrqSetMsg, RegionAccess, DMA_MAP_READ,

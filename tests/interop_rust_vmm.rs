@@ -37,8 +37,8 @@ use vfio_io::caps::Capabilities;
 use vfio_io::device::{
     pci_irq, pci_region, DeviceIo, IrqAction, IrqData, IrqSet, RegionCap, SparseArea,
 };
-use vfio_io::edu::{self, regs, Edu};
 use vfio_io::memory::DmaBuffer;
+use vfio_io::models::edu::{self, regs, Edu};
 use vfio_io::user::client::{Client, ClientConfig};
 use vfio_io::user::proto::{self, cmd};
 use vfio_io::user::server::{DeviceModel, ServerConfig};

@@ -16,10 +16,10 @@ use vfio_bindings::bindings::vfio as uapi;
 use vfio_io::device::{
     pci_region, VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
 };
-use vfio_io::edu::{self, Edu};
 use vfio_io::ffi;
 use vfio_io::kernel::{self, KernelDevice};
 use vfio_io::memory::{DmaBuffer, Mapping};
+use vfio_io::models::edu::{self, Edu};
 use vfio_io::user::server::{DeviceContext, DeviceModel};
 use vfio_io::{Capabilities, DeviceIo, Error, Result};
 

@@ -16,8 +16,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use vfio_io::device::{pci_region, DeviceIo};
-use vfio_io::edu::{regs, Edu, ID};
 use vfio_io::error::Error;
+use vfio_io::models::edu::{regs, Edu, ID};
 use vfio_io::user::client::{Client, ClientConfig};
 use vfio_io::user::server::{Server, ServerConfig, ServerStopper};
 

@@ -10,8 +10,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use vfio_io::device::{pci_region, DeviceInfo, DeviceIo, IrqInfo, RegionInfo};
-use vfio_io::edu::{regs, Edu, ID};
 use vfio_io::error::{Error, Result};
+use vfio_io::models::edu::{regs, Edu, ID};
 use vfio_io::user::client::{Client, ClientConfig};
 use vfio_io::user::proto::cmd;
 use vfio_io::user::server::{DeviceContext, DeviceModel, Server, ServerConfig, ServerStopper};

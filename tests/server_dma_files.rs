@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use vfio_io::device::{DeviceInfo, DeviceIo, DmaMap, IrqInfo, RegionInfo};
-use vfio_io::edu::{Edu, DMA_BUF_SIZE, ID};
 use vfio_io::memory::DmaBuffer;
+use vfio_io::models::edu::{Edu, DMA_BUF_SIZE, ID};
 use vfio_io::user::client::{Client, ClientConfig};
 use vfio_io::user::server::{DeviceContext, DeviceModel, ServerConfig};
 use vfio_io::Result;

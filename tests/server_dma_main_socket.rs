@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use vfio_io::device::{pci_region, DeviceInfo, DeviceIo, IrqInfo, RegionInfo};
-use vfio_io::edu::{regs, Edu, DMA_BUF_ADDR, DMA_CMD_START, DMA_CMD_TO_RAM, ID};
 use vfio_io::error::Result;
 use vfio_io::memory::DmaBuffer;
+use vfio_io::models::edu::{regs, Edu, DMA_BUF_ADDR, DMA_CMD_START, DMA_CMD_TO_RAM, ID};
 use vfio_io::user::client::{Client, ClientConfig};
 use vfio_io::user::proto::{
     cmd, DmaAccess, DmaMapMsg, Header, RegionAccess, DMA_MAP_READ, DMA_MAP_WRITE,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use vfio_io::device::{pci_irq, DeviceIo, IrqAction, IrqData, IrqSet};
-use vfio_io::edu::Edu;
+use vfio_io::models::edu::Edu;
 use vfio_io::user::client::{Client, ClientConfig};
 use vfio_io::user::server::ServerConfig;
 

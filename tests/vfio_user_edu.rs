@@ -4,7 +4,7 @@
 use vfio_io::caps::Capabilities;
 use vfio_io::conformance::run_edu_suite;
 use vfio_io::device::{pci_irq, pci_region, DeviceIo};
-use vfio_io::edu::Edu;
+use vfio_io::models::edu::Edu;
 use vfio_io::user::client::{Client, ClientConfig};
 use vfio_io::user::server::ServerConfig;
 

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use vfio_io::device::DeviceIo;
-use vfio_io::edu::{regs, Edu, ID};
+use vfio_io::models::edu::{regs, Edu, ID};
 use vfio_io::user::client::{Client, ClientConfig};
 use vfio_io::user::server::{Server, ServerConfig};
 

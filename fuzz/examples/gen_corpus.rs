@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use vfio_io::device::{pci_irq, pci_region, RegionCap, RegionInfo, SparseArea};
-use vfio_io::edu;
+use vfio_io::models::edu;
 use vfio_io::user::proto::{self, cmd, Header};
 use vfio_io_fuzz::{client_version_payload, frame, server_msg, server_version_payload};
 

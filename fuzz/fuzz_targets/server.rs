@@ -32,7 +32,7 @@ use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use vfio_io::edu::Edu;
+use vfio_io::models::edu::Edu;
 use vfio_io::user::proto::{cmd, DmaAccess, Header, FLAG_ERROR, FLAG_NO_REPLY};
 use vfio_io::user::server::{Server, ServerConfig, SessionEnd};
 use vfio_io::user::wire::{send_msg, Receiver};

@@ -7,7 +7,7 @@
 //! ```
 //! use vfio_io::caps::Capabilities;
 //! use vfio_io::device::DeviceIo;
-//! use vfio_io::edu::Edu;
+//! use vfio_io::models::edu::Edu;
 //! use vfio_io::user::client::{Client, ClientConfig};
 //! use vfio_io::user::server::{Server, ServerConfig};
 //!

@@ -3,8 +3,8 @@
 //! `#[path = "support/edu_dma.rs"] mod edu_dma;`.
 
 use vfio_io::device::{DeviceIo, DmaMap};
-use vfio_io::edu::{regs, DMA_BUF_ADDR, DMA_CMD_START, DMA_CMD_TO_RAM};
 use vfio_io::memory::DmaBuffer;
+use vfio_io::models::edu::{regs, DMA_BUF_ADDR, DMA_CMD_START, DMA_CMD_TO_RAM};
 
 /// Runs one transfer; the model completes it within the write that starts it.
 fn edu_dma(c: &dyn DeviceIo, src: u64, dst: u64, len: u64, cmd: u64) {

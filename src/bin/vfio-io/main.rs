@@ -7,8 +7,8 @@ use nix::sys::signal::{SigSet, Signal};
 use vfio_io::caps::Capabilities;
 use vfio_io::conformance::run_edu_suite;
 use vfio_io::device::DeviceIo;
-use vfio_io::edu::Edu;
-use vfio_io::scratch::Scratch;
+use vfio_io::models::edu::Edu;
+use vfio_io::models::scratch::Scratch;
 use vfio_io::user::client::{Client, ClientConfig};
 use vfio_io::user::server::{DeviceModel, Server, ServerConfig, ServerStopper};
 

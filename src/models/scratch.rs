@@ -16,7 +16,7 @@ use crate::device::{
 };
 use crate::error::{Error, Result};
 use crate::memory::DmaBuffer;
-use crate::pci::{BarKind, PciConfig, CONFIG_SPACE_SIZE};
+use crate::models::pci::{BarKind, PciConfig, CONFIG_SPACE_SIZE};
 use crate::user::server::{DeviceContext, DeviceModel};
 
 /// PCI vendor ID (QEMU's, as edu uses).

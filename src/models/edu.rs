@@ -17,7 +17,7 @@ use crate::device::{
     VFIO_REGION_INFO_FLAG_WRITE,
 };
 use crate::error::{Error, Result};
-use crate::pci::{BarKind, PciConfig, CONFIG_SPACE_SIZE};
+use crate::models::pci::{BarKind, PciConfig, CONFIG_SPACE_SIZE};
 use crate::user::server::{DeviceContext, DeviceModel};
 
 /// edu's PCI vendor ID.
@@ -403,7 +403,7 @@ impl DeviceModel for Edu {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pci::reg;
+    use crate::models::pci::reg;
 
     /// Test double for [`DeviceContext`]: client memory is a `Vec<u8>` at IOVA
     /// `base`, interrupts are counted, and DMA can be made to fail.
@@ -560,7 +560,10 @@ mod tests {
         assert_eq!(edu.config().interrupt_pin(), 1);
         edu.region_write(&mut ctx, 7, 0x10, &[0xff; 4]).unwrap();
         assert_eq!(cfg32(&mut edu, &mut ctx, 0x10), 0xfff0_0000);
-        assert_eq!(edu.config().capabilities()[0].id, crate::pci::CAP_ID_MSI);
+        assert_eq!(
+            edu.config().capabilities()[0].id,
+            crate::models::pci::CAP_ID_MSI
+        );
         let mut all = [0u8; 256];
         edu.region_read(&mut ctx, 7, 0, &mut all).unwrap();
         assert!(edu.region_read(&mut ctx, 7, 255, &mut [0; 2]).is_err());
@@ -681,7 +684,10 @@ mod tests {
         assert_eq!(ctx.intx_changes, 0);
         wr32(&mut edu, &mut ctx, regs::IRQ_RAISE, 0x5);
         assert!(ctx.intx_level);
-        assert_ne!(edu.config().status() & crate::pci::status::INTERRUPT, 0);
+        assert_ne!(
+            edu.config().status() & crate::models::pci::status::INTERRUPT,
+            0
+        );
         wr32(&mut edu, &mut ctx, regs::IRQ_RAISE, 0x2);
         assert_eq!(ctx.intx_changes, 1);
         assert_eq!(rd32(&mut edu, &mut ctx, regs::IRQ_STATUS), 0x7);
@@ -691,7 +697,10 @@ mod tests {
         wr32(&mut edu, &mut ctx, regs::IRQ_ACK, 0xffff_ffff);
         assert!(!ctx.intx_level);
         assert_eq!(ctx.intx_changes, 2);
-        assert_eq!(edu.config().status() & crate::pci::status::INTERRUPT, 0);
+        assert_eq!(
+            edu.config().status() & crate::models::pci::status::INTERRUPT,
+            0
+        );
         assert_eq!(ctx.msi_count, 0);
     }
 
@@ -859,7 +868,10 @@ mod tests {
         edu.reset(&mut ctx).unwrap();
         assert!(!ctx.intx_level);
         assert_eq!(edu.config().command(), 0);
-        assert_eq!(edu.config().status() & crate::pci::status::INTERRUPT, 0);
+        assert_eq!(
+            edu.config().status() & crate::models::pci::status::INTERRUPT,
+            0
+        );
         assert_eq!(cfg32(&mut edu, &mut ctx, 0), 0x11e8_1234);
         for off in [
             regs::LIVENESS,

@@ -7,7 +7,7 @@
 //! identification registers and the MSI capability behave as a driver expects.
 //!
 //! ```
-//! use vfio_io::pci::{BarKind, PciConfig};
+//! use vfio_io::models::pci::{BarKind, PciConfig};
 //! let mut cfg = PciConfig::new(0x1234, 0x11e8)
 //!     .with_revision(0x10)
 //!     .with_bar(0, BarKind::Memory32 { prefetchable: false }, 1 << 20)

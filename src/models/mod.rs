@@ -1,0 +1,10 @@
+//! Device models served over vfio-user by [`crate::user::server`], and the PCI
+//! configuration space they share.
+//!
+//! * [`edu`]: QEMU's educational PCI device, the shared conformance target.
+//! * [`scratch`]: a sample device whose BAR2 is shared memory a client maps.
+//! * [`pci`]: a type-0 PCI configuration space with writable masks and MSI.
+
+pub mod edu;
+pub mod pci;
+pub mod scratch;
