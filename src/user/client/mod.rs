@@ -111,9 +111,7 @@ impl Client {
     /// server offers for region `index`, with the fds they refer to.
     pub fn region_io_fds(&self, index: u32) -> Result<(Vec<proto::IoFdSubRegion>, Vec<OwnedFd>)> {
         self.region(index, 0, 0)?;
-        let mut req = [0u8; 16];
-        req[0..4].copy_from_slice(&4096u32.to_ne_bytes());
-        req[8..12].copy_from_slice(&index.to_ne_bytes());
+        let req = proto::encode_io_fds_request(4096, index);
         self.inner
             .request(cmd::DEVICE_GET_REGION_IO_FDS, &[&req], &[], |r| {
                 let (got, subs) = proto::decode_io_fds(r.payload)?;
