@@ -13,6 +13,7 @@ use vfio_io::user::client::{Client, ClientConfig};
 use vfio_io::user::server::{DeviceModel, Server, ServerConfig, ServerStopper};
 
 mod info;
+mod target;
 
 const USAGE: &str = "\
 usage: vfio-io serve MODEL SOCKET [--trace] serve a device over vfio-user on SOCKET (MODEL: edu, scratch)
