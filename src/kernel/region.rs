@@ -35,7 +35,7 @@ pub fn query(dev: &Arc<OwnedFd>, index: u32) -> Result<RegionInfo> {
         // room for it. The chain does not change between the two calls, so
         // the second call always fits; the bound keeps a bad value harmless.
         if argsz > MAX_REGION_INFO || buf.len() > REGION_INFO_SIZE {
-            return Err(Error::Sys {
+            return Err(Error::Errno {
                 op: "region info keeps growing",
                 errno: libc::EPROTO,
             });

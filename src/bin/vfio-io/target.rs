@@ -36,10 +36,12 @@ fn user_error(target: &str, e: &Error) -> String {
         Error::Protocol(_) | Error::Timeout | Error::Disconnected => format!(
             "{target}: not a vfio-user server ({e}) (hint: is `vfio-io serve` or another vfio-user server listening there?)"
         ),
-        Error::Sys { errno, .. } if *errno == libc::ECONNREFUSED => format!(
+        e @ (Error::Errno { .. } | Error::Io { .. }) if e.errno() == libc::ECONNREFUSED => format!(
             "{target}: connection refused: nothing listens on this socket (hint: the server has exited and left a stale socket file; restart it)"
         ),
-        Error::Sys { errno, .. } if *errno == libc::EACCES || *errno == libc::EPERM => {
+        e @ (Error::Errno { .. } | Error::Io { .. })
+            if e.errno() == libc::EACCES || e.errno() == libc::EPERM =>
+        {
             format!("{target}: permission denied (hint: the socket's owner or root can connect)")
         }
         e => format!("{target}: {e}"),
@@ -272,7 +274,7 @@ mod tests {
     }
 
     fn sys_err(op: &'static str, errno: i32) -> Error {
-        Error::Sys { op, errno }
+        Error::Errno { op, errno }
     }
 
     #[test]

@@ -30,7 +30,7 @@ impl Client {
     /// Connects to a vfio-user server socket and negotiates with it.
     pub fn connect(path: impl AsRef<Path>, config: ClientConfig) -> Result<Self> {
         let stream = UnixStream::connect(path.as_ref())
-            .map_err(|e| Error::io("connect to vfio-user socket", &e))?;
+            .map_err(|e| Error::io("connect to vfio-user socket", e))?;
         Self::from_stream(stream, config)
     }
 
@@ -263,4 +263,36 @@ fn negotiate_version(
         };
         Ok((caps, twin))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixListener;
+
+    use super::*;
+
+    #[test]
+    fn refused_connect_keeps_the_io_error_and_reports_econnrefused() {
+        let dir = std::env::temp_dir().join(format!("vfio-io-refused-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("stale.sock");
+        let _ = std::fs::remove_file(&path);
+        // A socket file whose listener is gone: what a server that exited leaves.
+        drop(UnixListener::bind(&path).unwrap());
+        let Err(e) = Client::connect(&path, ClientConfig::default()) else {
+            panic!("connected to a socket nobody listens on");
+        };
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(matches!(e, Error::Io { .. }), "{e:?}");
+        assert_eq!(e.errno(), libc::ECONNREFUSED, "{e}");
+        let source = std::error::Error::source(&e).expect("the io::Error is kept");
+        let io = source
+            .downcast_ref::<std::io::Error>()
+            .expect("an io::Error");
+        assert_eq!(io.raw_os_error(), Some(libc::ECONNREFUSED));
+        assert!(
+            e.to_string().starts_with("connect to vfio-user socket: "),
+            "{e}"
+        );
+    }
 }
