@@ -17,6 +17,10 @@ const CAP_MSIX_MAPPABLE: u16 = 3;
 pub const MAX_REGION_CAPS: usize = 16;
 /// Most sparse areas one capability may describe.
 pub const MAX_SPARSE_AREAS: usize = 1024;
+/// Largest region info, capability chain included, taken from the kernel or a
+/// vfio-user server: real chains are a few hundred bytes, so an argsz near
+/// this means a confused or hostile peer, not a big region.
+pub const MAX_REGION_INFO: usize = 64 * 1024;
 
 /// A DEVICE_GET_REGION_INFO request for `index`, accepting `argsz` bytes back.
 pub fn encode_region_info_request(argsz: u32, index: u32) -> [u8; REGION_INFO_SIZE] {

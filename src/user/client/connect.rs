@@ -14,10 +14,11 @@ use std::time::Duration;
 use super::dma::TwinSocket;
 use super::mapped::map_regions;
 use super::multiplex::Inner;
-use super::{expect_len, Client, ClientConfig, MAX_IRQS, MAX_REGIONS, MAX_REGION_INFO};
+use super::{expect_len, Client, ClientConfig, MAX_IRQS, MAX_REGIONS};
 use crate::caps::{Capabilities, CapabilityRecord, Source};
 use crate::device::{DeviceInfo, DeviceIo, RegionInfo};
 use crate::error::{Error, Result};
+use crate::region_info::MAX_REGION_INFO;
 use crate::user::proto::{self, cmd};
 use crate::user::version::{self, VersionCaps};
 use crate::user::wire::set_timeouts;
@@ -204,7 +205,7 @@ impl Client {
                         Ok((info, needed, r.fds.pop()))
                     })?;
             if needed > argsz && needed as usize > proto::REGION_INFO_SIZE {
-                if needed > MAX_REGION_INFO || argsz >= MAX_REGION_INFO {
+                if needed as usize > MAX_REGION_INFO || argsz as usize >= MAX_REGION_INFO {
                     return Err(Error::Protocol(format!(
                         "region {index} info needs {needed} bytes"
                     )));
