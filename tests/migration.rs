@@ -22,18 +22,20 @@ use vfio_io::user::client::{Client, ClientConfig};
 use vfio_io::user::proto::{self, cmd, MigDataMsg, MigDataSize, MigStateMsg, MigrationFeature};
 use vfio_io::user::server::ServerConfig;
 
-mod common;
 #[path = "support/edu_dma.rs"]
 mod edu_dma;
 #[path = "support/raw_peer.rs"]
 mod raw_peer;
+#[path = "support/served.rs"]
+mod served;
 #[path = "support/watchdog.rs"]
 mod watchdog;
 
 use raw_peer::Peer;
+use served::TempDir;
 use MigrationState::{Resuming, Running, Stop, StopCopy};
 
-fn connect(s: &common::Served) -> Client {
+fn connect(s: &served::Served) -> Client {
     Client::connect(&s.path, ClientConfig::default()).unwrap()
 }
 
@@ -144,8 +146,8 @@ fn dma_buffer(c: &Client) -> Vec<u8> {
 fn edu_migrates_from_one_server_to_another_with_every_register_and_its_dma_buffer() {
     let _w = watchdog::Watchdog::start("edu migration", Duration::from_secs(60));
     let (a, b) = (
-        common::serve(Edu::new(), ServerConfig::default()),
-        common::serve(Edu::new(), ServerConfig::default()),
+        served::serve(Edu::new(), ServerConfig::default()),
+        served::serve(Edu::new(), ServerConfig::default()),
     );
     let (src, dst) = (connect(&a), connect(&b));
     assert!(src.capabilities().contains(Capabilities::MIGRATION));
@@ -238,7 +240,7 @@ fn raw_walk(p: &mut Peer, to: MigrationState, stream: &[u8]) {
 #[test]
 fn the_server_takes_every_direct_arc_and_refuses_every_other_with_einval() {
     let _w = watchdog::Watchdog::start("the arc table", Duration::from_secs(60));
-    let s = common::serve(Edu::new(), ServerConfig::default());
+    let s = served::serve(Edu::new(), ServerConfig::default());
     let mut p = Peer::connect(&s.path);
     p.version();
     raw_walk(&mut p, StopCopy, &[]);
@@ -303,7 +305,7 @@ fn the_server_takes_every_direct_arc_and_refuses_every_other_with_einval() {
 
 #[test]
 fn client_walks_through_stop_and_refuses_error_and_missing_states() {
-    let s = common::serve(Edu::new(), ServerConfig::default());
+    let s = served::serve(Edu::new(), ServerConfig::default());
     let c = connect(&s);
     let m = mig(&c);
     assert_eq!(m.get_state().unwrap(), Running);
@@ -330,7 +332,7 @@ fn client_walks_through_stop_and_refuses_error_and_missing_states() {
 
 #[test]
 fn mig_data_in_the_wrong_state_is_einval() {
-    let s = common::serve(Edu::new(), ServerConfig::default());
+    let s = served::serve(Edu::new(), ServerConfig::default());
     let c = connect(&s);
     let m = mig(&c);
     let mut buf = [0u8; 64];
@@ -358,8 +360,8 @@ fn mig_data_in_the_wrong_state_is_einval() {
 fn bad_streams_are_refused_and_the_destination_stays_usable() {
     let _w = watchdog::Watchdog::start("bad streams", Duration::from_secs(60));
     let (a, b) = (
-        common::serve(Edu::new(), ServerConfig::default()),
-        common::serve(Edu::new(), ServerConfig::default()),
+        served::serve(Edu::new(), ServerConfig::default()),
+        served::serve(Edu::new(), ServerConfig::default()),
     );
     let (src, dst) = (connect(&a), connect(&b));
     busy_edu(&src);
@@ -408,7 +410,7 @@ fn bad_streams_are_refused_and_the_destination_stays_usable() {
 #[test]
 fn a_server_without_migration_hooks_answers_no_migration() {
     // Scratch has no hooks: the features fall to the model, which has none.
-    let s = common::serve(
+    let s = served::serve(
         vfio_io::models::scratch::Scratch::new().unwrap(),
         ServerConfig::default(),
     );
@@ -439,20 +441,8 @@ struct FakeServer {
     thread: Option<JoinHandle<usize>>,
 }
 
-struct TempDir(PathBuf);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn fake_server(announced: u64, reply: fn(u32) -> (u32, Vec<u8>)) -> FakeServer {
-    let dir = std::env::temp_dir().join(format!(
-        "vfio-io-migration-fake-{}-{announced}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("migration-fake");
     let path = dir.join("s.sock");
     let listener = UnixListener::bind(&path).unwrap();
     let thread = std::thread::spawn(move || {
@@ -541,7 +531,7 @@ fn fake_server(announced: u64, reply: fn(u32) -> (u32, Vec<u8>)) -> FakeServer {
     });
     FakeServer {
         path,
-        _dir: TempDir(dir),
+        _dir: dir,
         thread: Some(thread),
     }
 }
