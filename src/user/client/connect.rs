@@ -23,8 +23,7 @@ use crate::user::proto::{self, cmd};
 use crate::user::version::{self, VersionCaps};
 use crate::user::wire::set_timeouts;
 use vfio_bindings::bindings::vfio::{
-    VFIO_DEVICE_FEATURE_DMA_LOGGING_START, VFIO_DEVICE_FEATURE_GET, VFIO_DEVICE_FEATURE_MIGRATION,
-    VFIO_DEVICE_FEATURE_PROBE, VFIO_DEVICE_FEATURE_SET,
+    VFIO_DEVICE_FEATURE_DMA_LOGGING_START, VFIO_DEVICE_FEATURE_PROBE, VFIO_DEVICE_FEATURE_SET,
 };
 
 impl Client {
@@ -74,6 +73,7 @@ impl Client {
             max_xfer,
             twin: Mutex::new(twin),
             mapped: Vec::new(),
+            migration_left: Mutex::new(None),
         };
         client.discover()?;
         Ok(client)
@@ -162,34 +162,29 @@ impl Client {
         self.caps = rec;
     }
 
-    /// Probes the server for migration and dirty tracking. Its answers are
-    /// recorded, but the bits stay clear: the library carries no vfio-user
-    /// migration or dirty-report data path.
+    /// Probes the server for migration (see `record_migration`) and dirty
+    /// tracking. A dirty-tracking offer is recorded, but its bit stays
+    /// clear: the library carries no vfio-user dirty-report data path.
     fn record_feature_probes(&self, rec: &mut CapabilityRecord) {
-        let probes = [
-            (
-                VFIO_DEVICE_FEATURE_MIGRATION,
-                VFIO_DEVICE_FEATURE_GET,
-                Capabilities::MIGRATION,
-            ),
-            (
-                VFIO_DEVICE_FEATURE_DMA_LOGGING_START,
-                VFIO_DEVICE_FEATURE_SET,
-                Capabilities::DIRTY_TRACKING,
-            ),
-        ];
-        for (feature, how, bit) in probes {
-            // A probe the server refuses just leaves the bit clear: nothing to log.
-            let offered = self
-                .device_feature(VFIO_DEVICE_FEATURE_PROBE | how | feature, &mut [])
-                .is_ok();
-            let why = if offered {
-                "the server offers it; the library has no vfio-user data path for it"
-            } else {
-                "the server refuses the probe"
-            };
-            rec.withhold(bit, Source::FeatureProbe(feature), why);
-        }
+        self.record_migration(rec);
+        let feature = VFIO_DEVICE_FEATURE_DMA_LOGGING_START;
+        // A probe the server refuses just leaves the bit clear: nothing to log.
+        let offered = self
+            .device_feature(
+                VFIO_DEVICE_FEATURE_PROBE | VFIO_DEVICE_FEATURE_SET | feature,
+                &mut [],
+            )
+            .is_ok();
+        let why = if offered {
+            "the server offers it; the library has no vfio-user data path for it"
+        } else {
+            "the server refuses the probe"
+        };
+        rec.withhold(
+            Capabilities::DIRTY_TRACKING,
+            Source::FeatureProbe(feature),
+            why,
+        );
     }
 
     /// DEVICE_GET_REGION_INFO for region `index`, asking again with a larger

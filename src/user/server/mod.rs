@@ -6,6 +6,7 @@ mod context;
 mod dma;
 mod irq;
 mod link;
+mod migration;
 mod model;
 mod session;
 
@@ -20,7 +21,7 @@ use std::time::Duration;
 
 pub use dma::{ClientMemory, DmaRegion, DmaSpace};
 pub use irq::IrqState;
-pub use model::{DeviceContext, DeviceModel};
+pub use model::{DeviceContext, DeviceModel, Migratable};
 
 use crate::error::{Error, Result};
 use crate::user::version::{VersionCaps, DEFAULT_MAX_DATA_XFER};
