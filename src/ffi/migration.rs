@@ -28,7 +28,7 @@ unsafe fn with_migration(
                 .ok_or(Error::Unsupported("the backend carries no migration"))?;
         op(m)
     }))
-    .unwrap_or(Err(Error::Sys {
+    .unwrap_or(Err(Error::Errno {
         op: "vfio-io panicked",
         errno: libc::EIO,
     }))
