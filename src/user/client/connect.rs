@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use super::dma::TwinSocket;
 use super::mapped::map_regions;
+use super::migration::MigrationLink;
 use super::multiplex::Inner;
 use super::{expect_len, Client, ClientConfig, MAX_IRQS, MAX_REGIONS};
 use crate::caps::{Capabilities, CapabilityRecord, Source};
@@ -60,6 +61,7 @@ impl Client {
             )?),
             None => None,
         };
+        let migration = Arc::new(MigrationLink::new(Arc::clone(&inner), max_xfer));
         let mut client = Client {
             inner,
             server,
@@ -73,7 +75,8 @@ impl Client {
             max_xfer,
             twin: Mutex::new(twin),
             mapped: Vec::new(),
-            migration_left: Mutex::new(None),
+            migration,
+            data_fd: Mutex::new(None),
         };
         client.discover()?;
         Ok(client)

@@ -17,6 +17,7 @@
 //! (`connect`).
 
 mod connect;
+mod data_fd;
 mod dma;
 mod mapped;
 mod migration;
@@ -39,7 +40,10 @@ use crate::user::version::{self, VersionCaps};
 use dma::TwinSocket;
 use mapped::MappedArea;
 use multiplex::{Inner, LinkDown, POSTED_ID};
-use vfio_bindings::bindings::vfio::{VFIO_DEVICE_FEATURE_GET, VFIO_DEVICE_FEATURE_PROBE};
+use vfio_bindings::bindings::vfio::{
+    VFIO_DEVICE_FEATURE_GET, VFIO_DEVICE_FEATURE_MASK, VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE,
+    VFIO_DEVICE_FEATURE_PROBE,
+};
 
 pub use migration::MAX_STREAM_WITHOUT_SIZE;
 pub use multiplex::MAX_OUTSTANDING;
@@ -93,8 +97,10 @@ pub struct Client {
     twin: Mutex<Option<TwinSocket>>,
     /// The mmapped areas of mappable regions, accessed without messages.
     mapped: Vec<MappedArea>,
-    /// Bytes the STOP_COPY stream may still bring; `None` until its first read.
-    migration_left: Mutex<Option<u64>>,
+    /// Migration state and stream, shared with the data fd's thread.
+    migration: Arc<migration::MigrationLink>,
+    /// The data fd's thread, while a state stream moves through one.
+    data_fd: Mutex<Option<data_fd::DataFd>>,
 }
 
 /// Checks that a reply's payload holds at least the `want` bytes of its
@@ -374,6 +380,11 @@ impl DeviceIo for Client {
     }
 
     fn device_feature(&self, flags: u32, data: &mut [u8]) -> Result<i32> {
+        let feature = flags & VFIO_DEVICE_FEATURE_MASK;
+        if feature == VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE && flags & VFIO_DEVICE_FEATURE_PROBE == 0
+        {
+            return self.mig_device_state_feature(flags, data);
+        }
         let fixed = proto::encode_feature((8 + data.len()) as u32, flags);
         let get = flags & VFIO_DEVICE_FEATURE_GET != 0 && flags & VFIO_DEVICE_FEATURE_PROBE == 0;
         let input: &[u8] = if get { &[] } else { data };
