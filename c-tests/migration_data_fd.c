@@ -15,38 +15,11 @@
 
 #include <vfio-io.h>
 
+#include "edu_check.h"
 #include "edu_server.h"
-
-static int failures;
-
-#define CHECK(cond, ...)                                                      \
-    do {                                                                      \
-        if (!(cond)) {                                                        \
-            failures++;                                                       \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);              \
-            fprintf(stderr, __VA_ARGS__);                                     \
-            fputc('\n', stderr);                                              \
-        }                                                                     \
-    } while (0)
-
-enum { LIVENESS = 0x04, FACTORIAL = 0x08, IRQ_STATUS = 0x24, IRQ_RAISE = 0x60 };
 
 /* edu's stream is about 4.4 KiB. */
 enum { MAX_STREAM = 64 * 1024 };
-
-static uint32_t rd32(vfio_io_device *dev, off_t off)
-{
-    uint32_t v = 0xffffffff;
-    int r = vfio_io_device_ops(dev)->region_read(dev, 0, off, 4, &v);
-    CHECK(r == 4, "region_read at %#lx returned %d", (long)off, r);
-    return v;
-}
-
-static void wr32(vfio_io_device *dev, off_t off, uint32_t v)
-{
-    int r = vfio_io_device_ops(dev)->region_write(dev, 0, off, 4, &v, false);
-    CHECK(r == 4, "region_write at %#lx returned %d", (long)off, r);
-}
 
 /* MIG_DEVICE_STATE with `flags` (GET or SET), as QEMU builds it. Returns
  * device_feature's result; *state and *data_fd get the struct's fields. */
@@ -155,12 +128,10 @@ static int settle(const char *dir, int want)
     return n;
 }
 
-static void migrate(vfio_io_device *src, vfio_io_device *dst)
+static void migrate_steps(vfio_io_device *src, vfio_io_device *dst)
 {
     static uint8_t stream[MAX_STREAM], bad[MAX_STREAM];
-    wr32(src, FACTORIAL, 6);
-    wr32(src, LIVENESS, 0xc0ffee);
-    wr32(src, IRQ_RAISE, 0x8);
+    edu_make_busy(src);
     CHECK(get_state(src) == VFIO_DEVICE_STATE_RUNNING, "source starts RUNNING");
 
     /* A reader that closes at once: no SIGPIPE kills this process. */
@@ -199,45 +170,23 @@ static void migrate(vfio_io_device *src, vfio_io_device *dst)
     set_no_data(dst, VFIO_DEVICE_STATE_RUNNING);
     close(fd);
     CHECK(get_state(dst) == VFIO_DEVICE_STATE_RUNNING, "destination RUNNING");
-    CHECK(rd32(dst, FACTORIAL) == 720, "factorial arrived");
-    CHECK(rd32(dst, LIVENESS) == ~0xc0ffeeu, "liveness arrived");
-    CHECK(rd32(dst, IRQ_STATUS) == 0x8, "interrupt status arrived");
+    edu_check_arrived(dst);
 
     set_no_data(src, VFIO_DEVICE_STATE_RUNNING);
     wr32(src, FACTORIAL, 3);
     CHECK(rd32(src, FACTORIAL) == 6, "the source runs again");
 }
 
-int main(int argc, char **argv)
+/* migrate_steps, and no fd or thread left after it. */
+static void migrate(vfio_io_device *src, vfio_io_device *dst)
 {
-    if (argc < 2) {
-        fprintf(stderr, "usage: %s VFIO_IO_BINARY\n", argv[0]);
-        return 2;
-    }
-    struct edu_server a, b;
-    vfio_io_device *src = NULL, *dst = NULL;
-    if (edu_server_start(&a, argv[1]) || edu_server_start(&b, argv[1]))
-        return 1;
-    int r = edu_server_connect(&a, &src);
-    CHECK(r == 0, "connect to the source: %d", r);
-    r = edu_server_connect(&b, &dst);
-    CHECK(r == 0, "connect to the destination: %d", r);
-    if (!src || !dst)
-        goto out;
     int fds = count("/proc/self/fd"), threads = count("/proc/self/task");
-    migrate(src, dst);
+    migrate_steps(src, dst);
     CHECK(settle("/proc/self/fd", fds) == fds, "fds leaked");
     CHECK(settle("/proc/self/task", threads) == threads, "threads leaked");
+}
 
-out:
-    vfio_io_device_close(src);
-    vfio_io_device_close(dst);
-    edu_server_stop(&a);
-    edu_server_stop(&b);
-    if (failures) {
-        fprintf(stderr, "%d check(s) failed\n", failures);
-        return 1;
-    }
-    printf("migration_data_fd: ok\n");
-    return 0;
+int main(int argc, char **argv)
+{
+    return edu_pair_main(argc, argv, "migration_data_fd", migrate);
 }
