@@ -105,7 +105,12 @@ typedef struct vfio_io_ops {
   // operation's non-negative result or -errno (-EINVAL for a NULL
   // `feature` or an argsz outside [sizeof(struct vfio_device_feature),
   // 1 MiB]). For `VFIO_DEVICE_FEATURE_DMA_BUF` the result is a new fd,
-  // owned by the caller.
+  // owned by the caller. A SET of `VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE`
+  // writes `data_fd` back as the kernel does, on every backend: a new fd
+  // the caller owns entering STOP_COPY (read it to EOF) or RESUMING
+  // (write the stream into it), else -1. Over vfio-user the next state
+  // change first hands the device every byte written into it, closed or
+  // not, and reports there a failure to do so.
   int (*device_feature)(struct vfio_io_device *dev, struct vfio_device_feature *feature);
   // `VFIO_DEVICE_GET_REGION_INFO` for region `info->index`. `info` points
   // to `info->argsz` bytes (at least sizeof(struct vfio_region_info)),
@@ -258,8 +263,9 @@ const char *vfio_io_capability_name(uint64_t bit);
 // `VFIO_DEVICE_STATE_RUNNING`, `_STOP`, `_STOP_COPY`, `_RESUMING`) to
 // `*state`. `dev` must be NULL or a live handle; `state` must point to a
 // uint32_t. Returns 0 or -errno: -EINVAL for a NULL argument, -ENOTTY for
-// a device without `VFIO_IO_CAP_MIGRATION` or a backend without these calls
-// (kernel VFIO: use `device_feature`), the peer's error otherwise.
+// a device without `VFIO_IO_CAP_MIGRATION` (on kernel VFIO the kernel's
+// answer: a driver without migration), the peer's or kernel's error
+// otherwise.
 int vfio_io_migration_get_state(struct vfio_io_device *dev, uint32_t *state);
 
 // Moves the device to migration state `state`, through STOP where no

@@ -305,8 +305,9 @@ pub trait DeviceIo: Send + Sync {
     }
 
     /// The device's migration (state machine and state stream), where this
-    /// backend carries it and the device has [`Capabilities::MIGRATION`]'s
-    /// data path; `None` where the backend has none (kernel VFIO, for now).
+    /// backend carries it (vfio-user and kernel VFIO do); on a device
+    /// without [`Capabilities::MIGRATION`] its calls fail with ENOTTY.
+    /// `None` where the backend has none.
     fn migration(&self) -> Option<&dyn DeviceMigration> {
         None
     }

@@ -69,7 +69,12 @@ pub struct vfio_io_ops {
     /// operation's non-negative result or -errno (-EINVAL for a NULL
     /// `feature` or an argsz outside [sizeof(struct vfio_device_feature),
     /// 1 MiB]). For `VFIO_DEVICE_FEATURE_DMA_BUF` the result is a new fd,
-    /// owned by the caller.
+    /// owned by the caller. A SET of `VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE`
+    /// writes `data_fd` back as the kernel does, on every backend: a new fd
+    /// the caller owns entering STOP_COPY (read it to EOF) or RESUMING
+    /// (write the stream into it), else -1. Over vfio-user the next state
+    /// change first hands the device every byte written into it, closed or
+    /// not, and reports there a failure to do so.
     pub device_feature: Option<
         unsafe extern "C" fn(dev: *mut vfio_io_device, feature: *mut vfio_device_feature) -> c_int,
     >,

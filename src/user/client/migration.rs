@@ -14,7 +14,7 @@ use super::multiplex::Inner;
 use super::Client;
 use crate::caps::{Capabilities, CapabilityRecord, Source};
 use crate::error::{Error, Result};
-use crate::migration::{DeviceMigration, MigrationState, MIGRATION_STOP_COPY};
+use crate::migration::{walk, DeviceMigration, MigrationState, MIGRATION_STOP_COPY};
 use crate::user::proto::{self, cmd, MigDataMsg, MigDataSize, MigStateMsg, MigrationFeature};
 use vfio_bindings::bindings::vfio::{
     VFIO_DEVICE_FEATURE_GET, VFIO_DEVICE_FEATURE_MIGRATION, VFIO_DEVICE_FEATURE_MIG_DATA_SIZE,
@@ -178,26 +178,10 @@ impl Client {
     /// device already was in `to`).
     pub(super) fn walk_to(&self, to: MigrationState) -> Result<bool> {
         self.check_migrates()?;
-        if !to.is_stop_copy_state() {
-            return Err(Error::InvalidArgument(
-                "migration state is ERROR or one the device lacks",
-            ));
-        }
-        let mut at = self.migration.state()?;
-        let start = at;
-        // Two arcs reach any state; a third step means the server moved
-        // somewhere else than asked.
-        for _ in 0..2 {
-            if at == to {
-                break;
-            }
-            let next = at
-                .next_step(to)
-                .ok_or(Error::InvalidArgument("no path from the device's state"))?;
-            self.migration.set_state_once(next)?;
-            at = next;
-        }
-        Ok(at != start)
+        let arcs = walk(self.migration.state()?, to, |next| {
+            self.migration.set_state_once(next)
+        })?;
+        Ok(arcs > 0)
     }
 
     /// Records [`Capabilities::MIGRATION`]: granted when the server answers
