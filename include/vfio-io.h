@@ -22,9 +22,9 @@
 #define VFIO_IO_CAP_DMA_BUF (1ULL << 0)
 
 // The v2 migration state machine (`VFIO_DEVICE_FEATURE_MIGRATION`,
-// STOP_COPY at least) is available, data path included: through
-// `device_feature` and its data fd on kernel VFIO; through
-// `vfio_io_migration_*` (MIG_DATA_READ/WRITE) on vfio-user.
+// STOP_COPY at least) is available, data path included, on both
+// roads: `device_feature` and the data fd it returns, and
+// `vfio_io_migration_*` (vfio-user carries both over MIG_DATA_READ/WRITE).
 #define VFIO_IO_CAP_MIGRATION (1ULL << 1)
 
 // Device dirty-page tracking (`VFIO_DEVICE_FEATURE_DMA_LOGGING_*`) is

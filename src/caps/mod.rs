@@ -75,9 +75,9 @@ capability_table! {
     /// (`VFIO_DEVICE_FEATURE_DMA_BUF`). Kernel VFIO only, Linux >= 6.19.
     DMA_BUF = 1 << 0 on Backends::KERNEL;
     /// The v2 migration state machine (`VFIO_DEVICE_FEATURE_MIGRATION`,
-    /// STOP_COPY at least) is available, data path included: through
-    /// `device_feature` and its data fd on kernel VFIO; through
-    /// `vfio_io_migration_*` (MIG_DATA_READ/WRITE) on vfio-user.
+    /// STOP_COPY at least) is available, data path included, on both
+    /// roads: `device_feature` and the data fd it returns, and
+    /// `vfio_io_migration_*` (vfio-user carries both over MIG_DATA_READ/WRITE).
     MIGRATION = 1 << 1 on Backends::KERNEL.union(Backends::VFIO_USER);
     /// Device dirty-page tracking (`VFIO_DEVICE_FEATURE_DMA_LOGGING_*`) is
     /// available through `device_feature`, report included.

@@ -12,8 +12,10 @@
 //! device every byte already written, whether or not the caller closed its
 //! end, so the stream is whole before the state moves on. A failure of the
 //! thread (the device refusing a write, a lying server) comes back from that
-//! state change, which then changes nothing; until then the thread keeps
-//! taking the caller's bytes, so the caller's writes never fail halfway.
+//! state change, which then changes nothing. Until then a failed RESUMING
+//! thread keeps taking (and dropping) the caller's bytes, so the caller's
+//! writes never fail halfway; a failed STOP_COPY thread closes its end, so
+//! the caller reads an early EOF and learns why from the state change.
 
 use std::net::Shutdown;
 use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
