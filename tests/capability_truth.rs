@@ -302,7 +302,7 @@ fn reset_clear_fails_at_once_and_leaves_the_device_alone() {
 }
 
 #[test]
-fn migration_and_dirty_tracking_stay_clear_though_the_server_offers_them() {
+fn migration_stays_clear_though_the_server_offers_it() {
     let model = Altered {
         offers_features: true,
         ..Altered::new(Edu::new())
@@ -310,21 +310,56 @@ fn migration_and_dirty_tracking_stay_clear_though_the_server_offers_them() {
     let s = common::serve(model, ServerConfig::default());
     let c = connect(&s);
     let caps = c.capabilities();
-    assert!(!caps.intersects(Capabilities::MIGRATION | Capabilities::DIRTY_TRACKING));
-    assert!(!c
-        .backend_capabilities()
-        .intersects(Capabilities::MIGRATION | Capabilities::DIRTY_TRACKING));
-    for (bit, feature) in [
-        (Capabilities::MIGRATION, VFIO_DEVICE_FEATURE_MIGRATION),
-        (
-            Capabilities::DIRTY_TRACKING,
-            VFIO_DEVICE_FEATURE_DMA_LOGGING_START,
-        ),
-    ] {
-        let e = c.capability_record().deciding(bit).unwrap();
-        assert!(!e.present);
-        assert_eq!(e.source, Source::FeatureProbe(feature));
+    assert!(!caps.intersects(Capabilities::MIGRATION));
+    assert!(!c.backend_capabilities().intersects(Capabilities::MIGRATION));
+    let e = c
+        .capability_record()
+        .deciding(Capabilities::MIGRATION)
+        .unwrap();
+    assert!(!e.present);
+    assert_eq!(
+        e.source,
+        Source::FeatureProbe(VFIO_DEVICE_FEATURE_MIGRATION)
+    );
+    assert!(e.detail.contains("offers"), "{}", e.detail);
+}
+
+/// The library logs DMA writes for every model, so a server built with it
+/// offers dirty tracking whatever its model answers; tests/dirty_tracking.rs
+/// checks the log itself.
+#[test]
+fn dirty_tracking_is_set_on_every_server_of_this_library() {
+    for offers_features in [false, true] {
+        let model = Altered {
+            offers_features,
+            ..Altered::new(Edu::new())
+        };
+        let s = common::serve(model, ServerConfig::default());
+        let c = connect(&s);
+        assert!(c.capabilities().contains(Capabilities::DIRTY_TRACKING));
+        assert!(c
+            .backend_capabilities()
+            .contains(Capabilities::DIRTY_TRACKING));
+        let e = c
+            .capability_record()
+            .deciding(Capabilities::DIRTY_TRACKING)
+            .unwrap();
+        assert!(e.present);
+        assert_eq!(
+            e.source,
+            Source::FeatureProbe(VFIO_DEVICE_FEATURE_DMA_LOGGING_START)
+        );
         assert!(e.detail.contains("offers"), "{}", e.detail);
+        let t = c.dirty_tracking().expect("the vfio-user client tracks");
+        t.dirty_start(
+            4096,
+            &[vfio_io::dirty::DirtyRange {
+                iova: 0,
+                length: 1 << 20,
+            }],
+        )
+        .unwrap();
+        t.dirty_stop().unwrap();
     }
 }
 

@@ -77,9 +77,11 @@ capability_table! {
     /// The v2 migration state machine (`VFIO_DEVICE_FEATURE_MIGRATION`) is
     /// available through `device_feature`, data path included.
     MIGRATION = 1 << 1 on Backends::KERNEL;
-    /// Device dirty-page tracking (`VFIO_DEVICE_FEATURE_DMA_LOGGING_*`) is
-    /// available through `device_feature`, report included.
-    DIRTY_TRACKING = 1 << 2 on Backends::KERNEL;
+    /// Device dirty-page tracking (DMA logging) is available: on kernel VFIO
+    /// through `device_feature` (`VFIO_DEVICE_FEATURE_DMA_LOGGING_*`); on
+    /// vfio-user through `vfio_io_dirty_start`/`_report`/`_stop`, a server of
+    /// this library logging every page its device writes to client memory.
+    DIRTY_TRACKING = 1 << 2 on Backends::all();
     /// The device can enter a low-power state (`VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY`).
     LOW_POWER = 1 << 3 on Backends::KERNEL;
     /// At least one region (or sparse area of one) can be mmapped by the caller.

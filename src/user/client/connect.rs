@@ -22,8 +22,7 @@ use crate::user::proto::{self, cmd};
 use crate::user::version::{self, VersionCaps};
 use crate::user::wire::set_timeouts;
 use vfio_bindings::bindings::vfio::{
-    VFIO_DEVICE_FEATURE_DMA_LOGGING_START, VFIO_DEVICE_FEATURE_GET, VFIO_DEVICE_FEATURE_MIGRATION,
-    VFIO_DEVICE_FEATURE_PROBE, VFIO_DEVICE_FEATURE_SET,
+    VFIO_DEVICE_FEATURE_GET, VFIO_DEVICE_FEATURE_MIGRATION, VFIO_DEVICE_FEATURE_PROBE,
 };
 
 impl Client {
@@ -158,25 +157,18 @@ impl Client {
             );
         }
         self.record_feature_probes(&mut rec);
+        self.record_dirty_tracking_probe(&mut rec);
         self.caps = rec;
     }
 
-    /// Probes the server for migration and dirty tracking. Its answers are
-    /// recorded, but the bits stay clear: the library carries no vfio-user
-    /// migration or dirty-report data path.
+    /// Probes the server for migration. Its answer is recorded, but the bit
+    /// stays clear: the library carries no vfio-user migration data path.
     fn record_feature_probes(&self, rec: &mut CapabilityRecord) {
-        let probes = [
-            (
-                VFIO_DEVICE_FEATURE_MIGRATION,
-                VFIO_DEVICE_FEATURE_GET,
-                Capabilities::MIGRATION,
-            ),
-            (
-                VFIO_DEVICE_FEATURE_DMA_LOGGING_START,
-                VFIO_DEVICE_FEATURE_SET,
-                Capabilities::DIRTY_TRACKING,
-            ),
-        ];
+        let probes = [(
+            VFIO_DEVICE_FEATURE_MIGRATION,
+            VFIO_DEVICE_FEATURE_GET,
+            Capabilities::MIGRATION,
+        )];
         for (feature, how, bit) in probes {
             // A probe the server refuses just leaves the bit clear: nothing to log.
             let offered = self
