@@ -163,8 +163,11 @@ impl Capabilities {
     /// use vfio_io::caps::Capabilities;
     ///
     /// // What QEMU's edu device reports over vfio-user.
-    /// let edu = Capabilities::from_bits_truncate(0x3c0);
-    /// assert_eq!(edu.describe(), "POSTED_WRITES|RESET|WRITE_MULTI|DMA_MESSAGES");
+    /// let edu = Capabilities::from_bits_truncate(0x3c4);
+    /// assert_eq!(
+    ///     edu.describe(),
+    ///     "DIRTY_TRACKING|POSTED_WRITES|RESET|WRITE_MULTI|DMA_MESSAGES"
+    /// );
     /// // A caller checks a bit instead of trying and reading -ENOTTY.
     /// assert!(!edu.contains(Capabilities::DMA_BUF));
     /// assert_eq!(Capabilities::empty().describe(), "none");
