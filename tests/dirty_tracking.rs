@@ -7,22 +7,29 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use std::os::unix::net::UnixStream;
+use std::thread::JoinHandle;
+
 use vfio_bindings::bindings::vfio::{
     VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT, VFIO_DEVICE_FEATURE_DMA_LOGGING_START,
-    VFIO_DEVICE_FEATURE_GET, VFIO_DEVICE_FEATURE_SET,
+    VFIO_DEVICE_FEATURE_GET, VFIO_DEVICE_FEATURE_MASK, VFIO_DEVICE_FEATURE_SET,
 };
+use vfio_io::device::DeviceInfo;
 use vfio_io::device::{DeviceIo, DmaMap};
 use vfio_io::dirty::{DirtyRange, DirtyTracking, MAX_RANGES, MAX_TRACKED_PAGES};
 use vfio_io::memory::DmaBuffer;
 use vfio_io::models::edu::Edu;
 use vfio_io::user::client::{Client, ClientConfig};
-use vfio_io::user::proto;
+use vfio_io::user::proto::{self, cmd, DmaLoggingReport};
 use vfio_io::user::server::ServerConfig;
 
 mod common;
 #[path = "support/edu_dma.rs"]
 mod edu_dma;
+#[path = "support/raw_peer.rs"]
+mod raw_peer;
 use edu_dma::{edu_load, edu_store};
+use raw_peer::{Msg, Peer};
 
 /// Records the largest single allocation any thread of this test binary
 /// makes (the server runs in a thread of it), to show a refused start
@@ -327,4 +334,110 @@ fn a_report_larger_than_one_message_goes_in_parts() {
         .collect();
     assert_eq!(set, vec![40_001]);
     assert_eq!(b.last().unwrap() >> (pages % 64), 0, "bits past the range");
+}
+
+/// A fake vfio-user server on one end of a socket pair: it answers VERSION
+/// and DEVICE_GET_INFO (no regions, no IRQs) itself and every other command
+/// with `answer`, until the client leaves; returns the commands it saw
+/// after setup as (command, DEVICE_FEATURE flags or 0).
+fn fake_server(
+    answer: impl Fn(&Peer, &Msg) + Send + 'static,
+) -> (Client, JoinHandle<Vec<(u16, u32)>>) {
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let thread = std::thread::spawn(move || {
+        let mut p = Peer::new(theirs);
+        let mut seen = Vec::new();
+        while let Ok(m) = p.recv() {
+            match m.h.command {
+                cmd::VERSION => {
+                    let v = proto::encode_version(0, 0, r#"{"capabilities":{"max_msg_fds":8}}"#);
+                    p.reply(&m.h, &[&v], &[]);
+                }
+                cmd::DEVICE_GET_INFO => {
+                    let info = DeviceInfo {
+                        flags: 0,
+                        num_regions: 0,
+                        num_irqs: 0,
+                    };
+                    p.reply(&m.h, &[&proto::encode_device_info(16, &info)], &[]);
+                }
+                c => {
+                    let flags = proto::decode_feature(&m.p).map_or(0, |f| f.1);
+                    seen.push((c, flags));
+                    answer(&p, &m);
+                }
+            }
+        }
+        seen
+    });
+    let config = ClientConfig {
+        twin_socket: false,
+        ..ClientConfig::default()
+    };
+    (Client::from_stream(ours, config).unwrap(), thread)
+}
+
+#[test]
+fn a_server_that_refuses_the_probe_gets_no_dirty_tracking_requests() {
+    let (c, server) = fake_server(|p, m| p.error(&m.h, libc::ENOTTY));
+    assert!(!c
+        .capabilities()
+        .contains(vfio_io::Capabilities::DIRTY_TRACKING));
+    let t = c.dirty_tracking().unwrap();
+    let e = t.dirty_start(P, &[range(IOVA, P)]).unwrap_err();
+    assert_eq!(e.errno(), libc::ENOTTY, "{e}");
+    let e = t.dirty_report(IOVA, P, P, &mut [0u64; 1]).unwrap_err();
+    assert_eq!(e.errno(), libc::ENOTTY, "{e}");
+    assert_eq!(t.dirty_stop().unwrap_err().errno(), libc::ENOTTY);
+    drop(c);
+    // Only the connect-time probes reached the server.
+    let seen = server.join().unwrap();
+    assert!(
+        seen.iter().all(|&(c, _)| c == cmd::DEVICE_FEATURE),
+        "{seen:?}"
+    );
+    assert!(seen
+        .iter()
+        .any(|&(_, f)| f & VFIO_DEVICE_FEATURE_MASK == VFIO_DEVICE_FEATURE_DMA_LOGGING_START));
+    assert_eq!(seen.len(), 2, "{seen:?}");
+}
+
+/// A server's report is untrusted: bits it sets past the range are dropped,
+/// and a reply that does not match the request is a protocol error.
+#[test]
+fn a_lying_report_is_trimmed_or_refused() {
+    let (c, server) = fake_server(|p, m| {
+        let (argsz, flags, data) = proto::decode_feature(&m.p).unwrap();
+        if flags & VFIO_DEVICE_FEATURE_MASK != VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT
+            || flags & VFIO_DEVICE_FEATURE_GET == 0
+        {
+            p.reply(&m.h, &[&m.p], &[]);
+            return;
+        }
+        let r = DmaLoggingReport::decode(data).unwrap();
+        let words = (argsz as usize - 8 - DmaLoggingReport::SIZE) / 8;
+        let mut out = proto::encode_feature(argsz, flags).to_vec();
+        if r.iova == IOVA {
+            out.extend_from_slice(&r.encode());
+            out.extend(std::iter::repeat_n(0xffu8, words * 8));
+        } else {
+            // Another range than the one asked for.
+            out.extend_from_slice(&DmaLoggingReport { iova: IOVA, ..r }.encode());
+            out.extend(std::iter::repeat_n(0u8, words * 8));
+        }
+        p.reply(&m.h, &[&out], &[]);
+    });
+    let t = c.dirty_tracking().unwrap();
+    t.dirty_start(P, &[range(0, 1 << 30)]).unwrap();
+    let mut b = [0u64; 2];
+    t.dirty_report(IOVA, 70 * P, P, &mut b).unwrap();
+    assert_eq!(
+        b,
+        [u64::MAX, (1 << 6) - 1],
+        "70 pages: 6 bits of the second word"
+    );
+    let e = t.dirty_report(IOVA + P, P, P, &mut b).unwrap_err();
+    assert_eq!(e.errno(), libc::EPROTO, "{e}");
+    drop(c);
+    server.join().unwrap();
 }
