@@ -36,9 +36,8 @@ use nix::sys::socket::{recvmsg, sendmsg, MsgFlags};
 use nix::unistd::Pid;
 use vfio_io::device::DeviceIo;
 use vfio_io::device::{
-    pci_irq, pci_region, DeviceInfo, DmaMap, IrqInfo, RegionCap, RegionInfo, SparseArea,
-    VFIO_DEVICE_FLAGS_PCI, VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ,
-    VFIO_REGION_INFO_FLAG_WRITE,
+    pci_irq, pci_region, DeviceInfo, DmaMap, IrqInfo, RegionInfo, VFIO_DEVICE_FLAGS_PCI,
+    VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
 };
 use vfio_io::ffi::{
     vfio_io_device, vfio_io_device_close, vfio_io_device_ops, vfio_io_user_connect,
@@ -47,6 +46,13 @@ use vfio_io::memory::{DmaBuffer, Mapping};
 use vfio_io::models::edu::{regs, Edu, DMA_BUF_ADDR, DMA_BUF_SIZE, DMA_CMD_START, DMA_CMD_TO_RAM};
 use vfio_io::user::client::{Client, ClientConfig};
 use vfio_io::user::server::{DeviceContext, DeviceModel, Server, ServerConfig};
+
+#[path = "../tests/support/served.rs"]
+mod served;
+#[path = "../tests/support/shared_mem_device.rs"]
+mod shared_mem_device;
+use served::TempDir;
+use shared_mem_device::{device_view, SharedMemDevice, AREA};
 
 const ROLE: &str = "VFIO_IO_BENCH_ROLE";
 const SOCK: &str = "VFIO_IO_BENCH_SOCK";
@@ -72,11 +78,6 @@ const SYNC: u8 = 1;
 const DMA_IOVA: u64 = 0x20_0000;
 /// The bench-only DMA device's largest transfer.
 const BIG_DMA: usize = 1 << 20;
-/// BAR2 of the shared-memory device: its mmappable sparse area.
-const SHM_AREA: SparseArea = SparseArea {
-    offset: 0x1000,
-    size: 0x1000,
-};
 /// The spin budget of the polling-mode rows.
 const SPIN: Duration = Duration::from_micros(50);
 
@@ -122,8 +123,15 @@ fn child_main(role: &str) {
             server.serve().expect("serve");
         }
         "shm" => {
-            let mut server =
-                Server::bind(&path, ShmDevice::new(), ServerConfig::default()).expect("bind");
+            let dev = SharedMemDevice::new();
+            // What the mapped read checks it got.
+            device_view(&dev.memory_fd())
+                .write(
+                    AREA.offset as usize,
+                    &vfio_io::models::edu::ID.to_ne_bytes(),
+                )
+                .expect("write");
+            let mut server = Server::bind(&path, dev, ServerConfig::default()).expect("bind");
             ready();
             server.serve().expect("serve");
         }
@@ -172,94 +180,6 @@ fn no_irq(index: u32) -> Option<IrqInfo> {
         flags: 0,
         count: 0,
     })
-}
-
-/// BAR0: 16 trapped bytes. BAR2: 16 KiB of shared memory (a sealed memfd) whose
-/// [`SHM_AREA`] the client may mmap.
-struct ShmDevice {
-    fd: std::sync::Arc<std::os::fd::OwnedFd>,
-    map: Mapping,
-    regs: [u8; 16],
-}
-
-impl ShmDevice {
-    fn new() -> Self {
-        // Sealed: the client maps only region fds that cannot shrink.
-        let fd = vfio_io::memory::sealed_memfd(c"bench-bar2", 0x4000).expect("memfd");
-        let map = Mapping::new(std::os::fd::AsFd::as_fd(&fd), 0, 0x4000, true).expect("mmap");
-        map.write(
-            SHM_AREA.offset as usize,
-            &vfio_io::models::edu::ID.to_ne_bytes(),
-        )
-        .expect("write");
-        let mut regs = [0u8; 16];
-        regs[..4].copy_from_slice(&vfio_io::models::edu::ID.to_ne_bytes());
-        ShmDevice {
-            fd: std::sync::Arc::new(fd),
-            map,
-            regs,
-        }
-    }
-}
-
-impl DeviceModel for ShmDevice {
-    fn device_info(&self) -> DeviceInfo {
-        pci_info()
-    }
-
-    fn region_info(&self, index: u32) -> Option<RegionInfo> {
-        if index != 2 {
-            return pci_regions(index, 16);
-        }
-        Some(RegionInfo {
-            index,
-            flags: VFIO_REGION_INFO_FLAG_READ
-                | VFIO_REGION_INFO_FLAG_WRITE
-                | VFIO_REGION_INFO_FLAG_MMAP,
-            size: 0x4000,
-            offset: 0,
-            caps: vec![RegionCap::SparseMmap(vec![SHM_AREA])],
-            fd: Some(self.fd.clone()),
-        })
-    }
-
-    fn irq_info(&self, index: u32) -> Option<IrqInfo> {
-        no_irq(index)
-    }
-
-    fn region_read(
-        &mut self,
-        _: &mut dyn DeviceContext,
-        index: u32,
-        offset: u64,
-        data: &mut [u8],
-    ) -> vfio_io::Result<()> {
-        let o = offset as usize;
-        match index {
-            0 => data.copy_from_slice(&self.regs[o..o + data.len()]),
-            _ => self.map.read(o, data)?,
-        }
-        Ok(())
-    }
-
-    fn region_write(
-        &mut self,
-        _: &mut dyn DeviceContext,
-        index: u32,
-        offset: u64,
-        data: &[u8],
-    ) -> vfio_io::Result<()> {
-        let o = offset as usize;
-        match index {
-            0 => self.regs[o..o + data.len()].copy_from_slice(data),
-            _ => self.map.write(o, data)?,
-        }
-        Ok(())
-    }
-
-    fn reset(&mut self, _: &mut dyn DeviceContext) -> vfio_io::Result<()> {
-        Ok(())
-    }
 }
 
 /// A bench-only DMA engine: writing N (u64) to BAR0 offset 0 makes the
@@ -506,19 +426,11 @@ fn send_msg(s: &UnixStream, parts: &[&[u8]]) -> nix::Result<usize> {
 struct Served {
     child: Child,
     path: PathBuf,
-    dir: PathBuf,
+    _dir: TempDir,
 }
 
-static SEQ: AtomicUsize = AtomicUsize::new(0);
-
 fn spawn_server(role: &str, cpu: Option<usize>) -> Served {
-    let dir = std::env::temp_dir().join(format!(
-        "vfio-io-bench-{}-{}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir = TempDir::new("bench");
     let path = dir.join("s.sock");
     let mut child = Command::new(std::env::current_exe().expect("current_exe"))
         .env(ROLE, role)
@@ -533,14 +445,17 @@ fn spawn_server(role: &str, cpu: Option<usize>) -> Served {
         .read_line(&mut line)
         .expect("server ready line");
     assert_eq!(line.trim(), "ready", "server child failed to start");
-    Served { child, path, dir }
+    Served {
+        child,
+        path,
+        _dir: dir,
+    }
 }
 
 impl Drop for Served {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -937,6 +852,9 @@ fn scaling(t: &mut Table) {
     pin(Some(0));
 }
 
+/// Numbers the /dev/shm files of this process.
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
 /// Client memory that is a file in /dev/shm (tmpfs): created, sized, mmapped
 /// shared and passed as the DMA_MAP fd, with no seals. Removed on drop.
 struct TmpfsBuffer {
@@ -1237,10 +1155,7 @@ fn mmap_path(t: &mut Table, n: usize) {
     let c = client(&srv.path);
     assert!(c.has_mapped_areas(), "the shm device's area was not mapped");
     let (mut a, mut b) = ([0u8; 4], [0u8; 4]);
-    let mut mapped = || {
-        c.region_read(2, SHM_AREA.offset, &mut a)
-            .expect("mapped read")
-    };
+    let mut mapped = || c.region_read(2, AREA.offset, &mut a).expect("mapped read");
     let mut trapped = || c.region_read(2, 0x3000, &mut b).expect("read");
     let st = interleaved(n, &mut [&mut floor, &mut trapped, &mut mapped]);
     assert_eq!(u32::from_ne_bytes(a), vfio_io::models::edu::ID);

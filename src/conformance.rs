@@ -96,18 +96,20 @@ pub fn run_edu_suite(dev: &dyn DeviceIo) -> Vec<(&'static str, Result<()>)> {
     CASES.iter().map(|c| (c.name, (c.run)(dev))).collect()
 }
 
-/// A failed expectation.
-fn mismatch(msg: String) -> Error {
-    Error::Protocol(msg)
+/// A failed expectation: the device did `got` where the edu spec says `expected`.
+fn mismatch(what: impl Into<String>, expected: impl Into<String>, got: impl Into<String>) -> Error {
+    Error::Mismatch {
+        what: what.into(),
+        expected: expected.into(),
+        got: got.into(),
+    }
 }
 
 fn expect_eq(what: &str, got: u32, want: u32) -> Result<()> {
     if got == want {
         Ok(())
     } else {
-        Err(mismatch(format!(
-            "{what}: expected {want:#x}, read {got:#x}"
-        )))
+        Err(mismatch(what, format!("{want:#x}"), format!("{got:#x}")))
     }
 }
 
@@ -139,9 +141,11 @@ fn enable_bus_master(dev: &dyn DeviceIo) -> Result<()> {
     config_read(dev, reg::COMMAND, &mut b)?;
     let now = u16::from_le_bytes(b);
     if now & command::BUS_MASTER == 0 {
-        return Err(mismatch(format!(
-            "command register {now:#06x}: bus master did not stick"
-        )));
+        return Err(mismatch(
+            "bus master bit of the command register after setting it",
+            "set",
+            format!("clear ({now:#06x})"),
+        ));
     }
     Ok(())
 }
@@ -155,9 +159,11 @@ fn wait_clear(dev: &dyn DeviceIo, offset: u64, bit: u32, what: &str) -> Result<(
             return Ok(());
         }
         if Instant::now() >= deadline {
-            return Err(mismatch(format!(
-                "{what}: register {offset:#x} = {v:#x} still busy after {BUSY_DEADLINE:?}"
-            )));
+            return Err(mismatch(
+                format!("{what}: busy bit {bit:#x} of register {offset:#x}"),
+                format!("clear within {BUSY_DEADLINE:?}"),
+                format!("still set ({v:#x})"),
+            ));
         }
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -209,10 +215,11 @@ impl<'a> Irq<'a> {
     /// Waits for the eventfd to be signalled and consumes the signal.
     fn wait(&self, what: &str) -> Result<()> {
         if !readable(self.efd.as_fd(), IRQ_DEADLINE)? {
-            return Err(mismatch(format!(
-                "{what}: no interrupt on IRQ index {} within {IRQ_DEADLINE:?}",
-                self.index
-            )));
+            return Err(mismatch(
+                format!("{what}: IRQ index {}", self.index),
+                format!("an interrupt within {IRQ_DEADLINE:?}"),
+                "none",
+            ));
         }
         self.efd.read().map_err(|e| Error::sys("eventfd read", e))?;
         Ok(())
@@ -221,10 +228,11 @@ impl<'a> Irq<'a> {
     /// Fails if the eventfd is signalled within `period`.
     fn expect_quiet(&self, period: Duration, what: &str) -> Result<()> {
         if readable(self.efd.as_fd(), period)? {
-            return Err(mismatch(format!(
-                "{what}: unexpected interrupt on IRQ index {}",
-                self.index
-            )));
+            return Err(mismatch(
+                format!("{what}: IRQ index {}", self.index),
+                format!("no interrupt for {period:?}"),
+                "an interrupt",
+            ));
         }
         Ok(())
     }
@@ -388,9 +396,11 @@ fn liveness(dev: &dyn DeviceIo) -> Result<()> {
         write32(dev, regs::LIVENESS, v)?;
         let got = read32(dev, regs::LIVENESS)?;
         if got != !v {
-            return Err(mismatch(format!(
-                "liveness: wrote {v:#010x}, read {got:#010x}"
-            )));
+            return Err(mismatch(
+                format!("liveness: read after writing {v:#010x}"),
+                format!("{:#010x}", !v),
+                format!("{got:#010x}"),
+            ));
         }
     }
     Ok(())
@@ -544,10 +554,11 @@ fn dma_roundtrip_on(dev: &dyn DeviceIo, map: &Mapped<'_>) -> Result<()> {
     buf.read(4096, &mut got)?;
     let want: Vec<u8> = b.iter().chain(&a).copied().collect();
     if let Some(i) = (0..want.len()).find(|&i| got[i] != want[i]) {
-        return Err(mismatch(format!(
-            "dma_roundtrip: byte {i} of the copy is {:#04x}, expected {:#04x}",
-            got[i], want[i]
-        )));
+        return Err(mismatch(
+            format!("dma_roundtrip: byte {i} of the copy"),
+            format!("{:#04x}", want[i]),
+            format!("{:#04x}", got[i]),
+        ));
     }
     expect_eq(
         "dma_roundtrip: interrupt status",
@@ -962,7 +973,7 @@ mod tests {
             (
                 Fault::LivenessNotInverted,
                 "liveness",
-                "liveness: wrote 0x00000000",
+                "liveness: read after writing 0x00000000: expected 0xffffffff, got 0xffffff00",
             ),
             (Fault::FactorialOffByOne, "factorial", "factorial of 10"),
             (
@@ -988,7 +999,14 @@ mod tests {
                 fault,
             };
             let run = edu_cases().iter().find(|c| c.name == case).unwrap().run;
-            let err = run(&dev).expect_err(case).to_string();
+            let err = run(&dev).expect_err(case);
+            // A wrong answer from the device, not a transport or protocol failure.
+            assert!(
+                matches!(err, Error::Mismatch { .. }),
+                "{fault:?} in {case}: {err:?}"
+            );
+            assert_eq!(err.errno(), libc::EIO, "{fault:?} in {case}");
+            let err = err.to_string();
             assert!(err.contains(text), "{fault:?} in {case}: {err}");
             // Cleanup happened even though the case failed.
             let st = dev.inner.lock();
@@ -1008,7 +1026,10 @@ mod tests {
         write32(&dev, regs::IRQ_RAISE, 1).unwrap();
         irq.wait("stuck").unwrap();
         irq.unmask().unwrap();
-        assert!(irq.expect_quiet(QUIET_PERIOD, "stuck").is_err());
+        assert!(matches!(
+            irq.expect_quiet(QUIET_PERIOD, "stuck"),
+            Err(Error::Mismatch { .. })
+        ));
         write32(&dev, regs::IRQ_ACK, 1).unwrap();
         irq.detach().unwrap();
     }

@@ -85,7 +85,7 @@ pub fn check_start(page_size: u64, ranges: &[DirtyRange]) -> Result<()> {
         return Err(Error::InvalidArgument("DMA logging start names no range"));
     }
     if ranges.len() > MAX_RANGES {
-        return Err(Error::Sys {
+        return Err(Error::Errno {
             op: "more DMA logging ranges than one start may name",
             errno: libc::E2BIG,
         });
@@ -109,7 +109,7 @@ pub fn page_count(length: u64, page_size: u64) -> Result<u64> {
 pub fn bitmap_words(length: u64, page_size: u64) -> Result<usize> {
     let pages = page_count(length, page_size)?;
     if pages > MAX_TRACKED_PAGES {
-        return Err(Error::Sys {
+        return Err(Error::Errno {
             op: "dirty report larger than the most pages a log tracks",
             errno: libc::E2BIG,
         });

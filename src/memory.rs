@@ -315,7 +315,7 @@ fn whole_copy(done: usize, len: usize) -> Result<()> {
     if done == len {
         Ok(())
     } else {
-        Err(Error::Sys {
+        Err(Error::Errno {
             op: "fault-safe copy stopped at a page past the end of its file",
             errno: libc::EFAULT,
         })

@@ -17,6 +17,10 @@ const CAP_MSIX_MAPPABLE: u16 = 3;
 pub const MAX_REGION_CAPS: usize = 16;
 /// Most sparse areas one capability may describe.
 pub const MAX_SPARSE_AREAS: usize = 1024;
+/// Largest region info, capability chain included, taken from the kernel or a
+/// vfio-user server: real chains are a few hundred bytes, so an argsz near
+/// this means a confused or hostile peer, not a big region.
+pub const MAX_REGION_INFO: usize = 64 * 1024;
 
 /// A DEVICE_GET_REGION_INFO request for `index`, accepting `argsz` bytes back.
 pub fn encode_region_info_request(argsz: u32, index: u32) -> [u8; REGION_INFO_SIZE] {
@@ -118,14 +122,28 @@ pub fn decode_region_info(b: &[u8]) -> Result<(RegionInfo, u32)> {
         caps: Vec::new(),
         fd: None,
     };
-    let mut next = u32_at(b, 12).unwrap_or(0) as usize;
+    let first = u32_at(b, 12).unwrap_or(0) as usize;
     if flags & crate::device::VFIO_REGION_INFO_FLAG_CAPS == 0 || (argsz as usize) > b.len() {
         // No chain, or a truncated reply whose chain the caller must fetch again.
         return Ok((info, argsz));
     }
+    info.caps = decode_cap_chain(b, first, argsz, info.size)?;
+    Ok((info, argsz))
+}
+
+/// Walks the capability chain of reply `b` from offset `first`: each link
+/// must lie inside `b` and after the end of the one before it.
+fn decode_cap_chain(
+    b: &[u8],
+    first: usize,
+    argsz: u32,
+    region_size: u64,
+) -> Result<Vec<RegionCap>> {
+    let mut caps = Vec::new();
+    let mut next = first;
     let mut min_next = REGION_INFO_SIZE;
     while next != 0 {
-        if info.caps.len() == MAX_REGION_CAPS {
+        if caps.len() == MAX_REGION_CAPS {
             return Err(Error::Protocol(
                 "region info capability chain too long".into(),
             ));
@@ -150,47 +168,58 @@ pub fn decode_region_info(b: &[u8]) -> Result<(RegionInfo, u32)> {
             )));
         }
         let body = &b[next + CAP_HEADER_SIZE..end];
-        let cap = match id {
-            CAP_SPARSE_MMAP => {
-                let nr = u32_at(body, 0).ok_or_else(|| short("sparse mmap cap"))? as usize;
-                if nr > MAX_SPARSE_AREAS || body.len() < 8 + nr * 16 {
-                    return Err(Error::Protocol(format!(
-                        "sparse mmap cap claims {nr} areas"
-                    )));
-                }
-                let mut areas = Vec::with_capacity(nr);
-                for j in 0..nr {
-                    let a = SparseArea {
-                        offset: u64_at(body, 8 + 16 * j).unwrap_or(0),
-                        size: u64_at(body, 16 + 16 * j).unwrap_or(0),
-                    };
-                    let inside = a.offset.checked_add(a.size).is_some_and(|e| e <= info.size);
-                    if !inside {
-                        return Err(Error::Protocol(format!(
-                            "sparse area {:#x}+{:#x} lies past the region end {:#x}",
-                            a.offset, a.size, info.size
-                        )));
-                    }
-                    areas.push(a);
-                }
-                RegionCap::SparseMmap(areas)
-            }
-            CAP_TYPE => RegionCap::Type {
-                region_type: u32_at(body, 0).ok_or_else(|| short("type cap"))?,
-                subtype: u32_at(body, 4).ok_or_else(|| short("type cap"))?,
-            },
-            CAP_MSIX_MAPPABLE => RegionCap::MsixMappable,
-            _ => RegionCap::Other {
-                id,
-                version,
-                data: body.to_vec(),
-            },
-        };
-        info.caps.push(cap);
+        caps.push(decode_cap(id, version, body, region_size)?);
         min_next = end;
         next = following;
     }
-    Ok((info, argsz))
+    Ok(caps)
+}
+
+/// Decodes one capability from its header's `id` and `version` and its `body`.
+fn decode_cap(id: u16, version: u16, body: &[u8], region_size: u64) -> Result<RegionCap> {
+    Ok(match id {
+        CAP_SPARSE_MMAP => RegionCap::SparseMmap(decode_sparse_areas(body, region_size)?),
+        CAP_TYPE => RegionCap::Type {
+            region_type: u32_at(body, 0).ok_or_else(|| short("type cap"))?,
+            subtype: u32_at(body, 4).ok_or_else(|| short("type cap"))?,
+        },
+        CAP_MSIX_MAPPABLE => RegionCap::MsixMappable,
+        _ => RegionCap::Other {
+            id,
+            version,
+            data: body.to_vec(),
+        },
+    })
+}
+
+/// Decodes the areas of a sparse mmap capability, each of which must lie
+/// inside the region.
+fn decode_sparse_areas(body: &[u8], region_size: u64) -> Result<Vec<SparseArea>> {
+    let nr = u32_at(body, 0).ok_or_else(|| short("sparse mmap cap"))? as usize;
+    if nr > MAX_SPARSE_AREAS || body.len() < 8 + nr * 16 {
+        return Err(Error::Protocol(format!(
+            "sparse mmap cap claims {nr} areas"
+        )));
+    }
+    let mut areas = Vec::with_capacity(nr);
+    for j in 0..nr {
+        let a = SparseArea {
+            offset: u64_at(body, 8 + 16 * j).unwrap_or(0),
+            size: u64_at(body, 16 + 16 * j).unwrap_or(0),
+        };
+        let inside = a
+            .offset
+            .checked_add(a.size)
+            .is_some_and(|e| e <= region_size);
+        if !inside {
+            return Err(Error::Protocol(format!(
+                "sparse area {:#x}+{:#x} lies past the region end {:#x}",
+                a.offset, a.size, region_size
+            )));
+        }
+        areas.push(a);
+    }
+    Ok(areas)
 }
 
 #[cfg(test)]

@@ -7,27 +7,21 @@
 //! own reply (it becomes the socket's reader), so everything the client does
 //! for one request happens on the measuring thread.
 
-use std::path::PathBuf;
-
 use vfio_io::device::DeviceIo;
 use vfio_io::models::edu::{regs, Edu, ID};
 use vfio_io::user::client::{Client, ClientConfig};
-use vfio_io::user::server::{Server, ServerConfig};
+use vfio_io::user::server::ServerConfig;
 
 #[path = "support/counting_alloc.rs"]
 mod counting_alloc;
+#[path = "support/served.rs"]
+mod served;
 use counting_alloc::allocations;
 
 #[test]
 fn region_reads_writes_and_posted_writes_do_not_allocate() {
-    let dir = std::env::temp_dir().join(format!("vfio-io-alloc-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let path: PathBuf = dir.join("edu.sock");
-    let mut server = Server::bind(&path, Edu::new(), ServerConfig::default()).unwrap();
-    let stopper = server.stopper();
-    let thread = std::thread::spawn(move || server.serve().unwrap());
-    let c = Client::connect(&path, ClientConfig::default()).unwrap();
+    let s = served::serve(Edu::new(), ServerConfig::default());
+    let c = Client::connect(&s.path, ClientConfig::default()).unwrap();
 
     // The counter itself works: a lone Box is seen.
     assert_eq!(
@@ -83,7 +77,5 @@ fn region_reads_writes_and_posted_writes_do_not_allocate() {
     }
 
     drop(c);
-    stopper.stop();
-    thread.join().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
+    s.finish();
 }

@@ -23,15 +23,19 @@ use vfio_io::user::proto::MultiWrite;
 use vfio_io::user::server::{DeviceContext, DeviceModel, ServerConfig};
 use vfio_io::Result;
 
-mod common;
 #[path = "support/edu_dma.rs"]
 mod edu_dma;
+#[path = "support/forwarding_model.rs"]
+mod forwarding_model;
+#[path = "support/served.rs"]
+mod served;
+use forwarding_model::{Call, Hooks, Wrapped};
 
 /// How long a gated model waits for the test before it gives up: long enough
 /// for any loaded machine, short enough that a broken promise fails the test.
 const GATE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// What an [`Altered`] model's gate saw when it handled a BAR0 write.
+/// What the gate of a model's [`Alterations`] saw when it handled a BAR0 write.
 #[derive(Default)]
 struct GateState {
     entered: bool,
@@ -41,7 +45,7 @@ struct GateState {
     timed_out: bool,
 }
 
-/// Shared between a test and the gate of its [`Altered`] model.
+/// Shared between a test and the gate in its model's [`Alterations`].
 #[derive(Default)]
 struct Gate {
     state: Mutex<GateState>,
@@ -66,57 +70,26 @@ impl Gate {
     }
 }
 
-/// A model around `inner` with what a test changes: a gate that BAR0 writes
+/// What a test changes about the model it serves: a gate that BAR0 writes
 /// wait at, device flags replaced, or a yes to every feature probe.
-struct Altered<M> {
-    inner: M,
+#[derive(Default)]
+struct Alterations {
     gate: Option<Arc<Gate>>,
     flags: Option<u32>,
     offers_features: bool,
 }
 
-impl<M> Altered<M> {
-    fn new(inner: M) -> Self {
-        Altered {
-            inner,
-            gate: None,
-            flags: None,
-            offers_features: false,
-        }
-    }
-}
-
-impl<M: DeviceModel> DeviceModel for Altered<M> {
-    fn device_info(&self) -> DeviceInfo {
-        let info = self.inner.device_info();
+impl<M: DeviceModel> Hooks<M> for Alterations {
+    fn device_info(&self, inner: &M) -> DeviceInfo {
+        let info = inner.device_info();
         DeviceInfo {
             flags: self.flags.unwrap_or(info.flags),
             ..info
         }
     }
-    fn region_info(&self, index: u32) -> Option<RegionInfo> {
-        self.inner.region_info(index)
-    }
-    fn irq_info(&self, index: u32) -> Option<IrqInfo> {
-        self.inner.irq_info(index)
-    }
-    fn region_read(
-        &mut self,
-        ctx: &mut dyn DeviceContext,
-        index: u32,
-        offset: u64,
-        data: &mut [u8],
-    ) -> Result<()> {
-        self.inner.region_read(ctx, index, offset, data)
-    }
-    fn region_write(
-        &mut self,
-        ctx: &mut dyn DeviceContext,
-        index: u32,
-        offset: u64,
-        data: &[u8],
-    ) -> Result<()> {
-        if let Some(g) = self.gate.as_ref().filter(|_| index == pci_region::BAR0) {
+    fn call(&mut self, inner: &mut M, ctx: &mut dyn DeviceContext, call: Call<'_>) -> Result<()> {
+        let bar0_write = matches!(call, Call::Write { index, .. } if index == pci_region::BAR0);
+        if let Some(g) = self.gate.as_ref().filter(|_| bar0_write) {
             let mut s = g.state.lock().unwrap();
             s.entered = true;
             g.cv.notify_all();
@@ -126,20 +99,17 @@ impl<M: DeviceModel> DeviceModel for Altered<M> {
             s.timed_out |= t.timed_out();
             s.writer_had_returned = Some(g.writer_returned.load(Ordering::SeqCst));
         }
-        self.inner.region_write(ctx, index, offset, data)
+        call.apply(inner, ctx)
     }
-    fn reset(&mut self, ctx: &mut dyn DeviceContext) -> Result<()> {
-        self.inner.reset(ctx)
-    }
-    fn device_feature(&mut self, flags: u32, data: &[u8]) -> Result<Vec<u8>> {
+    fn device_feature(&mut self, inner: &mut M, flags: u32, data: &[u8]) -> Result<Vec<u8>> {
         if self.offers_features {
             return Ok(Vec::new());
         }
-        self.inner.device_feature(flags, data)
+        inner.device_feature(flags, data)
     }
 }
 
-fn connect(s: &common::Served) -> Client {
+fn connect(s: &served::Served) -> Client {
     Client::connect(&s.path, ClientConfig::default()).unwrap()
 }
 
@@ -149,13 +119,16 @@ fn connect(s: &common::Served) -> Client {
 fn posted_write_through_gate<M: DeviceModel + 'static>(
     model: M,
     opens_after_return: bool,
-) -> (Client, GateState, common::Served) {
+) -> (Client, GateState, served::Served) {
     let gate = Arc::new(Gate::default());
-    let model = Altered {
-        gate: Some(gate.clone()),
-        ..Altered::new(model)
-    };
-    let s = common::serve(model, ServerConfig::default());
+    let model = Wrapped::new(
+        model,
+        Alterations {
+            gate: Some(gate.clone()),
+            ..Alterations::default()
+        },
+    );
+    let s = served::serve(model, ServerConfig::default());
     let c = Arc::new(connect(&s));
     let writer = {
         let (c, gate) = (c.clone(), gate.clone());
@@ -220,7 +193,7 @@ fn region_mmap_and_region_fds_set_where_a_region_comes_with_its_memory() {
     // The device's own view of BAR2, taken before it is served.
     let bar2_fd = model.region_info(pci_region::BAR2).unwrap().fd.unwrap();
     let device_view = Mapping::new(bar2_fd.as_fd(), 0, BAR2_SIZE as usize, true).unwrap();
-    let s = common::serve(model, ServerConfig::default());
+    let s = served::serve(model, ServerConfig::default());
     let c = connect(&s);
     let caps = c.capabilities();
     assert!(caps.contains(Capabilities::REGION_MMAP | Capabilities::REGION_FDS));
@@ -243,7 +216,7 @@ fn region_mmap_and_region_fds_set_where_a_region_comes_with_its_memory() {
 
 #[test]
 fn region_mmap_and_region_fds_clear_where_every_access_traps() {
-    let s = common::serve(Edu::new(), ServerConfig::default());
+    let s = served::serve(Edu::new(), ServerConfig::default());
     let c = connect(&s);
     assert!(!c
         .capabilities()
@@ -270,7 +243,7 @@ fn write32(c: &Client, off: u64, v: u32) {
 
 #[test]
 fn reset_set_restores_power_on_registers() {
-    let s = common::serve(Edu::new(), ServerConfig::default());
+    let s = served::serve(Edu::new(), ServerConfig::default());
     let c = connect(&s);
     assert!(c.capabilities().contains(Capabilities::RESET));
     write32(&c, regs::LIVENESS, 0x1234_5678);
@@ -285,11 +258,14 @@ fn reset_set_restores_power_on_registers() {
 
 #[test]
 fn reset_clear_fails_at_once_and_leaves_the_device_alone() {
-    let model = Altered {
-        flags: Some(VFIO_DEVICE_FLAGS_PCI),
-        ..Altered::new(Edu::new())
-    };
-    let s = common::serve(model, ServerConfig::default());
+    let model = Wrapped::new(
+        Edu::new(),
+        Alterations {
+            flags: Some(VFIO_DEVICE_FLAGS_PCI),
+            ..Alterations::default()
+        },
+    );
+    let s = served::serve(model, ServerConfig::default());
     let c = connect(&s);
     assert!(!c.capabilities().contains(Capabilities::RESET));
     write32(&c, regs::LIVENESS, 0x1234_5678);
@@ -303,11 +279,14 @@ fn reset_clear_fails_at_once_and_leaves_the_device_alone() {
 
 #[test]
 fn migration_stays_clear_though_the_server_offers_it() {
-    let model = Altered {
-        offers_features: true,
-        ..Altered::new(Edu::new())
-    };
-    let s = common::serve(model, ServerConfig::default());
+    let model = Wrapped::new(
+        Edu::new(),
+        Alterations {
+            offers_features: true,
+            ..Alterations::default()
+        },
+    );
+    let s = served::serve(model, ServerConfig::default());
     let c = connect(&s);
     let caps = c.capabilities();
     assert!(!caps.intersects(Capabilities::MIGRATION));
@@ -330,11 +309,14 @@ fn migration_stays_clear_though_the_server_offers_it() {
 #[test]
 fn dirty_tracking_is_set_on_every_server_of_this_library() {
     for offers_features in [false, true] {
-        let model = Altered {
-            offers_features,
-            ..Altered::new(Edu::new())
-        };
-        let s = common::serve(model, ServerConfig::default());
+        let model = Wrapped::new(
+            Edu::new(),
+            Alterations {
+                offers_features,
+                ..Alterations::default()
+            },
+        );
+        let s = served::serve(model, ServerConfig::default());
         let c = connect(&s);
         assert!(c.capabilities().contains(Capabilities::DIRTY_TRACKING));
         assert!(c
@@ -365,7 +347,7 @@ fn dirty_tracking_is_set_on_every_server_of_this_library() {
 
 #[test]
 fn dma_buf_and_low_power_clear_fail_at_once() {
-    let s = common::serve(Edu::new(), ServerConfig::default());
+    let s = served::serve(Edu::new(), ServerConfig::default());
     let c = connect(&s);
     let caps = c.capabilities();
     assert!(!caps.intersects(Capabilities::DMA_BUF | Capabilities::LOW_POWER));
@@ -384,7 +366,7 @@ fn dma_buf_and_low_power_clear_fail_at_once() {
 
 #[test]
 fn write_multi_set_applies_every_write() {
-    let s = common::serve(Edu::new(), ServerConfig::default());
+    let s = served::serve(Edu::new(), ServerConfig::default());
     let c = connect(&s);
     assert!(c.capabilities().contains(Capabilities::WRITE_MULTI));
     let w = |offset: u64, v: u32| MultiWrite {
@@ -413,7 +395,7 @@ fn write_multi_clear_is_refused_before_anything_is_sent() {
         write_multiple: false,
         ..ServerConfig::default()
     };
-    let s = common::serve(Edu::new(), config);
+    let s = served::serve(Edu::new(), config);
     let c = connect(&s);
     assert!(!c.capabilities().contains(Capabilities::WRITE_MULTI));
     let w = MultiWrite {
@@ -431,7 +413,7 @@ fn write_multi_clear_is_refused_before_anything_is_sent() {
 
 #[test]
 fn dma_messages_set_serves_memory_mapped_without_an_fd() {
-    let s = common::serve(Edu::new(), ServerConfig::default());
+    let s = served::serve(Edu::new(), ServerConfig::default());
     let c = connect(&s);
     assert!(c.capabilities().contains(Capabilities::DMA_MESSAGES));
     let buf = DmaBuffer::new(0x2000).unwrap();
@@ -443,7 +425,7 @@ fn dma_messages_set_serves_memory_mapped_without_an_fd() {
 
 #[test]
 fn iommu_dma_clear_maps_by_fd_without_a_virtual_address() {
-    let s = common::serve(Edu::new(), ServerConfig::default());
+    let s = served::serve(Edu::new(), ServerConfig::default());
     let c = connect(&s);
     assert!(!c.capabilities().contains(Capabilities::IOMMU_DMA));
     let buf = DmaBuffer::new(0x2000).unwrap();
@@ -455,8 +437,8 @@ fn iommu_dma_clear_maps_by_fd_without_a_virtual_address() {
 #[test]
 fn the_device_mask_is_within_the_backend_mask_and_every_possible_bit_is_recorded() {
     for s in [
-        common::serve(Edu::new(), ServerConfig::default()),
-        common::serve(Scratch::new().unwrap(), ServerConfig::default()),
+        served::serve(Edu::new(), ServerConfig::default()),
+        served::serve(Scratch::new().unwrap(), ServerConfig::default()),
     ] {
         let c = connect(&s);
         assert!(c.backend_capabilities().contains(c.capabilities()));

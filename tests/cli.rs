@@ -7,6 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "support/served.rs"]
+mod served;
+use served::TempDir;
+
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_vfio-io"))
 }
@@ -17,25 +21,6 @@ fn run(args: &[&str]) -> Output {
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-/// A private directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let d =
-            std::env::temp_dir().join(format!("vfio-io-cli-test-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        TempDir(d)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// `vfio-io serve edu SOCKET`, stopped with SIGTERM on drop if still running.
@@ -96,7 +81,7 @@ fn help_goes_to_stdout() {
 #[test]
 fn info_shows_backend_and_bar0() {
     let dir = TempDir::new("info");
-    let served = Served::start(&dir.0.join("edu.sock"));
+    let served = Served::start(&dir.join("edu.sock"));
     let sock = served.socket.to_str().unwrap();
     let o = run(&["info", sock]);
     let out = text(&o.stdout);
@@ -112,7 +97,7 @@ fn info_shows_backend_and_bar0() {
 #[test]
 fn info_json_has_the_documented_keys() {
     let dir = TempDir::new("json");
-    let served = Served::start(&dir.0.join("edu.sock"));
+    let served = Served::start(&dir.join("edu.sock"));
     let o = run(&["info", "--json", served.socket.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("info --json is JSON");
@@ -161,7 +146,7 @@ fn info_json_has_the_documented_keys() {
 #[test]
 fn serve_removes_its_socket_after_sigterm() {
     let dir = TempDir::new("sigterm");
-    let mut served = Served::start(&dir.0.join("edu.sock"));
+    let mut served = Served::start(&dir.join("edu.sock"));
     let status = served.terminate();
     assert!(status.success(), "{status:?}");
     assert!(!served.socket.exists(), "the socket file is left behind");
@@ -184,14 +169,14 @@ fn one_line_failure(args: &[&str], expect: &str) {
 #[test]
 fn bad_targets_fail_with_one_line() {
     let dir = TempDir::new("bad");
-    let missing = dir.0.join("missing.sock");
+    let missing = dir.join("missing.sock");
     one_line_failure(&["info", missing.to_str().unwrap()], "no such socket");
     one_line_failure(&["info", "0000:99:99.9"], "no PCI device at that address");
     one_line_failure(
         &["info", "/dev/vfio/devices/vfio-none"],
         "no such VFIO device",
     );
-    let file = dir.0.join("plain");
+    let file = dir.join("plain");
     std::fs::write(&file, b"").unwrap();
     one_line_failure(
         &["info", file.to_str().unwrap()],
@@ -199,12 +184,12 @@ fn bad_targets_fail_with_one_line() {
     );
 
     // A socket whose listener is gone: a stale file.
-    let stale = dir.0.join("stale.sock");
+    let stale = dir.join("stale.sock");
     drop(UnixListener::bind(&stale).unwrap());
     one_line_failure(&["info", stale.to_str().unwrap()], "connection refused");
 
     // Something listens but does not speak vfio-user: it hangs up.
-    let other = dir.0.join("other.sock");
+    let other = dir.join("other.sock");
     let listener = UnixListener::bind(&other).unwrap();
     let t = std::thread::spawn(move || {
         let (s, _) = listener.accept().unwrap();

@@ -23,11 +23,12 @@ use vfio_io::user::client::{Client, ClientConfig};
 use vfio_io::user::proto::{self, cmd, DmaLoggingReport};
 use vfio_io::user::server::ServerConfig;
 
-mod common;
 #[path = "support/edu_dma.rs"]
 mod edu_dma;
 #[path = "support/raw_peer.rs"]
 mod raw_peer;
+#[path = "support/served.rs"]
+mod served;
 use edu_dma::{edu_load, edu_store};
 use raw_peer::{Msg, Peer};
 
@@ -85,11 +86,11 @@ enum Reach {
 struct Setup {
     c: Client,
     buf: DmaBuffer,
-    _s: common::Served,
+    _s: served::Served,
 }
 
 fn setup(reach: Reach) -> Setup {
-    let s = common::serve(Edu::new(), ServerConfig::default());
+    let s = served::serve(Edu::new(), ServerConfig::default());
     let c = Client::connect(&s.path, ClientConfig::default()).unwrap();
     let buf = DmaBuffer::new((PAGES * P) as usize).unwrap();
     let map = match reach {
@@ -312,7 +313,7 @@ fn a_huge_start_is_refused_without_allocating_its_bitmap() {
 
 #[test]
 fn a_report_larger_than_one_message_goes_in_parts() {
-    let s = common::serve(Edu::new(), ServerConfig::default());
+    let s = served::serve(Edu::new(), ServerConfig::default());
     // 4 KiB per message: 32768 pages of bitmap each.
     let config = ClientConfig {
         max_data_xfer_size: 4096,

@@ -6,7 +6,6 @@
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Mutex;
 use std::thread::JoinHandle;
@@ -24,12 +23,21 @@ use vfio_io::user::proto::{
     self, cmd, DmaAccess, DmaMapMsg, DmaUnmapMsg, Header, IrqSetMsg, RegionAccess, DMA_MAP_READ,
     DMA_MAP_WRITE, FLAG_NO_REPLY,
 };
-use vfio_io::user::server::{Server, ServerConfig, ServerStopper};
+use vfio_io::user::server::ServerConfig;
 use vfio_io::user::wire::send_msg;
 
+#[path = "support/open_fds.rs"]
+mod open_fds;
 #[path = "support/raw_peer.rs"]
 mod raw_peer;
+#[path = "support/served.rs"]
+mod served;
+#[path = "support/watchdog.rs"]
+mod watchdog;
+use open_fds::OpenFds;
 use raw_peer::{Peer, PEER_TIMEOUT};
+use served::{Served, TempDir};
+use watchdog::Watchdog;
 
 const EDU_ID: u32 = 0x0100_00ed;
 const EDU_LIVENESS: u64 = 0x04;
@@ -45,79 +53,20 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
 /// so every test in this file holds this lock for its whole body.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// The open fds and what they are, for the leak check and its message.
-fn open_fds() -> Vec<String> {
-    std::fs::read_dir("/proc/self/fd")
-        .expect("read /proc/self/fd")
-        .filter_map(|e| e.ok())
-        .map(|e| {
-            let target = std::fs::read_link(e.path()).unwrap_or_default();
-            format!(
-                "{} -> {}",
-                e.file_name().to_string_lossy(),
-                target.display()
-            )
-        })
-        .collect()
-}
-
-/// Runs `body` on its own thread under the lock; fails if it is still running
-/// after `limit` (a watchdog for hangs, not a speed check) or leaves more or
-/// fewer fds open than before.
-fn hostile(limit: Duration, body: impl FnOnce() + Send + 'static) {
+/// Runs `body` under the lock and a watchdog for hangs (not a speed check)
+/// that aborts the process after `limit`; fails if it leaves more or fewer
+/// fds open than before.
+fn hostile(limit: Duration, body: impl FnOnce()) {
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let before = open_fds();
-    let (tx, rx) = mpsc::channel();
-    let t = std::thread::spawn(move || {
+    let before = OpenFds::now();
+    {
+        let _dog = Watchdog::for_this_test(limit);
         body();
-        let _ = tx.send(());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(()) => t.join().expect("test body"),
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("test body still running after {limit:?}"),
-        Err(mpsc::RecvTimeoutError::Disconnected) => match t.join() {
-            Err(p) => std::panic::resume_unwind(p),
-            Ok(()) => unreachable!("body finished without reporting"),
-        },
     }
-    // Every thread this test started has been joined, but the kernel may still
-    // be finishing a close on a loaded machine: give it a moment, never more.
-    let mut after = open_fds();
-    for _ in 0..50 {
-        if after.len() == before.len() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-        after = open_fds();
-    }
-    assert_eq!(
-        after.len(),
-        before.len(),
-        "fds leaked (or closed twice) by this test: before {before:?}, after {after:?}"
-    );
+    before.assert_none_leaked();
 }
 
 const LIMIT: Duration = Duration::from_secs(30);
-
-struct TempDir(PathBuf);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn temp_sock() -> (TempDir, PathBuf) {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "vfio-io-hostile-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("s.sock");
-    (TempDir(dir), path)
-}
 
 fn eventfd() -> OwnedFd {
     EventFd::from_flags(EfdFlags::EFD_CLOEXEC)
@@ -137,7 +86,8 @@ struct Fake {
 
 /// Listens on a temp socket; the first connection is handed to `script`.
 fn fake(script: impl FnOnce(&mut Peer) + Send + 'static) -> Fake {
-    let (dir, path) = temp_sock();
+    let dir = TempDir::new("hostile");
+    let path = dir.join("s.sock");
     let listener = UnixListener::bind(&path).unwrap();
     let thread = std::thread::spawn(move || {
         let (s, _) = listener.accept().expect("accept");
@@ -761,13 +711,6 @@ fn server_stops_reading() {
 // Hostile clients against our server.
 // ---------------------------------------------------------------------------
 
-struct Served {
-    path: PathBuf,
-    stopper: ServerStopper,
-    thread: Option<JoinHandle<()>>,
-    _dir: TempDir,
-}
-
 fn server_config() -> ServerConfig {
     ServerConfig {
         timeout: Duration::from_millis(300),
@@ -780,46 +723,36 @@ fn server_config() -> ServerConfig {
 }
 
 fn serve() -> Served {
-    let (dir, path) = temp_sock();
-    let mut server = Server::bind(&path, Edu::new(), server_config()).unwrap();
-    let stopper = server.stopper();
-    let thread = std::thread::spawn(move || server.serve().expect("server loop"));
-    Served {
-        path,
-        stopper,
-        thread: Some(thread),
-        _dir: dir,
-    }
+    served::serve(Edu::new(), server_config())
 }
 
-impl Served {
-    /// A well-behaved client is served after whatever came before.
-    fn assert_serves(&self) {
-        let c = Client::connect(
-            &self.path,
-            ClientConfig {
-                timeout: Duration::from_secs(2),
-                ..ClientConfig::default()
-            },
-        )
-        .expect("a well-behaved client is served");
-        let mut b = [0u8; 4];
-        c.region_read(0, 0, &mut b).unwrap();
-        assert_eq!(u32::from_ne_bytes(b), EDU_ID);
-    }
+/// Under [`hostile`]: serves edu, connects a raw client that has made its
+/// VERSION exchange, runs `body` with both, then checks that the server
+/// still serves a well-behaved client.
+fn against_our_server(body: impl FnOnce(&mut Peer, &Served)) {
+    hostile(LIMIT, || {
+        let s = serve();
+        let mut p = Peer::connect(&s.path);
+        p.version();
+        body(&mut p, &s);
+        drop(p);
+        assert_serves(&s);
+    });
 }
 
-impl Drop for Served {
-    fn drop(&mut self) {
-        self.stopper.stop();
-        if let Some(t) = self.thread.take() {
-            if let Err(p) = t.join() {
-                if !std::thread::panicking() {
-                    std::panic::resume_unwind(p);
-                }
-            }
-        }
-    }
+/// A well-behaved client is served after whatever came before.
+fn assert_serves(s: &Served) {
+    let c = Client::connect(
+        &s.path,
+        ClientConfig {
+            timeout: Duration::from_secs(2),
+            ..ClientConfig::default()
+        },
+    )
+    .expect("a well-behaved client is served");
+    let mut b = [0u8; 4];
+    c.region_read(0, 0, &mut b).unwrap();
+    assert_eq!(u32::from_ne_bytes(b), EDU_ID);
 }
 
 /// The raw client is dropped by the server, with at most an error reply first.
@@ -862,21 +795,16 @@ fn client_command_before_version_is_dropped() {
         p.send_cmd(cmd::REGION_READ, &[&region_read_msg(0, 4)], &[]);
         assert_dropped(&mut p, Some(libc::EPROTO));
         drop(p);
-        s.assert_serves();
+        assert_serves(&s);
     });
 }
 
 #[test]
 fn client_second_version_is_dropped() {
-    hostile(LIMIT, || {
-        let s = serve();
-        let mut p = Peer::connect(&s.path);
-        p.version();
+    against_our_server(|p, _| {
         let v = proto::encode_version(0, 0, "{}");
         p.send_cmd(cmd::VERSION, &[&v], &[]);
-        assert_dropped(&mut p, Some(libc::EPROTO));
-        drop(p);
-        s.assert_serves();
+        assert_dropped(p, Some(libc::EPROTO));
     });
 }
 
@@ -887,104 +815,71 @@ fn client_truncated_header_then_close() {
         let p = Peer::connect(&s.path);
         p.bytes(&Header::command(1, cmd::VERSION, 40).encode()[..7]);
         drop(p);
-        s.assert_serves();
+        assert_serves(&s);
     });
 }
 
 #[test]
 fn client_size_smaller_than_header_is_dropped() {
-    hostile(LIMIT, || {
-        let s = serve();
-        let mut p = Peer::connect(&s.path);
-        p.version();
+    against_our_server(|p, _| {
         let mut h = Header::command(9, cmd::DEVICE_RESET, 0);
         h.size = 4;
         p.bytes(&h.encode());
-        assert_dropped(&mut p, None);
-        drop(p);
-        s.assert_serves();
+        assert_dropped(p, None);
     });
 }
 
 #[test]
 fn client_size_larger_than_maximum_is_dropped() {
-    hostile(LIMIT, || {
-        let s = serve();
-        let mut p = Peer::connect(&s.path);
-        p.version();
+    against_our_server(|p, _| {
         let mut h = Header::command(9, cmd::REGION_WRITE, 0);
         h.size = 64 << 20;
         p.bytes(&h.encode());
-        assert_dropped(&mut p, None);
-        drop(p);
-        s.assert_serves();
+        assert_dropped(p, None);
     });
 }
 
 #[test]
 fn client_disconnects_mid_message() {
-    hostile(LIMIT, || {
-        let s = serve();
-        let mut p = Peer::connect(&s.path);
-        p.version();
+    against_our_server(|p, _| {
         let h = Header::command(9, cmd::REGION_WRITE, RegionAccess::SIZE + 1024);
         p.bytes(&h.encode());
         p.bytes(&region_read_msg(0, 1024));
-        drop(p);
-        s.assert_serves();
     });
 }
 
 #[test]
 fn client_unknown_message_type_is_dropped() {
-    hostile(LIMIT, || {
-        let s = serve();
-        let mut p = Peer::connect(&s.path);
-        p.version();
+    against_our_server(|p, _| {
         let mut h = Header::command(9, cmd::DEVICE_RESET, 0);
         h.flags = 0x7;
         p.bytes(&h.encode());
-        assert_dropped(&mut p, None);
-        drop(p);
-        s.assert_serves();
+        assert_dropped(p, None);
     });
 }
 
 #[test]
 fn client_stray_reply_with_fd_is_ignored() {
-    hostile(LIMIT, || {
-        let s = serve();
-        let mut p = Peer::connect(&s.path);
-        p.version();
+    against_our_server(|p, _| {
         let efd = eventfd();
         let h = Header::reply(&Header::command(77, cmd::DMA_READ, 0), 0);
         send_msg(p.s.as_fd(), &[&h.encode()], &[efd.as_raw_fd()]).unwrap();
         drop(efd);
         assert_eq!(p.read32(0), EDU_ID, "the session goes on");
-        drop(p);
-        s.assert_serves();
     });
 }
 
 #[test]
 fn client_unknown_command_gets_enosys_and_session_continues() {
-    hostile(LIMIT, || {
-        let s = serve();
-        let mut p = Peer::connect(&s.path);
-        p.version();
+    against_our_server(|p, _| {
         assert_eq!(p.errno_of(0x7777, &[&[0u8; 8]], &[]), Some(libc::ENOSYS));
         assert_eq!(p.read32(0), EDU_ID);
-        drop(p);
-        s.assert_serves();
     });
 }
 
 #[test]
 fn client_region_write_count_differs_from_data() {
-    hostile(LIMIT, || {
-        let s = serve();
-        let mut p = Peer::connect(&s.path);
-        p.version();
+    against_our_server(|p, _| {
         let a = RegionAccess {
             offset: EDU_LIVENESS,
             region: 0,
@@ -993,17 +888,12 @@ fn client_region_write_count_differs_from_data() {
         let errno = p.errno_of(cmd::REGION_WRITE, &[&a.encode(), &[1, 2, 3, 4]], &[]);
         assert_eq!(errno, Some(libc::EINVAL));
         assert_eq!(p.read32(0), EDU_ID);
-        drop(p);
-        s.assert_serves();
     });
 }
 
 #[test]
 fn client_region_read_past_end_or_too_large() {
-    hostile(LIMIT, || {
-        let s = serve();
-        let mut p = Peer::connect(&s.path);
-        p.version();
+    against_our_server(|p, _| {
         let past = p.errno_of(cmd::REGION_READ, &[&region_read_msg((1 << 20) - 2, 4)], &[]);
         assert_eq!(past, Some(libc::EINVAL));
         let wraps = p.errno_of(cmd::REGION_READ, &[&region_read_msg(u64::MAX - 1, 4)], &[]);
@@ -1011,17 +901,12 @@ fn client_region_read_past_end_or_too_large() {
         let big = p.errno_of(cmd::REGION_READ, &[&region_read_msg(0, 4097)], &[]);
         assert_eq!(big, Some(libc::EINVAL), "count over max_data_xfer_size");
         assert_eq!(p.read32(0), EDU_ID);
-        drop(p);
-        s.assert_serves();
     });
 }
 
 #[test]
 fn client_set_irqs_bad_index_or_overflowing_range() {
-    hostile(LIMIT, || {
-        let s = serve();
-        let mut p = Peer::connect(&s.path);
-        p.version();
+    against_our_server(|p, _| {
         let set = |index, start, count| {
             IrqSetMsg {
                 argsz: proto::IRQ_SET_SIZE as u32,
@@ -1037,17 +922,12 @@ fn client_set_irqs_bad_index_or_overflowing_range() {
         let e = p.errno_of(cmd::DEVICE_SET_IRQS, &[&set(0, u32::MAX, 2)], &[]);
         assert_eq!(e, Some(libc::EINVAL), "start + count overflows");
         assert_eq!(p.read32(0), EDU_ID);
-        drop(p);
-        s.assert_serves();
     });
 }
 
 #[test]
 fn client_sends_more_fds_than_max_msg_fds() {
-    hostile(LIMIT, || {
-        let s = serve();
-        let mut p = Peer::connect(&s.path);
-        p.version();
+    against_our_server(|p, _| {
         let fds: Vec<OwnedFd> = (0..20).map(|_| eventfd()).collect();
         let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
         let m = IrqSetMsg {
@@ -1062,17 +942,12 @@ fn client_sends_more_fds_than_max_msg_fds() {
         // Ours close here; the fd check in `hostile` catches copies the server kept.
         drop(fds);
         assert_eq!(p.read32(0), EDU_ID);
-        drop(p);
-        s.assert_serves();
     });
 }
 
 #[test]
 fn client_set_irqs_fd_count_differs_from_count() {
-    hostile(LIMIT, || {
-        let s = serve();
-        let mut p = Peer::connect(&s.path);
-        p.version();
+    against_our_server(|p, _| {
         let (a, b) = (eventfd(), eventfd());
         let m = IrqSetMsg {
             argsz: proto::IRQ_SET_SIZE as u32,
@@ -1089,32 +964,22 @@ fn client_set_irqs_fd_count_differs_from_count() {
         assert_eq!(e, Some(libc::EINVAL));
         drop((a, b));
         assert_eq!(p.read32(0), EDU_ID);
-        drop(p);
-        s.assert_serves();
     });
 }
 
 #[test]
 fn client_asks_region_info_of_u32_max() {
-    hostile(LIMIT, || {
-        let s = serve();
-        let mut p = Peer::connect(&s.path);
-        p.version();
+    against_our_server(|p, _| {
         let req = proto::encode_region_info_request(u32::MAX, u32::MAX);
         let e = p.errno_of(cmd::DEVICE_GET_REGION_INFO, &[&req], &[]);
         assert_eq!(e, Some(libc::EINVAL));
         assert_eq!(p.read32(0), EDU_ID);
-        drop(p);
-        s.assert_serves();
     });
 }
 
 #[test]
 fn client_sends_fd_with_region_read() {
-    hostile(LIMIT, || {
-        let s = serve();
-        let mut p = Peer::connect(&s.path);
-        p.version();
+    against_our_server(|p, _| {
         let efd = eventfd();
         let e = p.errno_of(
             cmd::REGION_READ,
@@ -1124,17 +989,12 @@ fn client_sends_fd_with_region_read() {
         assert_eq!(e, Some(libc::EINVAL));
         drop(efd);
         assert_eq!(p.read32(0), EDU_ID);
-        drop(p);
-        s.assert_serves();
     });
 }
 
 #[test]
 fn client_dma_map_without_fd_works_with_two_fds_refused() {
-    hostile(LIMIT, || {
-        let s = serve();
-        let mut p = Peer::connect(&s.path);
-        p.version();
+    against_our_server(|p, _| {
         let ok = p.errno_of(cmd::DMA_MAP, &[&dma_map_msg(0x10_0000, 0x1000)], &[]);
         assert_eq!(ok, None, "message-path DMA_MAP");
         let (a, b) = (eventfd(), eventfd());
@@ -1145,17 +1005,12 @@ fn client_dma_map_without_fd_works_with_two_fds_refused() {
         );
         assert_eq!(two, Some(libc::EINVAL));
         drop((a, b));
-        drop(p);
-        s.assert_serves();
     });
 }
 
 #[test]
 fn client_dma_map_with_unmappable_fd_is_refused_and_closed() {
-    hostile(LIMIT, || {
-        let s = serve();
-        let mut p = Peer::connect(&s.path);
-        p.version();
+    against_our_server(|p, _| {
         let efd = eventfd();
         let e = p.errno_of(
             cmd::DMA_MAP,
@@ -1167,17 +1022,12 @@ fn client_dma_map_with_unmappable_fd_is_refused_and_closed() {
         // The refused map left no mapping behind: the same range maps now.
         let ok = p.errno_of(cmd::DMA_MAP, &[&dma_map_msg(0x10_0000, 0x1000)], &[]);
         assert_eq!(ok, None);
-        drop(p);
-        s.assert_serves();
     });
 }
 
 #[test]
 fn client_sends_dma_read_to_the_server() {
-    hostile(LIMIT, || {
-        let s = serve();
-        let mut p = Peer::connect(&s.path);
-        p.version();
+    against_our_server(|p, _| {
         let a = DmaAccess {
             address: 0,
             count: 4,
@@ -1185,47 +1035,32 @@ fn client_sends_dma_read_to_the_server() {
         let e = p.errno_of(cmd::DMA_READ, &[&a.encode()], &[]);
         assert_eq!(e, Some(libc::EINVAL), "DMA_READ goes server to client");
         assert_eq!(p.read32(0), EDU_ID);
-        drop(p);
-        s.assert_serves();
     });
 }
 
 #[test]
 fn client_dma_map_overlapping_is_eexist() {
-    hostile(LIMIT, || {
-        let s = serve();
-        let mut p = Peer::connect(&s.path);
-        p.version();
+    against_our_server(|p, _| {
         assert_eq!(
             p.errno_of(cmd::DMA_MAP, &[&dma_map_msg(0x10_0000, 0x2000)], &[]),
             None
         );
         let e = p.errno_of(cmd::DMA_MAP, &[&dma_map_msg(0x10_1000, 0x2000)], &[]);
         assert_eq!(e, Some(libc::EEXIST));
-        drop(p);
-        s.assert_serves();
     });
 }
 
 #[test]
 fn client_dma_map_wrapping_is_einval() {
-    hostile(LIMIT, || {
-        let s = serve();
-        let mut p = Peer::connect(&s.path);
-        p.version();
+    against_our_server(|p, _| {
         let e = p.errno_of(cmd::DMA_MAP, &[&dma_map_msg(u64::MAX - 0xfff, 0x2000)], &[]);
         assert_eq!(e, Some(libc::EINVAL));
-        drop(p);
-        s.assert_serves();
     });
 }
 
 #[test]
 fn client_dma_map_past_max_dma_maps_is_enospc() {
-    hostile(LIMIT, || {
-        let s = serve();
-        let mut p = Peer::connect(&s.path);
-        p.version();
+    against_our_server(|p, _| {
         let max = server_config().max_dma_maps as u64;
         for i in 0..max {
             let m = dma_map_msg(0x10_0000 + i * 0x1000, 0x1000);
@@ -1233,17 +1068,12 @@ fn client_dma_map_past_max_dma_maps_is_enospc() {
         }
         let e = p.errno_of(cmd::DMA_MAP, &[&dma_map_msg(0x90_0000, 0x1000)], &[]);
         assert_eq!(e, Some(libc::ENOSPC));
-        drop(p);
-        s.assert_serves();
     });
 }
 
 #[test]
 fn client_dma_unmap_of_nothing_succeeds_as_with_type1() {
-    hostile(LIMIT, || {
-        let s = serve();
-        let mut p = Peer::connect(&s.path);
-        p.version();
+    against_our_server(|p, _| {
         let u = DmaUnmapMsg {
             argsz: DmaUnmapMsg::SIZE as u32,
             flags: 0,
@@ -1252,8 +1082,6 @@ fn client_dma_unmap_of_nothing_succeeds_as_with_type1() {
         };
         // QEMU behind a vIOMMU unmaps ranges that hold nothing.
         assert_eq!(p.errno_of(cmd::DMA_UNMAP, &[&u.encode()], &[]), None);
-        drop(p);
-        s.assert_serves();
     });
 }
 
@@ -1289,11 +1117,8 @@ fn start_message_dma(p: &mut Peer) -> (u16, Header) {
 
 #[test]
 fn client_never_answers_the_servers_dma_read() {
-    hostile(LIMIT, || {
-        let s = serve();
-        let mut p = Peer::connect(&s.path);
-        p.version();
-        let (id, dma) = start_message_dma(&mut p);
+    against_our_server(|p, _| {
+        let (id, dma) = start_message_dma(p);
         // Ignore it: the server gives up after its DMA timeout and goes on.
         let m = p.recv().expect("the REGION_WRITE reply");
         assert_eq!((m.h.id, m.h.command), (id, cmd::REGION_WRITE));
@@ -1302,18 +1127,13 @@ fn client_never_answers_the_servers_dma_read() {
         let late = Header::reply(&dma, DmaAccess::SIZE + 4);
         p.bytes(&[late.encode().as_slice(), &[0u8; DmaAccess::SIZE], &[9; 4]].concat());
         assert_eq!(p.read32(0), EDU_ID);
-        drop(p);
-        s.assert_serves();
     });
 }
 
 #[test]
 fn client_floods_commands_while_the_server_waits_for_dma() {
-    hostile(LIMIT, || {
-        let s = serve();
-        let mut p = Peer::connect(&s.path);
-        p.version();
-        let (id, _) = start_message_dma(&mut p);
+    against_our_server(|p, _| {
+        let (id, _) = start_message_dma(p);
         // More commands than the server queues while it waits (max_queued 256).
         let mut flood = Vec::new();
         for i in 0..server_config().max_queued as u16 + 10 {
@@ -1330,17 +1150,12 @@ fn client_floods_commands_while_the_server_waits_for_dma() {
         let seen = p.expect_closed();
         assert_eq!(seen.len(), 1, "{seen:?}");
         assert_eq!((seen[0].id, seen[0].command), (id, cmd::REGION_WRITE));
-        drop(p);
-        s.assert_serves();
     });
 }
 
 #[test]
 fn client_floods_posted_writes_then_reads() {
-    hostile(LIMIT, || {
-        let s = serve();
-        let mut p = Peer::connect(&s.path);
-        p.version();
+    against_our_server(|p, _| {
         let mut stream = Vec::new();
         for i in 0..10_000u32 {
             let a = RegionAccess {
@@ -1357,8 +1172,6 @@ fn client_floods_posted_writes_then_reads() {
         p.bytes(&stream);
         // No reply to any posted write may precede the read's reply (call checks the id).
         assert_eq!(p.read32(EDU_LIVENESS), !9_999u32);
-        drop(p);
-        s.assert_serves();
     });
 }
 
@@ -1382,7 +1195,7 @@ fn client_connects_twice() {
         assert_eq!((m.h.command, m.h.error_errno()), (cmd::VERSION, None));
         assert_eq!(second.read32(0), EDU_ID);
         drop(second);
-        s.assert_serves();
+        assert_serves(&s);
     });
 }
 
@@ -1404,7 +1217,7 @@ fn client_version_json_invalid_is_dropped() {
             p.send_cmd(cmd::VERSION, &[&proto::encode_version(0, 0, &json)], &[]);
             assert_dropped(&mut p, Some(libc::EPROTO));
         }
-        s.assert_serves();
+        assert_serves(&s);
     });
 }
 
@@ -1416,6 +1229,6 @@ fn client_speaks_another_major_version() {
         p.send_cmd(cmd::VERSION, &[&proto::encode_version(7, 0, "{}")], &[]);
         assert_dropped(&mut p, Some(libc::EPROTO));
         drop(p);
-        s.assert_serves();
+        assert_serves(&s);
     });
 }

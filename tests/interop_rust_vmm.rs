@@ -17,8 +17,6 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -44,28 +42,24 @@ use vfio_io::user::proto::{self, cmd};
 use vfio_io::user::server::{DeviceModel, ServerConfig};
 use vfio_io::user::wire;
 
-mod common;
+#[path = "support/served.rs"]
+mod served;
+#[path = "support/watchdog.rs"]
+mod watchdog;
+use served::TempDir;
+use watchdog::Watchdog;
 
 /// How long one interop exchange may take before the test fails instead of
 /// waiting: generous, so a loaded machine never trips it.
 const WATCHDOG: Duration = Duration::from_secs(60);
 
-/// Runs `f` on its own thread and fails if it has not returned within
-/// [`WATCHDOG`]. rust-vmm's client reads fixed-size replies without looking at
-/// the error bit, so a disagreement would otherwise block the test forever.
-fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let h = std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(WATCHDOG) {
-        Ok(v) => v,
-        Err(RecvTimeoutError::Disconnected) => match h.join() {
-            Err(panic) => std::panic::resume_unwind(panic),
-            Ok(()) => unreachable!("the thread sent nothing yet returned"),
-        },
-        Err(RecvTimeoutError::Timeout) => panic!("{what}: no answer within {WATCHDOG:?}"),
-    }
+/// Runs `f` under a watchdog that aborts the process if it has not returned
+/// within [`WATCHDOG`]. rust-vmm's client reads fixed-size replies without
+/// looking at the error bit, so a disagreement would otherwise block the test
+/// forever.
+fn within<T>(what: &str, f: impl FnOnce() -> T) -> T {
+    let _dog = Watchdog::start(what, WATCHDOG);
+    f()
 }
 
 /// Waits (up to [`WATCHDOG`]) for the eventfd to fire and returns its counter.
@@ -98,7 +92,7 @@ fn nonblocking_eventfd() -> EventFd {
 /// negotiates VERSION and reads the device, region and IRQ info) and runs `f`
 /// on that client under the [`within`] watchdog.
 fn with_rust_vmm_client(what: &str, f: impl FnOnce(&mut vfio_user::Client) + Send + 'static) {
-    let s = common::serve(Edu::new(), ServerConfig::default());
+    let s = served::serve(Edu::new(), ServerConfig::default());
     let path = s.path.clone();
     within(what, move || {
         let mut c = vfio_user::Client::new(&path).expect("rust-vmm's client connects");
@@ -523,7 +517,7 @@ struct RustVmmServed {
     path: PathBuf,
     /// rust-vmm's own socket.
     server_path: PathBuf,
-    dir: PathBuf,
+    _dir: TempDir,
     state: Arc<Mutex<DeviceState>>,
     /// The memfd behind region 1, as the backend sees it.
     shared: File,
@@ -660,11 +654,7 @@ fn memfd(len: u64) -> File {
 /// Serves the test device with rust-vmm's server; `mmap_region` adds the
 /// memfd-backed region 1 (otherwise the device has region 0 only).
 fn serve_rust_vmm(mmap_region: bool) -> RustVmmServed {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let n = N.fetch_add(1, Ordering::SeqCst);
-    let dir = std::env::temp_dir().join(format!("vfio-io-interop-{}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("interop");
     let server_path = dir.join("rust-vmm.sock");
 
     let rw = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
@@ -719,7 +709,7 @@ fn serve_rust_vmm(mmap_region: bool) -> RustVmmServed {
     RustVmmServed {
         path,
         server_path,
-        dir,
+        _dir: dir,
         state,
         shared,
         relay,
@@ -777,7 +767,6 @@ impl Drop for RustVmmServed {
             let _ = UnixStream::connect(&self.server_path);
             let _ = t.join();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -79,7 +79,7 @@ fn write64(dev: &dyn DeviceIo, off: u64, v: u64) -> Result<()> {
 }
 
 fn fail(what: &'static str) -> Error {
-    Error::Sys {
+    Error::Errno {
         op: what,
         errno: libc::EIO,
     }

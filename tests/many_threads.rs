@@ -9,20 +9,24 @@
 //! Both tests hold `SERIAL` (the fd count is process-wide) and run under a
 //! watchdog that aborts the process with a message instead of hanging CI.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use vfio_io::device::{pci_region, DeviceIo};
 use vfio_io::error::Error;
 use vfio_io::models::edu::{regs, Edu, ID};
 use vfio_io::user::client::{Client, ClientConfig};
-use vfio_io::user::server::{Server, ServerConfig, ServerStopper};
+use vfio_io::user::server::ServerConfig;
 
+#[path = "support/open_fds.rs"]
+mod open_fds;
+#[path = "support/served.rs"]
+mod served;
 #[path = "support/watchdog.rs"]
 mod watchdog;
+use open_fds::OpenFds;
+use served::Served;
 use watchdog::Watchdog;
 
 const THREADS: usize = 8;
@@ -36,65 +40,8 @@ const CONFIG_IDS: u32 = 0x11e8_1234;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn open_fds() -> Vec<String> {
-    std::fs::read_dir("/proc/self/fd")
-        .expect("read /proc/self/fd")
-        .filter_map(|e| e.ok())
-        .map(|e| {
-            let target = std::fs::read_link(e.path()).unwrap_or_default();
-            format!(
-                "{} -> {}",
-                e.file_name().to_string_lossy(),
-                target.display()
-            )
-        })
-        .collect()
-}
-
-struct TempDir(PathBuf);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-struct Served {
-    path: PathBuf,
-    stopper: ServerStopper,
-    thread: Option<JoinHandle<()>>,
-    _dir: TempDir,
-}
-
-fn serve(name: &str) -> Served {
-    let dir = std::env::temp_dir().join(format!(
-        "vfio-io-many-threads-{}-{name}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("edu.sock");
-    let mut server = Server::bind(&path, Edu::new(), ServerConfig::default()).unwrap();
-    let stopper = server.stopper();
-    let thread = std::thread::spawn(move || server.serve().expect("server loop"));
-    Served {
-        path,
-        stopper,
-        thread: Some(thread),
-        _dir: TempDir(dir),
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        self.stopper.stop();
-        if let Some(t) = self.thread.take() {
-            if let Err(p) = t.join() {
-                if !std::thread::panicking() {
-                    std::panic::resume_unwind(p);
-                }
-            }
-        }
-    }
+fn serve(_name: &str) -> Served {
+    served::serve(Edu::new(), ServerConfig::default())
 }
 
 fn connect(s: &Served) -> Client {
@@ -184,7 +131,7 @@ fn expected(c: &Client) -> Expected {
 fn eight_threads_share_one_client_and_every_reply_is_theirs() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let _dog = Watchdog::start("eight_threads_share_one_client", WATCHDOG);
-    let before = open_fds();
+    let before = OpenFds::now();
     let start = Instant::now();
     {
         let s = serve("mixed");
@@ -223,15 +170,14 @@ fn eight_threads_share_one_client_and_every_reply_is_theirs() {
         "{TOTAL_OPS} operations on {THREADS} threads took {:?}",
         start.elapsed()
     );
-    let after = open_fds();
-    assert_eq!(before.len(), after.len(), "fds: {before:?} -> {after:?}");
+    before.assert_none_leaked();
 }
 
 #[test]
 fn close_midway_fails_the_others_cleanly() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let _dog = Watchdog::start("close_midway_fails_the_others_cleanly", WATCHDOG);
-    let before = open_fds();
+    let before = OpenFds::now();
     {
         let s = serve("close");
         let c = connect(&s);
@@ -310,6 +256,5 @@ fn close_midway_fails_the_others_cleanly() {
         let c = connect(&s);
         assert_eq!(op(&c, &exp, 0, 0).unwrap(), None);
     }
-    let after = open_fds();
-    assert_eq!(before.len(), after.len(), "fds: {before:?} -> {after:?}");
+    before.assert_none_leaked();
 }

@@ -3,128 +3,81 @@
 //! fails cleanly, the session goes on, and the server thread survives to
 //! serve the next client.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
-use vfio_io::device::{pci_region, DeviceInfo, DeviceIo, IrqInfo, RegionInfo};
+use vfio_io::device::{pci_region, DeviceIo};
 use vfio_io::error::{Error, Result};
 use vfio_io::models::edu::{regs, Edu, ID};
 use vfio_io::user::client::{Client, ClientConfig};
 use vfio_io::user::proto::cmd;
-use vfio_io::user::server::{DeviceContext, DeviceModel, Server, ServerConfig, ServerStopper};
+use vfio_io::user::server::{DeviceContext, ServerConfig};
+
+#[path = "support/forwarding_model.rs"]
+mod forwarding_model;
+#[path = "support/served.rs"]
+mod served;
+use forwarding_model::{Call, Hooks, Wrapped};
 
 /// A BAR0 offset edu ignores: writing it panics.
 const PANIC_WRITE_AT: u64 = 0x40;
 /// Another ignored BAR0 offset: reading it panics.
 const PANIC_READ_AT: u64 = 0x44;
 
-/// Edu, except for the booby-trapped accesses above and a reset that panics
-/// while `panic_on_reset` is set.
-struct Panicky {
-    edu: Edu,
+/// Edu's booby traps: the accesses above, and a reset that panics while
+/// `panic_on_reset` is set.
+struct Traps {
     panic_on_reset: Arc<AtomicBool>,
     /// Calls that reached the model: proves the panicking ones really ran.
     calls: Arc<AtomicUsize>,
 }
 
-impl DeviceModel for Panicky {
-    fn device_info(&self) -> DeviceInfo {
-        self.edu.device_info()
-    }
-
-    fn region_info(&self, index: u32) -> Option<RegionInfo> {
-        self.edu.region_info(index)
-    }
-
-    fn irq_info(&self, index: u32) -> Option<IrqInfo> {
-        self.edu.irq_info(index)
-    }
-
-    fn region_read(
-        &mut self,
-        ctx: &mut dyn DeviceContext,
-        index: u32,
-        offset: u64,
-        data: &mut [u8],
-    ) -> Result<()> {
+impl Hooks<Edu> for Traps {
+    fn call(&mut self, edu: &mut Edu, ctx: &mut dyn DeviceContext, call: Call<'_>) -> Result<()> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        if index == pci_region::BAR0 && offset == PANIC_READ_AT {
-            panic!("model bug: region_read at {offset:#x}");
+        match call {
+            Call::Read { index, offset, .. }
+                if index == pci_region::BAR0 && offset == PANIC_READ_AT =>
+            {
+                panic!("model bug: region_read at {offset:#x}")
+            }
+            Call::Write { index, offset, .. }
+                if index == pci_region::BAR0 && offset == PANIC_WRITE_AT =>
+            {
+                panic!("model bug: region_write at {offset:#x}")
+            }
+            Call::Reset if self.panic_on_reset.load(Ordering::SeqCst) => panic!("model bug: reset"),
+            _ => call.apply(edu, ctx),
         }
-        self.edu.region_read(ctx, index, offset, data)
-    }
-
-    fn region_write(
-        &mut self,
-        ctx: &mut dyn DeviceContext,
-        index: u32,
-        offset: u64,
-        data: &[u8],
-    ) -> Result<()> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        if index == pci_region::BAR0 && offset == PANIC_WRITE_AT {
-            panic!("model bug: region_write at {offset:#x}");
-        }
-        self.edu.region_write(ctx, index, offset, data)
-    }
-
-    fn reset(&mut self, ctx: &mut dyn DeviceContext) -> Result<()> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        if self.panic_on_reset.load(Ordering::SeqCst) {
-            panic!("model bug: reset");
-        }
-        self.edu.reset(ctx)
     }
 }
 
-struct TempDir(PathBuf);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
+/// Edu with its traps, served.
 struct Served {
-    path: PathBuf,
-    stopper: ServerStopper,
-    thread: Option<JoinHandle<Result<()>>>,
+    served: served::Served,
     panic_on_reset: Arc<AtomicBool>,
     calls: Arc<AtomicUsize>,
-    _dir: TempDir,
 }
 
-fn serve(name: &str) -> Served {
-    let dir = std::env::temp_dir().join(format!("vfio-io-panicky-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("s.sock");
+fn serve(_name: &str) -> Served {
     let panic_on_reset = Arc::new(AtomicBool::new(false));
     let calls = Arc::new(AtomicUsize::new(0));
-    let model = Panicky {
-        edu: Edu::new(),
+    let traps = Traps {
         panic_on_reset: panic_on_reset.clone(),
         calls: calls.clone(),
     };
-    let mut server = Server::bind(&path, model, ServerConfig::default()).unwrap();
-    let stopper = server.stopper();
-    let thread = std::thread::spawn(move || server.serve());
     Served {
-        path,
-        stopper,
-        thread: Some(thread),
+        served: served::serve(Wrapped::new(Edu::new(), traps), ServerConfig::default()),
         panic_on_reset,
         calls,
-        _dir: TempDir(dir),
     }
 }
 
 impl Served {
     fn connect(&self) -> Client {
         Client::connect(
-            &self.path,
+            &self.served.path,
             ClientConfig {
                 timeout: Duration::from_secs(3),
                 ..ClientConfig::default()
@@ -133,26 +86,15 @@ impl Served {
         .expect("connect")
     }
 
-    /// Stops the server and checks that its thread neither panicked nor
+    /// Drops `c`, checks that the server thread survived to serve the next
+    /// client, then stops it and checks that its thread neither panicked nor
     /// returned an error: the panics stayed inside the session.
-    fn finish(mut self) {
-        self.stopper.stop();
-        let t = self.thread.take().unwrap();
-        match t.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => panic!("server loop failed: {e}"),
-            Err(_) => panic!("the server thread panicked"),
-        }
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        // Only reached on a failed test (finish() took the thread): unblock it.
-        self.stopper.stop();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+    fn finish(self, c: Client) {
+        drop(c);
+        let c = self.connect();
+        assert_session_alive(&c);
+        drop(c);
+        self.served.finish();
     }
 }
 
@@ -198,13 +140,7 @@ fn panic_in_region_write_is_eio_and_the_session_goes_on() {
     c.region_write(pci_region::BAR0, PANIC_WRITE_AT, &1u32.to_le_bytes(), true)
         .expect("a posted write only fails locally");
     assert_session_alive(&c);
-    drop(c);
-
-    // The server thread survived and serves the next client.
-    let c = s.connect();
-    assert_session_alive(&c);
-    drop(c);
-    s.finish();
+    s.finish(c);
 }
 
 #[test]
@@ -225,11 +161,7 @@ fn panic_in_region_read_is_eio_and_the_session_goes_on() {
         );
     }
     assert_session_alive(&c);
-    drop(c);
-    let c = s.connect();
-    assert_session_alive(&c);
-    drop(c);
-    s.finish();
+    s.finish(c);
 }
 
 #[test]
@@ -250,9 +182,5 @@ fn panic_in_reset_is_eio_and_the_session_goes_on() {
         0,
         "reset cleared liveness"
     );
-    drop(c);
-    let c = s.connect();
-    assert_session_alive(&c);
-    drop(c);
-    s.finish();
+    s.finish(c);
 }

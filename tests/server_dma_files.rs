@@ -7,18 +7,22 @@ use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 
-use vfio_io::device::{DeviceInfo, DeviceIo, DmaMap, IrqInfo, RegionInfo};
+use vfio_io::device::{DeviceIo, DmaMap};
 use vfio_io::memory::DmaBuffer;
 use vfio_io::models::edu::{Edu, DMA_BUF_SIZE, ID};
 use vfio_io::user::client::{Client, ClientConfig};
-use vfio_io::user::server::{DeviceContext, DeviceModel, ServerConfig};
-use vfio_io::Result;
+use vfio_io::user::server::ServerConfig;
 
-mod common;
+#[path = "support/dma_errors.rs"]
+mod dma_errors;
 #[path = "support/edu_dma.rs"]
 mod edu_dma;
+#[path = "support/forwarding_model.rs"]
+mod forwarding_model;
+#[path = "support/served.rs"]
+mod served;
+use dma_errors::{recording_dma_errors, DmaErrors};
 use edu_dma::{edu_load, edu_round_trip, edu_store};
 
 const PAGE: u64 = 4096;
@@ -27,108 +31,15 @@ const FILE_IOVA: u64 = 0x20_0000;
 /// Where a sealed buffer, which cannot shrink, is mapped for the device.
 const SEALED_IOVA: u64 = 0x10_0000;
 
-/// The errnos of the DMA copies edu asked for and did not get.
-type Faults = Arc<Mutex<Vec<i32>>>;
-
-/// Edu, with every failed DMA copy's errno recorded: edu itself only logs it.
-struct FaultRecordingEdu {
-    edu: Edu,
-    faults: Faults,
-}
-
-/// The session's context, recording the errno of each failed DMA copy.
-struct Recording<'a> {
-    ctx: &'a mut dyn DeviceContext,
-    faults: &'a Mutex<Vec<i32>>,
-}
-
-impl Recording<'_> {
-    fn note(&self, r: Result<()>) -> Result<()> {
-        if let Err(e) = &r {
-            self.faults.lock().unwrap().push(e.errno());
-        }
-        r
-    }
-}
-
-impl DeviceContext for Recording<'_> {
-    fn dma_read(&mut self, iova: u64, buf: &mut [u8]) -> Result<()> {
-        let r = self.ctx.dma_read(iova, buf);
-        self.note(r)
-    }
-    fn dma_write(&mut self, iova: u64, buf: &[u8]) -> Result<()> {
-        let r = self.ctx.dma_write(iova, buf);
-        self.note(r)
-    }
-    fn irq_enabled(&self, index: u32, vector: u32) -> bool {
-        self.ctx.irq_enabled(index, vector)
-    }
-    fn trigger_irq(&mut self, index: u32, vector: u32) -> bool {
-        self.ctx.trigger_irq(index, vector)
-    }
-    fn set_irq_level(&mut self, index: u32, vector: u32, asserted: bool) {
-        self.ctx.set_irq_level(index, vector, asserted)
-    }
-}
-
-impl DeviceModel for FaultRecordingEdu {
-    fn device_info(&self) -> DeviceInfo {
-        self.edu.device_info()
-    }
-    fn region_info(&self, index: u32) -> Option<RegionInfo> {
-        self.edu.region_info(index)
-    }
-    fn irq_info(&self, index: u32) -> Option<IrqInfo> {
-        self.edu.irq_info(index)
-    }
-    fn region_read(
-        &mut self,
-        ctx: &mut dyn DeviceContext,
-        index: u32,
-        offset: u64,
-        data: &mut [u8],
-    ) -> Result<()> {
-        let mut rec = Recording {
-            ctx,
-            faults: &self.faults,
-        };
-        self.edu.region_read(&mut rec, index, offset, data)
-    }
-    fn region_write(
-        &mut self,
-        ctx: &mut dyn DeviceContext,
-        index: u32,
-        offset: u64,
-        data: &[u8],
-    ) -> Result<()> {
-        let mut rec = Recording {
-            ctx,
-            faults: &self.faults,
-        };
-        self.edu.region_write(&mut rec, index, offset, data)
-    }
-    fn reset(&mut self, ctx: &mut dyn DeviceContext) -> Result<()> {
-        let mut rec = Recording {
-            ctx,
-            faults: &self.faults,
-        };
-        self.edu.reset(&mut rec)
-    }
-}
-
 /// Serves edu with DMA faults recorded, and connects a client.
-fn serve() -> (common::Served, Faults, Client) {
-    let faults = Faults::default();
-    let model = FaultRecordingEdu {
-        edu: Edu::new(),
-        faults: faults.clone(),
-    };
-    let served = common::serve(model, ServerConfig::default());
+fn serve() -> (served::Served, DmaErrors, Client) {
+    let (model, faults) = recording_dma_errors(Edu::new());
+    let served = served::serve(model, ServerConfig::default());
     let client = connect(&served);
     (served, faults, client)
 }
 
-fn connect(s: &common::Served) -> Client {
+fn connect(s: &served::Served) -> Client {
     Client::connect(&s.path, ClientConfig::default()).unwrap()
 }
 

@@ -7,25 +7,30 @@
 //! hanging; the checks are on values, ids and counts, never on elapsed time.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use vfio_io::device::{pci_region, DeviceInfo, DeviceIo, IrqInfo, RegionInfo};
-use vfio_io::error::Result;
+use vfio_io::device::{pci_region, DeviceIo};
 use vfio_io::memory::DmaBuffer;
 use vfio_io::models::edu::{regs, Edu, DMA_BUF_ADDR, DMA_CMD_START, DMA_CMD_TO_RAM, ID};
 use vfio_io::user::client::{Client, ClientConfig};
 use vfio_io::user::proto::{
     cmd, DmaAccess, DmaMapMsg, Header, RegionAccess, DMA_MAP_READ, DMA_MAP_WRITE,
 };
-use vfio_io::user::server::{DeviceContext, DeviceModel, ServerConfig};
+use vfio_io::user::server::ServerConfig;
 
-mod common;
+#[path = "support/dma_errors.rs"]
+mod dma_errors;
+#[path = "support/forwarding_model.rs"]
+mod forwarding_model;
 #[path = "support/raw_peer.rs"]
 mod raw_peer;
+#[path = "support/served.rs"]
+mod served;
 #[path = "support/watchdog.rs"]
 mod watchdog;
 
+use dma_errors::{recording_dma_errors, DmaErrors};
 use raw_peer::Peer;
 use watchdog::Watchdog;
 
@@ -34,108 +39,16 @@ const WATCHDOG: Duration = Duration::from_secs(60);
 /// edu's vendor and device IDs as the first dword of configuration space.
 const CONFIG_IDS: u32 = 0x11e8_1234;
 
-/// edu behind a context that records the errno of every DMA that failed, so
-/// a test sees what the model saw.
-struct RecordingEdu {
-    edu: Edu,
-    dma_errors: Arc<Mutex<Vec<i32>>>,
-}
-
-struct Recording<'a> {
-    inner: &'a mut dyn DeviceContext,
-    dma_errors: &'a Mutex<Vec<i32>>,
-}
-
-impl Recording<'_> {
-    fn note(&self, r: Result<()>) -> Result<()> {
-        if let Err(e) = &r {
-            self.dma_errors.lock().unwrap().push(e.errno());
-        }
-        r
-    }
-}
-
-impl DeviceContext for Recording<'_> {
-    fn dma_read(&mut self, iova: u64, buf: &mut [u8]) -> Result<()> {
-        let r = self.inner.dma_read(iova, buf);
-        self.note(r)
-    }
-    fn dma_write(&mut self, iova: u64, buf: &[u8]) -> Result<()> {
-        let r = self.inner.dma_write(iova, buf);
-        self.note(r)
-    }
-    fn irq_enabled(&self, index: u32, vector: u32) -> bool {
-        self.inner.irq_enabled(index, vector)
-    }
-    fn trigger_irq(&mut self, index: u32, vector: u32) -> bool {
-        self.inner.trigger_irq(index, vector)
-    }
-    fn set_irq_level(&mut self, index: u32, vector: u32, asserted: bool) {
-        self.inner.set_irq_level(index, vector, asserted)
-    }
-}
-
-impl RecordingEdu {
-    fn with<T>(
-        &mut self,
-        ctx: &mut dyn DeviceContext,
-        f: impl FnOnce(&mut Edu, &mut dyn DeviceContext) -> T,
-    ) -> T {
-        let mut rec = Recording {
-            inner: ctx,
-            dma_errors: &self.dma_errors,
-        };
-        f(&mut self.edu, &mut rec)
-    }
-}
-
-impl DeviceModel for RecordingEdu {
-    fn device_info(&self) -> DeviceInfo {
-        self.edu.device_info()
-    }
-    fn region_info(&self, index: u32) -> Option<RegionInfo> {
-        self.edu.region_info(index)
-    }
-    fn irq_info(&self, index: u32) -> Option<IrqInfo> {
-        self.edu.irq_info(index)
-    }
-    fn region_read(
-        &mut self,
-        ctx: &mut dyn DeviceContext,
-        index: u32,
-        offset: u64,
-        data: &mut [u8],
-    ) -> Result<()> {
-        self.with(ctx, |e, c| e.region_read(c, index, offset, data))
-    }
-    fn region_write(
-        &mut self,
-        ctx: &mut dyn DeviceContext,
-        index: u32,
-        offset: u64,
-        data: &[u8],
-    ) -> Result<()> {
-        self.with(ctx, |e, c| e.region_write(c, index, offset, data))
-    }
-    fn reset(&mut self, ctx: &mut dyn DeviceContext) -> Result<()> {
-        self.with(ctx, |e, c| e.reset(c))
-    }
-}
-
 /// Serves edu without twin sockets, DMA replies awaited for `dma_timeout`;
 /// returns the server and the DMA errors its model saw.
-fn serve(dma_timeout: Duration) -> (common::Served, Arc<Mutex<Vec<i32>>>) {
-    let dma_errors = Arc::new(Mutex::new(Vec::new()));
-    let model = RecordingEdu {
-        edu: Edu::new(),
-        dma_errors: dma_errors.clone(),
-    };
+fn serve(dma_timeout: Duration) -> (served::Served, DmaErrors) {
+    let (model, dma_errors) = recording_dma_errors(Edu::new());
     let config = ServerConfig {
         twin_socket: false,
         dma_timeout,
         ..ServerConfig::default()
     };
-    (common::serve(model, config), dma_errors)
+    (served::serve(model, config), dma_errors)
 }
 
 // ---------------------------------------------------------------------------
@@ -255,7 +168,7 @@ const RAW_IOVA: u64 = 0x10_0000;
 
 /// Raw client: VERSION without twin_socket, then an fd-less DMA_MAP of
 /// RAW_IOVA, so the server reaches it by messages only.
-fn raw_client(s: &common::Served) -> Peer {
+fn raw_client(s: &served::Served) -> Peer {
     let mut p = Peer::connect(&s.path);
     p.version();
     let m = DmaMapMsg {

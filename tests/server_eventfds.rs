@@ -10,10 +10,11 @@ use vfio_io::models::edu::Edu;
 use vfio_io::user::client::{Client, ClientConfig};
 use vfio_io::user::server::ServerConfig;
 
-mod common;
+#[path = "support/served.rs"]
+mod served;
 
 fn with_edu(_name: &str, f: impl FnOnce(&Client)) {
-    let s = common::serve(Edu::new(), ServerConfig::default());
+    let s = served::serve(Edu::new(), ServerConfig::default());
     let config = ClientConfig {
         timeout: Duration::from_millis(800),
         ..ClientConfig::default()

@@ -8,13 +8,29 @@ use vfio_io::models::edu::Edu;
 use vfio_io::user::client::{Client, ClientConfig};
 use vfio_io::user::server::ServerConfig;
 
-mod common;
 #[path = "support/edu_dma.rs"]
 mod edu_dma;
+#[path = "support/served.rs"]
+mod served;
 use edu_dma::edu_round_trip;
 
-fn serve(config: ServerConfig) -> common::Served {
-    common::serve(Edu::new(), config)
+fn serve(config: ServerConfig) -> served::Served {
+    served::serve(Edu::new(), config)
+}
+
+/// Serves edu and connects a client, neither offering a twin socket: the
+/// server's DMA messages share the main socket.
+fn serve_without_twin_socket() -> (served::Served, Client) {
+    let s = serve(ServerConfig {
+        twin_socket: false,
+        ..ServerConfig::default()
+    });
+    let config = ClientConfig {
+        twin_socket: false,
+        ..ClientConfig::default()
+    };
+    let c = Client::connect(&s.path, config).unwrap();
+    (s, c)
 }
 
 fn check_suite(dev: &dyn DeviceIo) {
@@ -38,18 +54,7 @@ fn edu_conformance_over_vfio_user_with_twin_socket() {
 
 #[test]
 fn edu_conformance_over_vfio_user_dma_on_the_main_socket() {
-    let s = serve(ServerConfig {
-        twin_socket: false,
-        ..ServerConfig::default()
-    });
-    let c = Client::connect(
-        &s.path,
-        ClientConfig {
-            twin_socket: false,
-            ..ClientConfig::default()
-        },
-    )
-    .unwrap();
+    let (_s, c) = serve_without_twin_socket();
     assert!(!c.twin_socket());
     check_suite(&c);
 }
@@ -199,18 +204,7 @@ fn server_dma_through_messages_on_the_twin_socket() {
 
 #[test]
 fn server_dma_through_messages_on_the_main_socket() {
-    let s = serve(ServerConfig {
-        twin_socket: false,
-        ..ServerConfig::default()
-    });
-    let c = Client::connect(
-        &s.path,
-        ClientConfig {
-            twin_socket: false,
-            ..ClientConfig::default()
-        },
-    )
-    .unwrap();
+    let (_s, c) = serve_without_twin_socket();
     dma_round_trip_through_messages(&c);
 }
 

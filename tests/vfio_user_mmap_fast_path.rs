@@ -6,26 +6,26 @@
 //! it"; the bytes are checked both ways against the model's own memory.
 //! A counting allocator also checks that the mapped path allocates nothing.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use vfio_io::device::*;
-use vfio_io::memory::Mapping;
+use vfio_io::device::DeviceIo;
 use vfio_io::user::client::{Client, ClientConfig};
-use vfio_io::user::server::{DeviceContext, DeviceModel, Server, ServerConfig, ServerStopper};
+use vfio_io::user::server::{DeviceContext, ServerConfig};
 use vfio_io::Result;
-
-const BAR2_SIZE: u64 = 0x4000;
-/// BAR2's one sparse (mmappable) area; the rest of BAR2 is trapped.
-const AREA: SparseArea = SparseArea {
-    offset: 0x1000,
-    size: 0x2000,
-};
 
 #[path = "support/counting_alloc.rs"]
 mod counting_alloc;
+#[path = "support/forwarding_model.rs"]
+mod forwarding_model;
+#[path = "support/served.rs"]
+mod served;
+#[path = "support/shared_mem_device.rs"]
+mod shared_mem_device;
 use counting_alloc::allocations;
+use forwarding_model::{Call, Hooks, Wrapped};
+use shared_mem_device::{device_view, SharedMemDevice, AREA, BAR2_SIZE};
 
 /// How many region accesses reached the model.
 #[derive(Default)]
@@ -34,151 +34,41 @@ struct Seen {
     writes: AtomicUsize,
 }
 
-/// BAR0: 16 trapped bytes. BAR2: a memfd, mmappable only in [`AREA`].
-struct CountingDevice {
-    fd: Arc<OwnedFd>,
-    map: Mapping,
-    regs: [u8; 16],
-    seen: Arc<Seen>,
-}
+/// Counts every access the server hands the device.
+struct Count(Arc<Seen>);
 
-impl CountingDevice {
-    fn new() -> (Self, Arc<OwnedFd>, Arc<Seen>) {
-        Self::with_memory(vfio_io::memory::sealed_memfd(c"bar2", BAR2_SIZE as usize).unwrap())
-    }
-
-    /// The device with BAR2 backed by `fd`.
-    fn with_memory(fd: OwnedFd) -> (Self, Arc<OwnedFd>, Arc<Seen>) {
-        Self::with_memory_of_size(fd, BAR2_SIZE as usize)
-    }
-
-    /// The device with BAR2 backed by the first `len` bytes of `fd`.
-    fn with_memory_of_size(fd: OwnedFd, len: usize) -> (Self, Arc<OwnedFd>, Arc<Seen>) {
-        let map = Mapping::new(fd.as_fd(), 0, len, true).unwrap();
-        let fd = Arc::new(fd);
-        let seen = Arc::new(Seen::default());
-        let dev = CountingDevice {
-            fd: fd.clone(),
-            map,
-            regs: [0; 16],
-            seen: seen.clone(),
-        };
-        (dev, fd, seen)
-    }
-}
-
-impl DeviceModel for CountingDevice {
-    fn device_info(&self) -> DeviceInfo {
-        DeviceInfo {
-            flags: VFIO_DEVICE_FLAGS_PCI,
-            num_regions: pci_region::COUNT,
-            num_irqs: pci_irq::COUNT,
-        }
-    }
-
-    fn region_info(&self, index: u32) -> Option<RegionInfo> {
-        let rw = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
-        let mut r = RegionInfo {
-            index,
-            ..RegionInfo::default()
-        };
-        match index {
-            0 => {
-                r.flags = rw;
-                r.size = 16;
-            }
-            2 => {
-                r.flags = rw | VFIO_REGION_INFO_FLAG_MMAP;
-                r.size = BAR2_SIZE;
-                r.caps = vec![RegionCap::SparseMmap(vec![AREA])];
-                r.fd = Some(self.fd.clone());
-            }
-            i if i < pci_region::COUNT => {}
-            _ => return None,
-        }
-        Some(r)
-    }
-
-    fn irq_info(&self, index: u32) -> Option<IrqInfo> {
-        (index < pci_irq::COUNT).then_some(IrqInfo {
-            index,
-            flags: VFIO_IRQ_INFO_EVENTFD,
-            count: 0,
-        })
-    }
-
-    fn region_read(
+impl Hooks<SharedMemDevice> for Count {
+    fn call(
         &mut self,
-        _: &mut dyn DeviceContext,
-        index: u32,
-        offset: u64,
-        data: &mut [u8],
+        dev: &mut SharedMemDevice,
+        ctx: &mut dyn DeviceContext,
+        call: Call<'_>,
     ) -> Result<()> {
-        self.seen.reads.fetch_add(1, Ordering::SeqCst);
-        match index {
-            0 => data.copy_from_slice(&self.regs[offset as usize..offset as usize + data.len()]),
-            _ => self.map.read(offset as usize, data)?,
-        }
-        Ok(())
-    }
-
-    fn region_write(
-        &mut self,
-        _: &mut dyn DeviceContext,
-        index: u32,
-        offset: u64,
-        data: &[u8],
-    ) -> Result<()> {
-        self.seen.writes.fetch_add(1, Ordering::SeqCst);
-        match index {
-            0 => self.regs[offset as usize..offset as usize + data.len()].copy_from_slice(data),
-            _ => self.map.write(offset as usize, data)?,
-        }
-        Ok(())
-    }
-
-    fn reset(&mut self, _: &mut dyn DeviceContext) -> Result<()> {
-        Ok(())
+        match call {
+            Call::Read { .. } => self.0.reads.fetch_add(1, Ordering::SeqCst),
+            Call::Write { .. } => self.0.writes.fetch_add(1, Ordering::SeqCst),
+            Call::Reset => 0,
+        };
+        call.apply(dev, ctx)
     }
 }
 
-struct Served {
-    path: std::path::PathBuf,
-    stopper: ServerStopper,
-    thread: Option<std::thread::JoinHandle<()>>,
+/// The shared-memory device with its accesses counted.
+type CountingDevice = Wrapped<SharedMemDevice, Count>;
+
+/// `dev` with its accesses counted, the fd of its BAR2, and the count.
+fn counting(dev: SharedMemDevice) -> (CountingDevice, Arc<OwnedFd>, Arc<Seen>) {
+    let (fd, seen) = (dev.memory_fd(), Arc::new(Seen::default()));
+    (Wrapped::new(dev, Count(seen.clone())), fd, seen)
 }
 
-impl Drop for Served {
-    fn drop(&mut self) {
-        self.stopper.stop();
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap();
-        }
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-fn serve(name: &str, model: CountingDevice) -> Served {
-    let path = std::env::temp_dir().join(format!("vfio-io-{name}-{}.sock", std::process::id()));
-    let _ = std::fs::remove_file(&path);
-    let mut server = Server::bind(&path, model, ServerConfig::default()).unwrap();
-    let stopper = server.stopper();
-    let thread = Some(std::thread::spawn(move || server.serve().unwrap()));
-    Served {
-        path,
-        stopper,
-        thread,
-    }
-}
-
-/// The device's view of BAR2: the same memfd, mapped by the test.
-fn device_view(fd: &OwnedFd) -> Mapping {
-    Mapping::new(fd.as_fd(), 0, BAR2_SIZE as usize, true).unwrap()
+fn serve(_name: &str, model: CountingDevice) -> served::Served {
+    served::serve(model, ServerConfig::default())
 }
 
 #[test]
 fn accesses_inside_the_sparse_area_never_reach_the_server() {
-    let (dev, fd, seen) = CountingDevice::new();
+    let (dev, fd, seen) = counting(SharedMemDevice::new());
     let s = serve("mmap-inside", dev);
     let c = Client::connect(&s.path, ClientConfig::default()).unwrap();
     assert!(c.has_mapped_areas());
@@ -252,7 +142,7 @@ fn a_region_fd_the_server_could_shrink_is_not_mapped() {
     let fd =
         nix::sys::memfd::memfd_create(c"bar2", nix::sys::memfd::MFdFlags::MFD_CLOEXEC).unwrap();
     nix::unistd::ftruncate(&fd, BAR2_SIZE as i64).unwrap();
-    let (dev, _fd, seen) = CountingDevice::with_memory(fd);
+    let (dev, _fd, seen) = counting(SharedMemDevice::with_memory(fd, BAR2_SIZE as usize));
     let s = serve("mmap-shrinkable", dev);
     let c = Client::connect(&s.path, ClientConfig::default()).unwrap();
     assert!(!c.has_mapped_areas(), "a shrinkable region fd was mapped");
@@ -271,7 +161,7 @@ fn an_area_past_the_end_of_its_fd_is_not_mapped() {
     // Sealed, but smaller than the area the server declares: touching the
     // missing pages through a mapping would raise SIGBUS in the client.
     let fd = vfio_io::memory::sealed_memfd(c"bar2", AREA.offset as usize).unwrap();
-    let (dev, _fd, seen) = CountingDevice::with_memory_of_size(fd, AREA.offset as usize);
+    let (dev, _fd, seen) = counting(SharedMemDevice::with_memory(fd, AREA.offset as usize));
     let s = serve("mmap-short", dev);
     let c = Client::connect(&s.path, ClientConfig::default()).unwrap();
     assert!(
@@ -289,7 +179,7 @@ fn an_area_past_the_end_of_its_fd_is_not_mapped() {
 
 #[test]
 fn ranges_outside_or_straddling_the_area_go_by_message() {
-    let (dev, fd, seen) = CountingDevice::new();
+    let (dev, fd, seen) = counting(SharedMemDevice::new());
     let s = serve("mmap-outside", dev);
     let c = Client::connect(&s.path, ClientConfig::default()).unwrap();
     let bar2 = device_view(&fd);
@@ -328,7 +218,7 @@ fn ranges_outside_or_straddling_the_area_go_by_message() {
 
 #[test]
 fn posted_writes_to_trapped_ranges_wait_once_areas_are_mapped() {
-    let (dev, fd, seen) = CountingDevice::new();
+    let (dev, fd, seen) = counting(SharedMemDevice::new());
     let s = serve("mmap-posted", dev);
     let c = Client::connect(&s.path, ClientConfig::default()).unwrap();
     let bar2 = device_view(&fd);
@@ -353,7 +243,7 @@ fn posted_writes_to_trapped_ranges_wait_once_areas_are_mapped() {
 
 #[test]
 fn the_mapped_path_does_not_allocate() {
-    let (dev, _fd, seen) = CountingDevice::new();
+    let (dev, _fd, seen) = counting(SharedMemDevice::new());
     let s = serve("mmap-alloc", dev);
     let c = Client::connect(&s.path, ClientConfig::default()).unwrap();
     let mut b4 = [0u8; 4];

@@ -6,17 +6,16 @@ use std::time::Duration;
 use vfio_io::device::DeviceIo;
 use vfio_io::models::edu::{regs, Edu, ID};
 use vfio_io::user::client::{Client, ClientConfig};
-use vfio_io::user::server::{Server, ServerConfig};
+use vfio_io::user::server::ServerConfig;
+
+#[path = "support/served.rs"]
+mod served;
 
 #[test]
 fn a_polling_client_gets_every_reply_alone_and_shared() {
-    let path = std::env::temp_dir().join(format!("vfio-io-spin-{}.sock", std::process::id()));
-    let _ = std::fs::remove_file(&path);
-    let mut server = Server::bind(&path, Edu::new(), ServerConfig::default()).unwrap();
-    let stopper = server.stopper();
-    let thread = std::thread::spawn(move || server.serve().unwrap());
+    let s = served::serve(Edu::new(), ServerConfig::default());
     let c = Client::connect(
-        &path,
+        &s.path,
         ClientConfig {
             spin: Some(Duration::from_micros(50)),
             ..ClientConfig::default()
@@ -34,9 +33,9 @@ fn a_polling_client_gets_every_reply_alone_and_shared() {
     }
     // Several threads: one polls as the reader, the others sleep on the
     // condvar and are woken with their replies.
-    std::thread::scope(|s| {
+    std::thread::scope(|sc| {
         for _ in 0..4 {
-            s.spawn(|| {
+            sc.spawn(|| {
                 let mut b = [0u8; 4];
                 for _ in 0..200 {
                     c.region_read(0, regs::ID, &mut b).unwrap();
@@ -46,7 +45,5 @@ fn a_polling_client_gets_every_reply_alone_and_shared() {
         }
     });
     drop(c);
-    stopper.stop();
-    thread.join().unwrap();
-    let _ = std::fs::remove_file(&path);
+    s.finish();
 }

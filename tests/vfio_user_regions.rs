@@ -1,8 +1,7 @@
 //! Region fds with sparse mmap areas, REGION_WRITE_MULTI, REGION_IO_FDS and
 //! INTx resampling through an unmask eventfd, over real sockets.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::sync::Arc;
+use std::os::fd::{AsFd, AsRawFd};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
@@ -12,121 +11,19 @@ use vfio_io::memory::Mapping;
 use vfio_io::models::edu::Edu;
 use vfio_io::user::client::{Client, ClientConfig};
 use vfio_io::user::proto::{cmd, MultiWrite};
-use vfio_io::user::server::{DeviceContext, DeviceModel, ServerConfig};
-use vfio_io::Result;
+use vfio_io::user::server::{DeviceModel, ServerConfig};
 
-const SHARED_SIZE: u64 = 0x4000;
-
-/// A device whose BAR2 is shared memory (a memfd) the client may mmap in
-/// part (one sparse area), and whose BAR0 is 16 trapped bytes.
-struct SharedMemDevice {
-    fd: Arc<OwnedFd>,
-    map: Mapping,
-    regs: [u8; 16],
-}
-
-impl SharedMemDevice {
-    fn new() -> Self {
-        let fd = vfio_io::memory::sealed_memfd(c"bar2", SHARED_SIZE as usize).unwrap();
-        let map = Mapping::new(fd.as_fd(), 0, SHARED_SIZE as usize, true).unwrap();
-        SharedMemDevice {
-            fd: Arc::new(fd),
-            map,
-            regs: [0; 16],
-        }
-    }
-}
-
-impl DeviceModel for SharedMemDevice {
-    fn device_info(&self) -> DeviceInfo {
-        DeviceInfo {
-            flags: VFIO_DEVICE_FLAGS_PCI,
-            num_regions: pci_region::COUNT,
-            num_irqs: pci_irq::COUNT,
-        }
-    }
-
-    fn region_info(&self, index: u32) -> Option<RegionInfo> {
-        let rw = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
-        let mut r = RegionInfo {
-            index,
-            ..RegionInfo::default()
-        };
-        match index {
-            0 => {
-                r.flags = rw;
-                r.size = 16;
-            }
-            2 => {
-                r.flags = rw | VFIO_REGION_INFO_FLAG_MMAP;
-                r.size = SHARED_SIZE;
-                r.caps = vec![
-                    RegionCap::SparseMmap(vec![SparseArea {
-                        offset: 0x1000,
-                        size: 0x2000,
-                    }]),
-                    RegionCap::Type {
-                        region_type: 0x8000_0000,
-                        subtype: 7,
-                    },
-                ];
-                r.fd = Some(self.fd.clone());
-            }
-            i if i < pci_region::COUNT => {}
-            _ => return None,
-        }
-        Some(r)
-    }
-
-    fn irq_info(&self, index: u32) -> Option<IrqInfo> {
-        (index < pci_irq::COUNT).then_some(IrqInfo {
-            index,
-            flags: VFIO_IRQ_INFO_EVENTFD,
-            count: 0,
-        })
-    }
-
-    fn region_read(
-        &mut self,
-        _: &mut dyn DeviceContext,
-        index: u32,
-        offset: u64,
-        data: &mut [u8],
-    ) -> Result<()> {
-        match index {
-            0 => data.copy_from_slice(&self.regs[offset as usize..offset as usize + data.len()]),
-            _ => self.map.read(offset as usize, data)?,
-        }
-        Ok(())
-    }
-
-    fn region_write(
-        &mut self,
-        _: &mut dyn DeviceContext,
-        index: u32,
-        offset: u64,
-        data: &[u8],
-    ) -> Result<()> {
-        match index {
-            0 => self.regs[offset as usize..offset as usize + data.len()].copy_from_slice(data),
-            _ => self.map.write(offset as usize, data)?,
-        }
-        Ok(())
-    }
-
-    fn reset(&mut self, _: &mut dyn DeviceContext) -> Result<()> {
-        self.regs = [0; 16];
-        Ok(())
-    }
-}
-
-mod common;
 #[path = "support/raw_peer.rs"]
 mod raw_peer;
+#[path = "support/served.rs"]
+mod served;
+#[path = "support/shared_mem_device.rs"]
+mod shared_mem_device;
 use raw_peer::Peer;
+use shared_mem_device::SharedMemDevice;
 
-fn serve<M: DeviceModel + 'static>(_name: &str, model: M) -> common::Served {
-    common::serve(model, ServerConfig::default())
+fn serve<M: DeviceModel + 'static>(_name: &str, model: M) -> served::Served {
+    served::serve(model, ServerConfig::default())
 }
 
 #[test]

@@ -72,7 +72,7 @@ fn check_container(container: BorrowedFd<'_>) -> Result<()> {
 }
 
 fn no_dev(op: &'static str) -> Error {
-    Error::Sys {
+    Error::Errno {
         op,
         errno: libc::ENODEV,
     }
@@ -123,7 +123,7 @@ impl Group {
     fn attach(number: u32, group: OwnedFd, container: OwnedFd) -> Result<Group> {
         let status = ioctl::group_status(group.as_fd())?;
         if status & uapi::VFIO_GROUP_FLAGS_VIABLE == 0 {
-            return Err(Error::Sys {
+            return Err(Error::Errno {
                 op: "VFIO group is not viable: bind every device of the IOMMU group to vfio-pci",
                 errno: libc::EBUSY,
             });
@@ -197,7 +197,7 @@ impl Group {
         ioctl::iommu_unmap_dma(self.container(), &mut u)?;
         // The kernel reports what it unmapped; nothing means nothing was there.
         if u.size == 0 {
-            return Err(Error::Sys {
+            return Err(Error::Errno {
                 op: "VFIO_IOMMU_UNMAP_DMA: no mapping at that IOVA",
                 errno: libc::ENOENT,
             });
@@ -338,7 +338,7 @@ mod tests {
     #[test]
     fn a_failed_open_is_not_remembered() {
         let e = Group::get_or_open(9003, |_| {
-            Err(Error::Sys {
+            Err(Error::Errno {
                 op: "open /dev/vfio/<group>",
                 errno: libc::EACCES,
             })

@@ -180,7 +180,7 @@ impl DeviceIo for KernelDevice {
             let n = nix::sys::uio::pread(self.fd.as_fd(), &mut data[done..], off)
                 .map_err(|e| Error::sys("pread region", e))?;
             if n == 0 {
-                return Err(Error::Sys {
+                return Err(Error::Errno {
                     op: "pread region: short read",
                     errno: libc::EIO,
                 });
@@ -201,7 +201,7 @@ impl DeviceIo for KernelDevice {
             let n = nix::sys::uio::pwrite(self.fd.as_fd(), &data[done..], off)
                 .map_err(|e| Error::sys("pwrite region", e))?;
             if n == 0 {
-                return Err(Error::Sys {
+                return Err(Error::Errno {
                     op: "pwrite region: short write",
                     errno: libc::EIO,
                 });

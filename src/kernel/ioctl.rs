@@ -473,7 +473,7 @@ pub fn device_feature_fd(dev: BorrowedFd<'_>, buf: &mut [u8]) -> Result<OwnedFd>
         Ok(Some(fd)) => Ok(fd),
         // A GET of an fd-returning feature that returns 0 gave no fd: treat
         // it as the kernel not doing what was asked rather than owning fd 0.
-        Ok(None) => Err(Error::Sys {
+        Ok(None) => Err(Error::Errno {
             op: "VFIO_DEVICE_FEATURE returned no fd",
             errno: libc::EIO,
         }),

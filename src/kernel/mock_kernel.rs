@@ -360,6 +360,7 @@ impl Kernel for MockKernel {
         })
     }
 
+    // Long by design: a table, one arm per struct request, that reads best whole.
     fn sized<T: SizedArg>(fd: BorrowedFd<'_>, req: Req, arg: &mut T) -> Answer<i32> {
         on(fd, req, Arg::Struct(Box::new(arg.duplicate())), |s| {
             // The kernel reads the struct at the size it knows; a smaller size

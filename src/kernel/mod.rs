@@ -48,7 +48,7 @@ fn open_rw(path: &str, op: &'static str) -> Result<OwnedFd> {
         .write(true)
         .open(path)
         .map(OwnedFd::from)
-        .map_err(|e| Error::io(op, &e))
+        .map_err(|e| Error::io(op, e))
 }
 
 #[cfg(test)]
@@ -66,9 +66,14 @@ mod tests {
     }
 
     #[test]
-    fn missing_cdev_is_enoent() {
+    fn missing_cdev_is_enoent_with_the_io_error_as_source() {
         let e = open("/dev/vfio/devices/vfio-none").unwrap_err();
         assert_eq!(e.errno(), libc::ENOENT, "{e}");
+        let source = std::error::Error::source(&e).expect("the io::Error is kept");
+        let io = source
+            .downcast_ref::<std::io::Error>()
+            .expect("an io::Error");
+        assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
     }
 
     #[test]

@@ -11,14 +11,11 @@ use vfio_bindings::bindings::vfio as uapi;
 use super::ioctl;
 use crate::device::{RegionInfo, VFIO_REGION_INFO_FLAG_MMAP};
 use crate::error::{Error, Result};
-use crate::region_info::{decode_region_info, REGION_INFO_SIZE};
+use crate::region_info::{decode_region_info, MAX_REGION_INFO, REGION_INFO_SIZE};
 
 // The layout's owner and the UAPI agree on the fixed part, where the chain
 // starts at the earliest.
 const _: () = assert!(REGION_INFO_SIZE == std::mem::size_of::<uapi::vfio_region_info>());
-/// A bound on the buffer the kernel may ask for: real chains are a few hundred
-/// bytes, so anything near this means a confused kernel, not a big region.
-const MAX_REGION_INFO: usize = 64 * 1024;
 
 /// Asks the kernel for region `index`, growing the buffer once if the
 /// capability chain does not fit, and parses the result.
@@ -35,7 +32,7 @@ pub fn query(dev: &Arc<OwnedFd>, index: u32) -> Result<RegionInfo> {
         // room for it. The chain does not change between the two calls, so
         // the second call always fits; the bound keeps a bad value harmless.
         if argsz > MAX_REGION_INFO || buf.len() > REGION_INFO_SIZE {
-            return Err(Error::Sys {
+            return Err(Error::Errno {
                 op: "region info keeps growing",
                 errno: libc::EPROTO,
             });

@@ -44,7 +44,7 @@ impl Scratch {
         let bar2_fd = Arc::new(
             bar2.fd()
                 .try_clone_to_owned()
-                .map_err(|e| Error::io("dup", &e))?,
+                .map_err(|e| Error::io("dup", e))?,
         );
         let memory = BarKind::Memory32 {
             prefetchable: false,

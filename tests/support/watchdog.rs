@@ -11,7 +11,8 @@ pub struct Watchdog(Option<mpsc::Sender<()>>, Option<JoinHandle<()>>);
 
 impl Watchdog {
     /// Starts watching `what`, which must be done (this dropped) within `limit`.
-    pub fn start(what: &'static str, limit: Duration) -> Watchdog {
+    pub fn start(what: &str, limit: Duration) -> Watchdog {
+        let what = what.to_owned();
         let (tx, rx) = mpsc::channel::<()>();
         let t = std::thread::spawn(move || {
             if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
@@ -20,6 +21,14 @@ impl Watchdog {
             }
         });
         Watchdog(Some(tx), Some(t))
+    }
+
+    /// Starts watching the calling test, named after its thread (the test
+    /// harness names each test's thread after the test).
+    #[allow(dead_code)] // not every test that includes this file names itself
+    pub fn for_this_test(limit: Duration) -> Watchdog {
+        let name = std::thread::current().name().unwrap_or("a test").to_owned();
+        Watchdog::start(&name, limit)
     }
 }
 

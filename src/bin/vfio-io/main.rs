@@ -13,6 +13,7 @@ use vfio_io::user::client::{Client, ClientConfig};
 use vfio_io::user::server::{DeviceModel, Server, ServerConfig, ServerStopper};
 
 mod info;
+mod target;
 
 const USAGE: &str = "\
 usage: vfio-io serve MODEL SOCKET [--trace] serve a device over vfio-user on SOCKET (MODEL: edu, scratch)
@@ -135,6 +136,8 @@ fn listen<M: DeviceModel + 'static>(
 /// A running server: its stopper and the thread serving it.
 type Serving = (ServerStopper, std::thread::JoinHandle<Result<(), String>>);
 
+/// Runs `vfio-io demo`: serves edu on a temporary socket, drives it through
+/// the library, and removes the socket again.
 fn demo() -> Result<(), String> {
     let dir = std::env::temp_dir().join(format!("vfio-io-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -144,63 +147,84 @@ fn demo() -> Result<(), String> {
     let stopper = server.stopper();
     let thread = std::thread::spawn(move || server.serve());
     println!("served QEMU's edu device on {}", path.display());
-    let result = (|| {
-        let dev = Client::connect(&path, ClientConfig::default()).map_err(|e| e.to_string())?;
-        println!(
-            "connected through the vfio-user backend ({})",
-            dev.backend_name()
-        );
-        let caps = dev.capabilities();
-        println!("device capabilities {:#06x}:", caps.bits());
-        for (name, bit) in Capabilities::named_bits() {
-            let mark = if caps.contains(bit) { "yes" } else { "no " };
-            println!(
-                "  bit {:2} {:<15} {mark}",
-                bit.bits().trailing_zeros(),
-                name
-            );
-        }
-        let info = dev.device_info().map_err(|e| e.to_string())?;
-        println!(
-            "device: {} regions, {} IRQ indices",
-            info.num_regions, info.num_irqs
-        );
-        let mut id = [0u8; 4];
-        dev.region_read(0, 0, &mut id).map_err(|e| e.to_string())?;
-        println!(
-            "BAR0 identification register: {:#010x}",
-            u32::from_ne_bytes(id)
-        );
-        let dmabuf = dev
-            .region_create_dma_buf(0, &[(0, 4096)])
-            .map_err(|e| e.to_string())?;
-        println!(
-            "DMA-BUF export of BAR0: {}",
-            if dmabuf.is_some() {
-                "fd"
-            } else {
-                "not offered (no DMA_BUF bit), nothing tried"
-            }
-        );
-        let mut failed = 0;
-        for (name, r) in run_edu_suite(&dev) {
-            match r {
-                Ok(()) => println!("  conformance {name:<16} ok"),
-                Err(e) => {
-                    failed += 1;
-                    println!("  conformance {name:<16} FAILED: {e}");
-                }
-            }
-        }
-        if failed > 0 {
-            return Err(format!("{failed} conformance cases failed"));
-        }
-        Ok(())
-    })();
+    let result = drive_demo(&path);
     stopper.stop();
     let _ = thread.join();
     let _ = std::fs::remove_dir_all(&dir);
     result
+}
+
+/// Connects to the edu server on `path` and shows what the library sees of
+/// it, then runs the conformance suite on it.
+fn drive_demo(path: &Path) -> Result<(), String> {
+    let dev = Client::connect(path, ClientConfig::default()).map_err(|e| e.to_string())?;
+    println!(
+        "connected through the vfio-user backend ({})",
+        dev.backend_name()
+    );
+    print_capability_bits(&dev);
+    show_device(&dev)?;
+    run_conformance(&dev)
+}
+
+/// Prints the device's capability mask and whether it has each named bit.
+fn print_capability_bits(dev: &dyn DeviceIo) {
+    let caps = dev.capabilities();
+    println!("device capabilities {:#06x}:", caps.bits());
+    for (name, bit) in Capabilities::named_bits() {
+        let mark = if caps.contains(bit) { "yes" } else { "no " };
+        println!(
+            "  bit {:2} {:<15} {mark}",
+            bit.bits().trailing_zeros(),
+            name
+        );
+    }
+}
+
+/// Prints the device's shape, its BAR0 identification register, and whether
+/// it exports BAR0 as a DMA-BUF.
+fn show_device(dev: &dyn DeviceIo) -> Result<(), String> {
+    let info = dev.device_info().map_err(|e| e.to_string())?;
+    println!(
+        "device: {} regions, {} IRQ indices",
+        info.num_regions, info.num_irqs
+    );
+    let mut id = [0u8; 4];
+    dev.region_read(0, 0, &mut id).map_err(|e| e.to_string())?;
+    println!(
+        "BAR0 identification register: {:#010x}",
+        u32::from_ne_bytes(id)
+    );
+    let dmabuf = dev
+        .region_create_dma_buf(0, &[(0, 4096)])
+        .map_err(|e| e.to_string())?;
+    println!(
+        "DMA-BUF export of BAR0: {}",
+        if dmabuf.is_some() {
+            "fd"
+        } else {
+            "not offered (no DMA_BUF bit), nothing tried"
+        }
+    );
+    Ok(())
+}
+
+/// Runs the edu conformance suite, one line a case; fails if any case did.
+fn run_conformance(dev: &dyn DeviceIo) -> Result<(), String> {
+    let mut failed = 0;
+    for (name, r) in run_edu_suite(dev) {
+        match r {
+            Ok(()) => println!("  conformance {name:<16} ok"),
+            Err(e) => {
+                failed += 1;
+                println!("  conformance {name:<16} FAILED: {e}");
+            }
+        }
+    }
+    if failed > 0 {
+        return Err(format!("{failed} conformance cases failed"));
+    }
+    Ok(())
 }
 
 /// A parsed command line.

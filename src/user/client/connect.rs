@@ -14,10 +14,11 @@ use std::time::Duration;
 use super::dma::TwinSocket;
 use super::mapped::map_regions;
 use super::multiplex::Inner;
-use super::{expect_len, Client, ClientConfig, MAX_IRQS, MAX_REGIONS, MAX_REGION_INFO};
+use super::{expect_len, Client, ClientConfig, MAX_IRQS, MAX_REGIONS};
 use crate::caps::{Capabilities, CapabilityRecord, Source};
 use crate::device::{DeviceInfo, DeviceIo, RegionInfo};
 use crate::error::{Error, Result};
+use crate::region_info::MAX_REGION_INFO;
 use crate::user::proto::{self, cmd};
 use crate::user::version::{self, VersionCaps};
 use crate::user::wire::set_timeouts;
@@ -29,7 +30,7 @@ impl Client {
     /// Connects to a vfio-user server socket and negotiates with it.
     pub fn connect(path: impl AsRef<Path>, config: ClientConfig) -> Result<Self> {
         let stream = UnixStream::connect(path.as_ref())
-            .map_err(|e| Error::io("connect to vfio-user socket", &e))?;
+            .map_err(|e| Error::io("connect to vfio-user socket", e))?;
         Self::from_stream(stream, config)
     }
 
@@ -196,7 +197,7 @@ impl Client {
                         Ok((info, needed, r.fds.pop()))
                     })?;
             if needed > argsz && needed as usize > proto::REGION_INFO_SIZE {
-                if needed > MAX_REGION_INFO || argsz >= MAX_REGION_INFO {
+                if needed as usize > MAX_REGION_INFO || argsz as usize >= MAX_REGION_INFO {
                     return Err(Error::Protocol(format!(
                         "region {index} info needs {needed} bytes"
                     )));
@@ -255,4 +256,36 @@ fn negotiate_version(
         };
         Ok((caps, twin))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixListener;
+
+    use super::*;
+
+    #[test]
+    fn refused_connect_keeps_the_io_error_and_reports_econnrefused() {
+        let dir = std::env::temp_dir().join(format!("vfio-io-refused-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("stale.sock");
+        let _ = std::fs::remove_file(&path);
+        // A socket file whose listener is gone: what a server that exited leaves.
+        drop(UnixListener::bind(&path).unwrap());
+        let Err(e) = Client::connect(&path, ClientConfig::default()) else {
+            panic!("connected to a socket nobody listens on");
+        };
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(matches!(e, Error::Io { .. }), "{e:?}");
+        assert_eq!(e.errno(), libc::ECONNREFUSED, "{e}");
+        let source = std::error::Error::source(&e).expect("the io::Error is kept");
+        let io = source
+            .downcast_ref::<std::io::Error>()
+            .expect("an io::Error");
+        assert_eq!(io.raw_os_error(), Some(libc::ECONNREFUSED));
+        assert!(
+            e.to_string().starts_with("connect to vfio-user socket: "),
+            "{e}"
+        );
+    }
 }

@@ -41,13 +41,13 @@ impl Inner {
             .iter()
             .any(|e| map.iova < e.iova + e.size && e.iova < end)
         {
-            return Err(Error::Sys {
+            return Err(Error::Errno {
                 op: "DMA mapping overlaps another",
                 errno: libc::EEXIST,
             });
         }
         if table.len() >= max_maps as usize {
-            return Err(Error::Sys {
+            return Err(Error::Errno {
                 op: "more DMA mappings than max_dma_maps",
                 errno: libc::ENOSPC,
             });
@@ -104,7 +104,7 @@ impl Inner {
             cmd::DMA_READ => false,
             cmd::DMA_WRITE => true,
             _ => {
-                return Err(Error::Sys {
+                return Err(Error::Errno {
                     op: "server sent an unknown command",
                     errno: libc::ENOSYS,
                 })
@@ -127,12 +127,12 @@ impl Inner {
         let e = table
             .iter()
             .find(|e| a.address >= e.iova && end <= e.iova + e.size)
-            .ok_or(Error::Sys {
+            .ok_or(Error::Errno {
                 op: "DMA outside the client's mappings",
                 errno: libc::EFAULT,
             })?;
         if (write && !e.writable) || (!write && !e.readable) || e.vaddr == 0 {
-            return Err(Error::Sys {
+            return Err(Error::Errno {
                 op: "DMA not permitted",
                 errno: libc::EPERM,
             });
@@ -170,11 +170,11 @@ impl TwinSocket {
         // No receive timeout: the thread waits for requests for as long as
         // the link lives. Sends may block at most the request timeout.
         set_timeouts(fd.as_fd(), None, Some(timeout))?;
-        let keep = fd.try_clone().map_err(|e| Error::io("dup", &e))?;
+        let keep = fd.try_clone().map_err(|e| Error::io("dup", e))?;
         let thread = std::thread::Builder::new()
             .name("vfio-user-dma".into())
             .spawn(move || twin_loop(inner, fd, max_msg))
-            .map_err(|e| Error::io("spawn", &e))?;
+            .map_err(|e| Error::io("spawn", e))?;
         Ok(TwinSocket { fd: keep, thread })
     }
 

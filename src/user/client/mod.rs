@@ -46,8 +46,6 @@ pub use multiplex::MAX_OUTSTANDING;
 pub const MAX_REGIONS: u32 = 256;
 /// Most IRQ indices a server may declare.
 pub const MAX_IRQS: u32 = 64;
-/// Largest region info reply accepted (capability chain included).
-pub const MAX_REGION_INFO: u32 = 64 * 1024;
 
 /// What the capability mask of every vfio-user device may contain (from the
 /// capability table).

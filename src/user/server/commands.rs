@@ -59,7 +59,7 @@ impl<'a, M: DeviceModel> Session<'a, M> {
                 ))
             }
             _ => {
-                return Err(Error::Sys {
+                return Err(Error::Errno {
                     op: "unknown vfio-user command",
                     errno: libc::ENOSYS,
                 })
@@ -96,7 +96,7 @@ impl<'a, M: DeviceModel> Session<'a, M> {
         self.link.peer_max_xfer = theirs.max_data_xfer_size as usize;
         let mut fd = ReplyFd::None;
         if reply.twin_socket {
-            let (ours, client) = UnixStream::pair().map_err(|e| Error::io("socketpair", &e))?;
+            let (ours, client) = UnixStream::pair().map_err(|e| Error::io("socketpair", e))?;
             let ours: OwnedFd = ours.into();
             set_timeouts(
                 ours.as_fd(),

@@ -30,7 +30,7 @@ pub struct DirtyLog {
 }
 
 fn busy() -> Error {
-    Error::Sys {
+    Error::Errno {
         op: "DMA logging already started",
         errno: libc::EBUSY,
     }
@@ -113,7 +113,7 @@ impl DirtyLog {
         for (start, end) in &widened {
             pages += ((end - *start as u128) / ps) as u64;
             if pages > MAX_TRACKED_PAGES {
-                return Err(Error::Sys {
+                return Err(Error::Errno {
                     op: "DMA logging ranges past the most pages a log tracks",
                     errno: libc::E2BIG,
                 });

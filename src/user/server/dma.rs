@@ -186,13 +186,13 @@ impl DmaSpace {
             .iter()
             .any(|r| m.address < r.iova + r.size && r.iova < end)
         {
-            return Err(Error::Sys {
+            return Err(Error::Errno {
                 op: "DMA_MAP overlaps an existing mapping",
                 errno: libc::EEXIST,
             });
         }
         if self.regions.len() >= self.max_maps {
-            return Err(Error::Sys {
+            return Err(Error::Errno {
                 op: "DMA_MAP past max_dma_maps",
                 errno: libc::ENOSPC,
             });
@@ -281,12 +281,12 @@ fn find_target(regions: &[DmaRegion], iova: u64, len: usize, write: bool) -> Res
     let r = regions
         .iter()
         .find(|r| iova >= r.iova && end <= r.iova + r.size)
-        .ok_or(Error::Sys {
+        .ok_or(Error::Errno {
             op: "DMA outside the client's mappings",
             errno: libc::EFAULT,
         })?;
     if (write && !r.writable) || (!write && !r.readable) {
-        return Err(Error::Sys {
+        return Err(Error::Errno {
             op: "DMA against the mapping's permissions",
             errno: libc::EPERM,
         });

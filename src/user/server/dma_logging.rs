@@ -83,7 +83,7 @@ impl<M: DeviceModel> Session<'_, M> {
         let words = bitmap_words(r.length, r.page_size)?;
         let limit = (self.config.max_data_xfer_size as usize).min(self.link.peer_max_xfer);
         if words * 8 > limit {
-            return Err(Error::Sys {
+            return Err(Error::Errno {
                 op: "dirty bitmap larger than one message carries",
                 errno: libc::E2BIG,
             });

@@ -22,6 +22,48 @@ struct Index {
     vectors: Vec<Vector>,
 }
 
+impl Index {
+    /// A SET_IRQS of count 0: only TRIGGER without data is one (it disables
+    /// every vector of the index); anything else is refused.
+    fn disable_all(
+        &mut self,
+        action: IrqAction,
+        bools: Option<&[u8]>,
+        fds: Option<&[OwnedFd]>,
+    ) -> Result<()> {
+        if action == IrqAction::Trigger && bools.is_none() && fds.is_none_or(|f| f.is_empty()) {
+            for v in &mut self.vectors {
+                *v = Vector::default();
+            }
+            return Ok(());
+        }
+        Err(Error::InvalidArgument("SET_IRQS count 0"))
+    }
+
+    /// Attaches `fds` as the `action` eventfds of vectors `start..end`, one
+    /// each, or detaches them all when `fds` is empty.
+    fn attach(&mut self, action: IrqAction, start: u32, end: u32, fds: Vec<OwnedFd>) -> Result<()> {
+        if !fds.is_empty() && fds.len() != (end - start) as usize {
+            return Err(Error::InvalidArgument(
+                "SET_IRQS fd count differs from count",
+            ));
+        }
+        if !fds.iter().all(is_eventfd) {
+            return Err(Error::InvalidArgument("SET_IRQS fd that is not an eventfd"));
+        }
+        let mut it = fds.into_iter();
+        for v in &mut self.vectors[start as usize..end as usize] {
+            let fd = it.next();
+            match action {
+                IrqAction::Trigger => v.trigger = fd,
+                IrqAction::Mask => v.mask_fd = fd,
+                IrqAction::Unmask => v.unmask_fd = fd,
+            }
+        }
+        Ok(())
+    }
+}
+
 /// All IRQ indices of one device, for one client session.
 #[derive(Debug, Default)]
 pub struct IrqState {
@@ -132,16 +174,7 @@ impl IrqState {
             .get_mut(index as usize)
             .ok_or(Error::InvalidArgument("IRQ index"))?;
         if count == 0 {
-            if action == IrqAction::Trigger
-                && bools.is_none()
-                && fds.as_ref().is_none_or(|f| f.is_empty())
-            {
-                for v in &mut idx.vectors {
-                    *v = Vector::default();
-                }
-                return Ok(());
-            }
-            return Err(Error::InvalidArgument("SET_IRQS count 0"));
+            return idx.disable_all(action, bools, fds.as_deref());
         }
         let end = start
             .checked_add(count)
@@ -152,27 +185,23 @@ impl IrqState {
             ));
         }
         if let Some(fds) = fds {
-            if !fds.is_empty() && fds.len() != count as usize {
-                return Err(Error::InvalidArgument(
-                    "SET_IRQS fd count differs from count",
-                ));
-            }
-            if !fds.iter().all(is_eventfd) {
-                return Err(Error::InvalidArgument("SET_IRQS fd that is not an eventfd"));
-            }
-            let mut it = fds.into_iter();
-            for v in &mut idx.vectors[start as usize..end as usize] {
-                let fd = it.next();
-                match action {
-                    IrqAction::Trigger => v.trigger = fd,
-                    IrqAction::Mask => v.mask_fd = fd,
-                    IrqAction::Unmask => v.unmask_fd = fd,
-                }
-            }
-            return Ok(());
+            return idx.attach(action, start, end, fds);
         }
+        self.apply(index, action, start, end, bools)
+    }
+
+    /// Masks, unmasks or triggers vectors `start..end` of `index`, those
+    /// `bools` selects (None: all).
+    fn apply(
+        &mut self,
+        index: u32,
+        action: IrqAction,
+        start: u32,
+        end: u32,
+        bools: Option<&[u8]>,
+    ) -> Result<()> {
         if let Some(b) = bools {
-            if b.len() != count as usize {
+            if b.len() != (end - start) as usize {
                 return Err(Error::InvalidArgument(
                     "SET_IRQS bool count differs from count",
                 ));

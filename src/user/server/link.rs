@@ -118,7 +118,12 @@ impl<'a> Link<'a> {
         let r = self.await_reply(id, command, reply_into);
         match &r {
             Err(Error::Timeout) => self.abandon(id, command),
-            Err(e @ (Error::Protocol(_) | Error::Disconnected | Error::Sys { .. })) => {
+            Err(
+                e @ (Error::Protocol(_)
+                | Error::Disconnected
+                | Error::Errno { .. }
+                | Error::Io { .. }),
+            ) => {
                 self.broken.get_or_insert_with(|| e.to_string());
             }
             _ => {}

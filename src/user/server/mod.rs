@@ -134,7 +134,7 @@ impl<M: DeviceModel> Server<M> {
     /// Listens on `path` (which must not exist).
     pub fn bind(path: impl AsRef<Path>, model: M, config: ServerConfig) -> Result<Self> {
         let listener =
-            UnixListener::bind(path).map_err(|e| Error::io("bind vfio-user socket", &e))?;
+            UnixListener::bind(path).map_err(|e| Error::io("bind vfio-user socket", e))?;
         Ok(Self::from_listener(listener, model, config))
     }
 
@@ -178,7 +178,7 @@ impl<M: DeviceModel> Server<M> {
                 Ok(s) => break s,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(_) if self.stop.load(Ordering::SeqCst) => return Ok(SessionEnd::Stopped),
-                Err(e) => return Err(Error::io("accept", &e)),
+                Err(e) => return Err(Error::io("accept", e)),
             }
         };
         let sock = Arc::new(OwnedFd::from(stream));

@@ -53,7 +53,7 @@ pub(super) struct Session<'a, M: DeviceModel> {
 
 /// Runs model code; a panic in it becomes an `EIO` error for this command.
 fn model_call<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
-    catch_unwind(AssertUnwindSafe(f)).unwrap_or(Err(Error::Sys {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or(Err(Error::Errno {
         op: "device model panicked",
         errno: libc::EIO,
     }))
