@@ -126,8 +126,8 @@ static void ops_misuse(vfio_io_device *dev, const vfio_io_ops *ops)
     EXPECT(ops->device_feature(dev, NULL), -EINVAL);
     struct vfio_device_feature feat = { .argsz = sizeof(feat) - 1,
                                         .flags = VFIO_DEVICE_FEATURE_PROBE |
-                                                 VFIO_DEVICE_FEATURE_GET |
-                                                 VFIO_DEVICE_FEATURE_MIGRATION };
+                                                 VFIO_DEVICE_FEATURE_SET |
+                                                 VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY };
     EXPECT(ops->device_feature(dev, &feat), -EINVAL);
     feat.argsz = 0;
     EXPECT(ops->device_feature(dev, &feat), -EINVAL);

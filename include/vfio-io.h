@@ -21,8 +21,10 @@
 // (`VFIO_DEVICE_FEATURE_DMA_BUF`). Kernel VFIO only, Linux >= 6.19.
 #define VFIO_IO_CAP_DMA_BUF (1ULL << 0)
 
-// The v2 migration state machine (`VFIO_DEVICE_FEATURE_MIGRATION`) is
-// available through `device_feature`, data path included.
+// The v2 migration state machine (`VFIO_DEVICE_FEATURE_MIGRATION`,
+// STOP_COPY at least) is available, data path included: through
+// `device_feature` and its data fd on kernel VFIO; through
+// `vfio_io_migration_*` (MIG_DATA_READ/WRITE) on vfio-user.
 #define VFIO_IO_CAP_MIGRATION (1ULL << 1)
 
 // Device dirty-page tracking (DMA logging) is available: on kernel VFIO
@@ -292,6 +294,44 @@ int vfio_io_dirty_report(struct vfio_io_device *dev,
 // `dev` must be NULL or a live handle. Returns 0 or -errno: -EINVAL for a
 // NULL `dev`; -ENOTTY as for `vfio_io_dirty_start`.
 int vfio_io_dirty_stop(struct vfio_io_device *dev);
+
+// Writes the device's migration state (`enum vfio_device_mig_state`:
+// `VFIO_DEVICE_STATE_RUNNING`, `_STOP`, `_STOP_COPY`, `_RESUMING`) to
+// `*state`. `dev` must be NULL or a live handle; `state` must point to a
+// uint32_t. Returns 0 or -errno: -EINVAL for a NULL argument, -ENOTTY for
+// a device without `VFIO_IO_CAP_MIGRATION` or a backend without these calls
+// (kernel VFIO: use `device_feature`), the peer's error otherwise.
+int vfio_io_migration_get_state(struct vfio_io_device *dev, uint32_t *state);
+
+// Moves the device to migration state `state`, through STOP where no
+// direct arc leads (RUNNING -> STOP_COPY is RUNNING -> STOP -> STOP_COPY),
+// as the kernel does. Entering STOP_COPY saves the device's state for
+// `vfio_io_migration_read`; leaving RESUMING for STOP loads what
+// `vfio_io_migration_write` gave. `dev` must be NULL or a live handle.
+// Returns 0 or -errno: -EINVAL for NULL, for `VFIO_DEVICE_STATE_ERROR`, a
+// state the device lacks (the P2P and PRE_COPY states), or a stream the
+// device refuses on RESUMING -> STOP (the device keeps its state and stays
+// RESUMING, ready for a whole stream again); -ENOTTY as for
+// `vfio_io_migration_get_state`. A failed step leaves the device where the
+// steps before it took it.
+int vfio_io_migration_set_state(struct vfio_io_device *dev, uint32_t state);
+
+// Reads up to `len` bytes of the device's state stream into `buf`, which
+// holds `len` bytes; call it until it returns 0. STOP_COPY only. `dev`
+// must be NULL or a live handle. Returns the number of bytes read (fewer
+// than `len` is not the end: only 0 is), 0 at the end of the stream, or
+// -errno: -EINVAL for NULL or outside STOP_COPY, -EPROTO when the server
+// sends more than it announced or a malformed reply, -ENOTTY as for
+// `vfio_io_migration_get_state`.
+ssize_t vfio_io_migration_read(struct vfio_io_device *dev, void *buf, size_t len);
+
+// Appends `len` bytes at `buf` (only read) to the incoming state stream.
+// RESUMING only; the stream is loaded by `vfio_io_migration_set_state` to
+// STOP. `dev` must be NULL or a live handle. Returns the number of bytes
+// taken (all of them unless a later chunk of a large write failed), or
+// -errno: -EINVAL for NULL, outside RESUMING, or past the longest stream
+// the device loads; -ENOTTY as for `vfio_io_migration_get_state`.
+ssize_t vfio_io_migration_write(struct vfio_io_device *dev, const void *buf, size_t len);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use crate::caps::{Capabilities, CapabilityRecord};
 use crate::error::{Error, Result};
+use crate::migration::DeviceMigration;
 
 pub use vfio_bindings::bindings::vfio::{
     VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_IRQ_INFO_AUTOMASKED,
@@ -301,6 +302,13 @@ pub trait DeviceIo: Send + Sync {
     fn region_create_dma_buf(&self, index: u32, ranges: &[(u64, u64)]) -> Result<Option<OwnedFd>> {
         let _ = (index, ranges);
         Ok(None)
+    }
+
+    /// The device's migration (state machine and state stream), where this
+    /// backend carries it and the device has [`Capabilities::MIGRATION`]'s
+    /// data path; `None` where the backend has none (kernel VFIO, for now).
+    fn migration(&self) -> Option<&dyn DeviceMigration> {
+        None
     }
 
     /// Dirty-page tracking through the library's one API, where this backend

@@ -20,6 +20,7 @@ pub mod error;
 pub mod ffi;
 pub mod kernel;
 pub mod memory;
+pub mod migration;
 pub mod models;
 pub mod region_info;
 pub mod user;

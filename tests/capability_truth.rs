@@ -16,6 +16,7 @@ use vfio_bindings::bindings::vfio::{
 use vfio_io::caps::{Capabilities, Source};
 use vfio_io::device::*;
 use vfio_io::memory::{DmaBuffer, Mapping};
+use vfio_io::migration::MigrationState;
 use vfio_io::models::edu::{regs, Edu};
 use vfio_io::models::scratch::{Scratch, BAR2_SIZE};
 use vfio_io::user::client::{Client, ClientConfig};
@@ -278,7 +279,42 @@ fn reset_clear_fails_at_once_and_leaves_the_device_alone() {
 }
 
 #[test]
-fn migration_stays_clear_though_the_server_offers_it() {
+fn migration_set_moves_a_real_state_stream() {
+    let s = served::serve(Edu::new(), ServerConfig::default());
+    let c = connect(&s);
+    assert!(c.capabilities().contains(Capabilities::MIGRATION));
+    assert!(c.backend_capabilities().contains(Capabilities::MIGRATION));
+    let e = c
+        .capability_record()
+        .deciding(Capabilities::MIGRATION)
+        .unwrap();
+    assert_eq!(
+        (e.present, &e.source),
+        (true, &Source::FeatureProbe(VFIO_DEVICE_FEATURE_MIGRATION))
+    );
+    // The bit's behaviour: the device's state comes out as a stream.
+    write32(&c, regs::LIVENESS, 0x0bad_cafe);
+    let m = c.migration().expect("a vfio-user client carries migration");
+    m.set_state(MigrationState::StopCopy).unwrap();
+    let mut stream = Vec::new();
+    let mut buf = [0u8; 1000];
+    loop {
+        match m.read(&mut buf).unwrap() {
+            0 => break,
+            n => stream.extend_from_slice(&buf[..n]),
+        }
+    }
+    assert_eq!(stream.len(), vfio_io::models::edu::STATE_LEN);
+    assert!(stream
+        .windows(4)
+        .any(|w| w == (!0x0bad_cafeu32).to_le_bytes()));
+    m.set_state(MigrationState::Running).unwrap();
+}
+
+#[test]
+fn migration_clear_without_hooks_though_the_server_offers_it_and_fails_at_once() {
+    // Edu behind a wrapper that forwards no migration hooks, and answers
+    // every feature probe (and GET) with success and no data.
     let model = Wrapped::new(
         Edu::new(),
         Alterations {
@@ -290,7 +326,6 @@ fn migration_stays_clear_though_the_server_offers_it() {
     let c = connect(&s);
     let caps = c.capabilities();
     assert!(!caps.intersects(Capabilities::MIGRATION));
-    assert!(!c.backend_capabilities().intersects(Capabilities::MIGRATION));
     let e = c
         .capability_record()
         .deciding(Capabilities::MIGRATION)
@@ -301,6 +336,15 @@ fn migration_stays_clear_though_the_server_offers_it() {
         Source::FeatureProbe(VFIO_DEVICE_FEATURE_MIGRATION)
     );
     assert!(e.detail.contains("offers"), "{}", e.detail);
+    let m = c.migration().unwrap();
+    assert_eq!(m.get_state().unwrap_err().errno(), libc::ENOTTY);
+    assert_eq!(
+        m.set_state(MigrationState::Stop).unwrap_err().errno(),
+        libc::ENOTTY
+    );
+    assert_eq!(m.read(&mut [0; 8]).unwrap_err().errno(), libc::ENOTTY);
+    write32(&c, regs::LIVENESS, 1);
+    assert_eq!(read32(&c, regs::LIVENESS), !1u32, "the device still runs");
 }
 
 /// The library logs DMA writes for every model, so a server built with it

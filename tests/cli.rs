@@ -127,7 +127,7 @@ fn info_json_has_the_documented_keys() {
     assert_eq!(bit("RESET")["source"], "device info");
     assert_eq!(bit("WRITE_MULTI")["source"], "negotiation (write_multiple)");
     assert_eq!(bit("POSTED_WRITES")["source"], "backend");
-    assert_eq!(bit("MIGRATION")["device"], false);
+    assert_eq!(bit("MIGRATION")["device"], true);
     assert_eq!(bit("MIGRATION")["source"], "feature probe (1)");
     let regions = v["regions"].as_array().unwrap();
     let bar0 = &regions[0];

@@ -74,9 +74,11 @@ capability_table! {
     /// A region's mappable ranges can be exported as a DMA-BUF fd
     /// (`VFIO_DEVICE_FEATURE_DMA_BUF`). Kernel VFIO only, Linux >= 6.19.
     DMA_BUF = 1 << 0 on Backends::KERNEL;
-    /// The v2 migration state machine (`VFIO_DEVICE_FEATURE_MIGRATION`) is
-    /// available through `device_feature`, data path included.
-    MIGRATION = 1 << 1 on Backends::KERNEL;
+    /// The v2 migration state machine (`VFIO_DEVICE_FEATURE_MIGRATION`,
+    /// STOP_COPY at least) is available, data path included: through
+    /// `device_feature` and its data fd on kernel VFIO; through
+    /// `vfio_io_migration_*` (MIG_DATA_READ/WRITE) on vfio-user.
+    MIGRATION = 1 << 1 on Backends::KERNEL.union(Backends::VFIO_USER);
     /// Device dirty-page tracking (DMA logging) is available: on kernel VFIO
     /// through `device_feature` (`VFIO_DEVICE_FEATURE_DMA_LOGGING_*`); on
     /// vfio-user through `vfio_io_dirty_start`/`_report`/`_stop`, a server of
@@ -163,10 +165,10 @@ impl Capabilities {
     /// use vfio_io::caps::Capabilities;
     ///
     /// // What QEMU's edu device reports over vfio-user.
-    /// let edu = Capabilities::from_bits_truncate(0x3c4);
+    /// let edu = Capabilities::from_bits_truncate(0x3c6);
     /// assert_eq!(
     ///     edu.describe(),
-    ///     "DIRTY_TRACKING|POSTED_WRITES|RESET|WRITE_MULTI|DMA_MESSAGES"
+    ///     "MIGRATION|DIRTY_TRACKING|POSTED_WRITES|RESET|WRITE_MULTI|DMA_MESSAGES"
     /// );
     /// // A caller checks a bit instead of trying and reading -ENOTTY.
     /// assert!(!edu.contains(Capabilities::DMA_BUF));

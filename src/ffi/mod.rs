@@ -14,6 +14,7 @@
 
 mod dirty;
 mod log;
+mod migration;
 
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::os::fd::IntoRawFd;
@@ -26,6 +27,10 @@ use vfio_bindings::bindings::vfio::{
 pub use self::dirty::{vfio_io_dirty_report, vfio_io_dirty_start, vfio_io_dirty_stop};
 pub use self::log::{
     vfio_io_log_fn, VFIO_IO_LOG_DEBUG, VFIO_IO_LOG_ERROR, VFIO_IO_LOG_INFO, VFIO_IO_LOG_WARNING,
+};
+pub use self::migration::{
+    vfio_io_migration_get_state, vfio_io_migration_read, vfio_io_migration_set_state,
+    vfio_io_migration_write,
 };
 use crate::caps::Capabilities;
 use crate::device::{DeviceIo, DmaMap, IrqAction, IrqData, IrqSet};

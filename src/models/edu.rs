@@ -18,7 +18,7 @@ use crate::device::{
 };
 use crate::error::{Error, Result};
 use crate::models::pci::{BarKind, PciConfig, CONFIG_SPACE_SIZE};
-use crate::user::server::{DeviceContext, DeviceModel};
+use crate::user::server::{DeviceContext, DeviceModel, Migratable};
 
 /// edu's PCI vendor ID.
 pub const VENDOR_ID: u16 = 0x1234;
@@ -397,6 +397,151 @@ impl DeviceModel for Edu {
         self.dma_cmd = 0;
         self.dma_buf.fill(0);
         Ok(())
+    }
+
+    fn migration(&mut self) -> Option<&mut dyn Migratable> {
+        Some(self)
+    }
+}
+
+/// The first bytes of edu's migration stream.
+pub const STATE_MAGIC: [u8; 4] = *b"EDUS";
+/// The version of edu's migration stream this model writes and reads.
+pub const STATE_VERSION: u16 = 1;
+/// Bytes of the stream's header: magic, version, reserved, body length.
+const STATE_HEADER_LEN: usize = 12;
+/// Bytes of the body: identification, registers, config space, DMA buffer.
+const STATE_BODY_LEN: usize = 8 + 4 * 4 + 4 + 4 * 8 + CONFIG_SPACE_SIZE + DMA_BUF_SIZE;
+/// Length of edu's whole migration stream: header, body, FNV-1a checksum.
+pub const STATE_LEN: usize = STATE_HEADER_LEN + STATE_BODY_LEN + 8;
+
+/// FNV-1a, 64 bits: catches a changed byte anywhere in a stream.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Reads little-endian fields off the front of a stream whose length was
+/// already checked.
+struct StateReader<'a>(&'a [u8]);
+
+impl StateReader<'_> {
+    fn take<const N: usize>(&mut self) -> [u8; N] {
+        let (head, rest) = self.0.split_at(N);
+        self.0 = rest;
+        head.try_into().unwrap_or([0; N])
+    }
+    fn u16(&mut self) -> u16 {
+        u16::from_le_bytes(self.take())
+    }
+    fn u32(&mut self) -> u32 {
+        u32::from_le_bytes(self.take())
+    }
+    fn u64(&mut self) -> u64 {
+        u64::from_le_bytes(self.take())
+    }
+}
+
+/// edu's stream: `EDUS`, version (u16), reserved (u16), body length (u32);
+/// the body: ID, vendor and device ID, liveness, factorial, status, IRQ
+/// status, INTx level, the four DMA registers, the 256 bytes of config
+/// space, the 4 KiB DMA buffer; then FNV-1a of all that. Little-endian.
+impl Migratable for Edu {
+    /// DMA runs to completion inside the register write that starts it, so
+    /// a stopped edu never holds a transfer in flight.
+    fn stop(&mut self, _ctx: &mut dyn DeviceContext) -> Result<()> {
+        debug_assert_eq!(self.dma_cmd & DMA_CMD_START, 0);
+        Ok(())
+    }
+
+    /// A loaded state may hold INTx asserted: the line is driven again here,
+    /// where this session's client sees it.
+    fn resume(&mut self, ctx: &mut dyn DeviceContext) -> Result<()> {
+        if self.intx_asserted {
+            ctx.set_irq_level(pci_irq::INTX, 0, true);
+        }
+        Ok(())
+    }
+
+    fn save(&self) -> Result<Vec<u8>> {
+        let mut b = Vec::with_capacity(STATE_LEN);
+        b.extend_from_slice(&STATE_MAGIC);
+        b.extend_from_slice(&STATE_VERSION.to_le_bytes());
+        b.extend_from_slice(&0u16.to_le_bytes());
+        b.extend_from_slice(&(STATE_BODY_LEN as u32).to_le_bytes());
+        b.extend_from_slice(&ID.to_le_bytes());
+        b.extend_from_slice(&VENDOR_ID.to_le_bytes());
+        b.extend_from_slice(&DEVICE_ID.to_le_bytes());
+        for v in [
+            self.liveness,
+            self.factorial,
+            self.status,
+            self.irq_status,
+            u32::from(self.intx_asserted),
+        ] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        for v in [self.dma_src, self.dma_dst, self.dma_count, self.dma_cmd] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        let mut config = [0u8; CONFIG_SPACE_SIZE];
+        self.config.read(0, &mut config)?;
+        b.extend_from_slice(&config);
+        b.extend_from_slice(&self.dma_buf);
+        b.extend_from_slice(&fnv1a(&b).to_le_bytes());
+        debug_assert_eq!(b.len(), STATE_LEN);
+        Ok(b)
+    }
+
+    fn load(&mut self, stream: &[u8]) -> Result<()> {
+        let bad = Error::InvalidArgument;
+        if stream.len() != STATE_LEN {
+            return Err(bad("edu state: wrong length"));
+        }
+        let (data, sum) = stream.split_at(STATE_LEN - 8);
+        if fnv1a(data).to_le_bytes() != sum {
+            return Err(bad("edu state: checksum mismatch"));
+        }
+        let mut r = StateReader(data);
+        if r.take::<4>() != STATE_MAGIC {
+            return Err(bad("edu state: not an edu stream"));
+        }
+        if r.u16() != STATE_VERSION {
+            return Err(bad("edu state: unknown version"));
+        }
+        let _reserved = r.u16();
+        if r.u32() as usize != STATE_BODY_LEN {
+            return Err(bad("edu state: wrong body length"));
+        }
+        if (r.u32(), r.u16(), r.u16()) != (ID, VENDOR_ID, DEVICE_ID) {
+            return Err(bad("edu state: another device's identification"));
+        }
+        // Everything is decoded into a copy and checked before any of it
+        // replaces the device's state.
+        let mut next = self.clone();
+        next.liveness = r.u32();
+        next.factorial = r.u32();
+        next.status = r.u32();
+        next.irq_status = r.u32();
+        let intx = r.u32();
+        next.dma_src = r.u64();
+        next.dma_dst = r.u64();
+        next.dma_count = r.u64();
+        next.dma_cmd = r.u64();
+        if next.status & !STATUS_IRQ_FACT != 0 || intx > 1 || next.dma_cmd & DMA_CMD_START != 0 {
+            return Err(bad("edu state: a busy or impossible register value"));
+        }
+        next.config.write(0, &r.take::<CONFIG_SPACE_SIZE>())?;
+        next.intx_asserted = intx == 1;
+        next.config.set_interrupt_status(next.intx_asserted);
+        next.dma_buf.copy_from_slice(&r.take::<DMA_BUF_SIZE>());
+        *self = next;
+        Ok(())
+    }
+
+    fn max_stream_len(&self) -> usize {
+        STATE_LEN
     }
 }
 

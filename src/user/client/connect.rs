@@ -16,15 +16,12 @@ use super::mapped::map_regions;
 use super::multiplex::Inner;
 use super::{expect_len, Client, ClientConfig, MAX_IRQS, MAX_REGIONS};
 use crate::caps::{Capabilities, CapabilityRecord, Source};
-use crate::device::{DeviceInfo, DeviceIo, RegionInfo};
+use crate::device::{DeviceInfo, RegionInfo};
 use crate::error::{Error, Result};
 use crate::region_info::MAX_REGION_INFO;
 use crate::user::proto::{self, cmd};
 use crate::user::version::{self, VersionCaps};
 use crate::user::wire::set_timeouts;
-use vfio_bindings::bindings::vfio::{
-    VFIO_DEVICE_FEATURE_GET, VFIO_DEVICE_FEATURE_MIGRATION, VFIO_DEVICE_FEATURE_PROBE,
-};
 
 impl Client {
     /// Connects to a vfio-user server socket and negotiates with it.
@@ -73,6 +70,7 @@ impl Client {
             max_xfer,
             twin: Mutex::new(twin),
             mapped: Vec::new(),
+            migration_left: Mutex::new(None),
         };
         client.discover()?;
         Ok(client)
@@ -157,31 +155,9 @@ impl Client {
                 "the server did not offer it",
             );
         }
-        self.record_feature_probes(&mut rec);
+        self.record_migration(&mut rec);
         self.record_dirty_tracking_probe(&mut rec);
         self.caps = rec;
-    }
-
-    /// Probes the server for migration. Its answer is recorded, but the bit
-    /// stays clear: the library carries no vfio-user migration data path.
-    fn record_feature_probes(&self, rec: &mut CapabilityRecord) {
-        let probes = [(
-            VFIO_DEVICE_FEATURE_MIGRATION,
-            VFIO_DEVICE_FEATURE_GET,
-            Capabilities::MIGRATION,
-        )];
-        for (feature, how, bit) in probes {
-            // A probe the server refuses just leaves the bit clear: nothing to log.
-            let offered = self
-                .device_feature(VFIO_DEVICE_FEATURE_PROBE | how | feature, &mut [])
-                .is_ok();
-            let why = if offered {
-                "the server offers it; the library has no vfio-user data path for it"
-            } else {
-                "the server refuses the probe"
-            };
-            rec.withhold(bit, Source::FeatureProbe(feature), why);
-        }
     }
 
     /// DEVICE_GET_REGION_INFO for region `index`, asking again with a larger

@@ -20,6 +20,7 @@ mod connect;
 mod dirty;
 mod dma;
 mod mapped;
+mod migration;
 mod multiplex;
 
 use std::os::fd::{OwnedFd, RawFd};
@@ -30,6 +31,7 @@ use std::time::Duration;
 use crate::caps::{Backends, Capabilities, CapabilityRecord};
 use crate::device::{DeviceInfo, DeviceIo, DmaMap, IrqData, IrqInfo, IrqSet, RegionInfo};
 use crate::error::{Error, Result};
+use crate::migration::DeviceMigration;
 use crate::user::proto::{
     self, cmd, DmaMapMsg, DmaUnmapMsg, Header, IrqSetMsg, RegionAccess, DMA_MAP_READ,
     DMA_MAP_WRITE, FLAG_NO_REPLY,
@@ -40,6 +42,7 @@ use mapped::MappedArea;
 use multiplex::{Inner, LinkDown, POSTED_ID};
 use vfio_bindings::bindings::vfio::{VFIO_DEVICE_FEATURE_GET, VFIO_DEVICE_FEATURE_PROBE};
 
+pub use migration::MAX_STREAM_WITHOUT_SIZE;
 pub use multiplex::MAX_OUTSTANDING;
 
 /// Most regions a server may declare.
@@ -91,6 +94,8 @@ pub struct Client {
     twin: Mutex<Option<TwinSocket>>,
     /// The mmapped areas of mappable regions, accessed without messages.
     mapped: Vec<MappedArea>,
+    /// Bytes the STOP_COPY stream may still bring; `None` until its first read.
+    migration_left: Mutex<Option<u64>>,
 }
 
 /// Checks that a reply's payload holds at least the `want` bytes of its
@@ -200,6 +205,10 @@ impl Drop for Client {
 impl DeviceIo for Client {
     fn capability_record(&self) -> &CapabilityRecord {
         &self.caps
+    }
+
+    fn migration(&self) -> Option<&dyn DeviceMigration> {
+        Some(self)
     }
 
     fn backend_capabilities(&self) -> Capabilities {

@@ -14,6 +14,7 @@ mod dma;
 mod dma_logging;
 mod header;
 mod irq;
+mod migration;
 mod region;
 
 pub use crate::region_info::{
@@ -34,6 +35,7 @@ pub use header::{
     HEADER_SIZE,
 };
 pub use irq::{decode_irq_info, encode_irq_info, IrqSetMsg, IRQ_INFO_SIZE, IRQ_SET_SIZE};
+pub use migration::{MigDataMsg, MigDataSize, MigStateMsg, MigrationFeature};
 pub use region::{
     decode_io_fds, decode_io_fds_request, decode_write_multi, encode_io_fds, encode_io_fds_request,
     encode_write_multi, IoFdSubRegion, MultiWrite, RegionAccess, RegionIoFds,

@@ -50,9 +50,11 @@ impl<'a, M: DeviceModel> Session<'a, M> {
             cmd::REGION_READ => self.region_read(p)?,
             cmd::REGION_WRITE => self.region_write(p)?,
             cmd::REGION_WRITE_MULTI => self.region_write_multi(p)?,
-            cmd::DEVICE_RESET => self.reset()?,
+            cmd::DEVICE_RESET => self.reset().and_then(|_| self.migration_to_running())?,
             cmd::DEVICE_FEATURE if dma_logging::is_dma_logging(p) => self.dma_logging(p)?,
             cmd::DEVICE_FEATURE => self.feature(p)?,
+            cmd::MIG_DATA_READ => self.mig_data_read(p)?,
+            cmd::MIG_DATA_WRITE => self.mig_data_write(p)?,
             cmd::DMA_READ | cmd::DMA_WRITE => {
                 return Err(Error::InvalidArgument(
                     "DMA_READ/DMA_WRITE go from server to client",
@@ -293,7 +295,10 @@ impl<'a, M: DeviceModel> Session<'a, M> {
     /// DEVICE_FEATURE: the model's answer follows the echoed flags.
     fn feature(&mut self, p: &[u8]) -> Result<()> {
         let (_argsz, flags, data) = proto::decode_feature(p)?;
-        let reply = self.model.device_feature(flags, data)?;
+        let reply = match self.migration_feature(flags, data) {
+            Some(migration) => migration?,
+            None => self.model.device_feature(flags, data)?,
+        };
         self.out
             .extend_from_slice(&proto::encode_feature((8 + reply.len()) as u32, flags));
         self.out.extend_from_slice(&reply);

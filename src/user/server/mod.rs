@@ -8,6 +8,7 @@ mod dma;
 mod dma_logging;
 mod irq;
 mod link;
+mod migration;
 mod model;
 mod session;
 
@@ -22,7 +23,7 @@ use std::time::Duration;
 
 pub use dma::{ClientMemory, DmaRegion, DmaSpace};
 pub use irq::IrqState;
-pub use model::{DeviceContext, DeviceModel};
+pub use model::{DeviceContext, DeviceModel, Migratable};
 
 use crate::error::{Error, Result};
 use crate::user::version::{VersionCaps, DEFAULT_MAX_DATA_XFER};

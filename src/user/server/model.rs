@@ -73,4 +73,46 @@ pub trait DeviceModel: Send {
 
     /// Called when the client disconnects; the model keeps its state.
     fn client_disconnected(&mut self) {}
+
+    /// The model's migration hooks. `None` (the default): the device does
+    /// not migrate, and the server answers no migration feature. With
+    /// hooks, the server runs the migration state machine and moves the
+    /// state stream (see [`Migratable`]).
+    fn migration(&mut self) -> Option<&mut dyn Migratable> {
+        None
+    }
+}
+
+/// What a device does to migrate; the server owns the state machine, the
+/// stream's chunking and the checks, and calls these on the arcs:
+///
+/// | arc | call |
+/// | --- | --- |
+/// | RUNNING -> STOP | [`stop`](Self::stop) |
+/// | STOP -> RUNNING | [`resume`](Self::resume) |
+/// | STOP -> STOP_COPY | [`save`](Self::save), read out in chunks |
+/// | RESUMING -> STOP | [`load`](Self::load) of every byte written |
+///
+/// An error from a hook fails the change and leaves the state as it was.
+pub trait Migratable {
+    /// Stops the device: work in progress completes (or is put in the
+    /// state) and it starts nothing new until [`resume`](Self::resume).
+    fn stop(&mut self, ctx: &mut dyn DeviceContext) -> Result<()>;
+
+    /// Starts a stopped device again, re-raising any interrupt its state
+    /// holds asserted (a loaded state's level interrupts reach the client).
+    fn resume(&mut self, ctx: &mut dyn DeviceContext) -> Result<()>;
+
+    /// The stopped device's whole state as one byte stream.
+    fn save(&self) -> Result<Vec<u8>>;
+
+    /// Replaces the device's state with a stream [`save`](Self::save) made.
+    /// A stream that is truncated, corrupted, of another device or version
+    /// is refused with [`Error::InvalidArgument`](crate::Error::InvalidArgument)
+    /// and the device keeps its state: all or nothing.
+    fn load(&mut self, stream: &[u8]) -> Result<()>;
+
+    /// The longest stream [`load`](Self::load) can accept: the server
+    /// refuses a MIG_DATA_WRITE that would pass it.
+    fn max_stream_len(&self) -> usize;
 }

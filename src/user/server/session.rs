@@ -10,6 +10,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use super::dma::DmaSpace;
 use super::irq::IrqState;
 use super::link::Link;
+use super::migration::MigrationSession;
 use super::model::DeviceModel;
 use super::{ServerConfig, SessionEnd};
 use crate::device::RegionInfo;
@@ -49,6 +50,8 @@ pub(super) struct Session<'a, M: DeviceModel> {
     inbuf: Vec<u8>,
     /// The reply payload being built.
     pub(super) out: Vec<u8>,
+    /// The migration state machine and the stream in flight.
+    pub(super) migration: MigrationSession,
 }
 
 /// Runs model code; a panic in it becomes an `EIO` error for this command.
@@ -78,6 +81,7 @@ impl<'a, M: DeviceModel> Session<'a, M> {
             negotiated: None,
             inbuf: Vec::new(),
             out: Vec::new(),
+            migration: MigrationSession::default(),
         }
     }
 
@@ -105,6 +109,9 @@ impl<'a, M: DeviceModel> Session<'a, M> {
                 Err(e) => break SessionEnd::Dropped(e),
             }
         };
+        if let Err(e) = model_call(|| self.migration_to_running()) {
+            log::warn!(target: "vfio_io::server", "resuming the device after the session: {e}");
+        }
         self.dma.clear();
         self.irqs.clear();
         end
