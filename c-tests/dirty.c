@@ -7,7 +7,6 @@
  * argv[1] is the vfio-io binary. */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -15,25 +14,8 @@
 
 #include <vfio-io.h>
 
+#include "check.h"
 #include "edu_server.h"
-
-static int failures;
-
-/* Counts and prints a failed check; the run goes on to report them all. */
-__attribute__((format(printf, 3, 4))) static void check_at(int ok, int line, const char *fmt, ...)
-{
-    if (ok)
-        return;
-    failures++;
-    fprintf(stderr, "FAIL dirty.c:%d: ", line);
-    va_list ap;
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-}
-
-#define CHECK(cond, ...) check_at(!!(cond), __LINE__, __VA_ARGS__)
 
 #define PAGE 4096ULL
 #define PAGES 16ULL
@@ -177,7 +159,6 @@ int main(int argc, char **argv)
     edu_server_stop(&srv);
     if (fd >= 0)
         close(fd);
-    if (failures)
-        fprintf(stderr, "%d check(s) failed\n", failures);
+    printf("%d passed, %d failed\n", passes, failures);
     return failures ? 1 : 0;
 }
