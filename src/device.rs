@@ -343,4 +343,11 @@ pub trait DeviceIo: Send + Sync {
     fn migration(&self) -> Option<&dyn DeviceMigration> {
         None
     }
+
+    /// Dirty-page tracking through the library's one API, where this backend
+    /// carries it (a vfio-user client); `None` elsewhere (kernel VFIO, whose
+    /// DMA logging stays reachable through `device_feature`).
+    fn dirty_tracking(&self) -> Option<&dyn crate::dirty::DirtyTracking> {
+        None
+    }
 }

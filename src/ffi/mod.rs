@@ -12,6 +12,7 @@
 #![allow(non_camel_case_types)]
 #![allow(clippy::missing_safety_doc)]
 
+mod dirty;
 mod log;
 mod migration;
 
@@ -23,6 +24,7 @@ use vfio_bindings::bindings::vfio::{
     vfio_device_feature, vfio_irq_info, vfio_irq_set, vfio_region_info,
 };
 
+pub use self::dirty::{vfio_io_dirty_report, vfio_io_dirty_start, vfio_io_dirty_stop};
 pub use self::log::{
     vfio_io_log_fn, VFIO_IO_LOG_DEBUG, VFIO_IO_LOG_ERROR, VFIO_IO_LOG_INFO, VFIO_IO_LOG_WARNING,
 };
