@@ -628,6 +628,24 @@ unsafe extern "C" fn op_set_irqs(dev: *mut vfio_io_device, irqs: *mut vfio_irq_s
     unsafe { with_device(dev, op) }
 }
 
+/// The caller's buffer of a region access, after checking the offset and
+/// size a C caller passed; `Err(-EINVAL)` for a negative offset, a size past
+/// `INT_MAX` (the return value could not say it) or a NULL buffer.
+///
+/// # Safety
+/// `data` is NULL or points to `size` bytes the caller lets us use.
+unsafe fn access_buffer<'a>(
+    off: libc::off_t,
+    size: u32,
+    data: *mut c_void,
+) -> std::result::Result<&'a mut [u8], c_int> {
+    if off < 0 || size > i32::MAX as u32 {
+        return Err(-libc::EINVAL);
+    }
+    // SAFETY: the caller's buffer holds `size` bytes (this function's contract).
+    unsafe { bytes_mut(data, size as usize) }.map_err(|e| -e.errno())
+}
+
 unsafe extern "C" fn op_region_read(
     dev: *mut vfio_io_device,
     nr: u8,
@@ -636,13 +654,10 @@ unsafe extern "C" fn op_region_read(
     data: *mut c_void,
 ) -> c_int {
     let op = |d: &vfio_io_device| {
-        if off < 0 || size > i32::MAX as u32 {
-            return -libc::EINVAL;
-        }
         // SAFETY: the caller's buffer holds `size` bytes.
-        let buf = match unsafe { bytes_mut(data, size as usize) } {
+        let buf = match unsafe { access_buffer(off, size, data) } {
             Ok(b) => b,
-            Err(e) => return -e.errno(),
+            Err(errno) => return errno,
         };
         ret(d
             .io
@@ -662,13 +677,10 @@ unsafe extern "C" fn op_region_write(
     post: bool,
 ) -> c_int {
     let op = |d: &vfio_io_device| {
-        if off < 0 || size > i32::MAX as u32 {
-            return -libc::EINVAL;
-        }
         // SAFETY: the caller's buffer holds `size` bytes.
-        let buf = match unsafe { bytes_mut(data, size as usize) } {
+        let buf = match unsafe { access_buffer(off, size, data) } {
             Ok(b) => b,
-            Err(e) => return -e.errno(),
+            Err(errno) => return errno,
         };
         ret(d
             .io
