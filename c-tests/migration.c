@@ -10,19 +10,8 @@
 
 #include <vfio-io.h>
 
+#include "check.h"
 #include "edu_server.h"
-
-static int failures;
-
-#define CHECK(cond, ...)                                                      \
-    do {                                                                      \
-        if (!(cond)) {                                                        \
-            failures++;                                                       \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);              \
-            fprintf(stderr, __VA_ARGS__);                                     \
-            fputc('\n', stderr);                                              \
-        }                                                                     \
-    } while (0)
 
 enum { LIVENESS = 0x04, FACTORIAL = 0x08, IRQ_STATUS = 0x24, IRQ_RAISE = 0x60 };
 
