@@ -16,6 +16,8 @@
 #include "check.h"
 #include "edu_server.h"
 
+
+
 static vfio_io_device *serve_and_connect(struct edu_server *srv, const char *bin, const char *model)
 {
     vfio_io_device *dev = NULL;

@@ -13,6 +13,8 @@
 #include "check.h"
 #include "edu_server.h"
 
+
+
 enum { LIVENESS = 0x04, FACTORIAL = 0x08, IRQ_STATUS = 0x24, IRQ_RAISE = 0x60 };
 
 static uint32_t rd32(vfio_io_device *dev, off_t off)

@@ -13,6 +13,7 @@
 #![allow(clippy::missing_safety_doc)]
 
 mod connect;
+mod dirty;
 mod log;
 mod migration;
 
@@ -25,6 +26,7 @@ use vfio_bindings::bindings::vfio::{
 };
 
 pub use self::connect::{vfio_io_user_connect_with, vfio_io_user_options};
+pub use self::dirty::{vfio_io_dirty_report, vfio_io_dirty_start, vfio_io_dirty_stop};
 pub use self::log::{
     vfio_io_log_fn, VFIO_IO_LOG_DEBUG, VFIO_IO_LOG_ERROR, VFIO_IO_LOG_INFO, VFIO_IO_LOG_WARNING,
 };

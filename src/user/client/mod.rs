@@ -13,10 +13,11 @@
 //!
 //! This file holds [`Client`] and its [`DeviceIo`] operations; the parts
 //! are one module each: request multiplexing (`multiplex`), the server's
-//! DMA requests (`dma`), mapped areas (`mapped`) and connection setup
-//! (`connect`).
+//! DMA requests (`dma`), mapped areas (`mapped`), connection setup
+//! (`connect`) and dirty-page tracking (`dirty`).
 
 mod connect;
+mod dirty;
 mod dma;
 mod mapped;
 mod migration;
@@ -216,6 +217,10 @@ impl DeviceIo for Client {
 
     fn backend_name(&self) -> &'static str {
         "vfio-user"
+    }
+
+    fn dirty_tracking(&self) -> Option<&dyn crate::dirty::DirtyTracking> {
+        Some(self)
     }
 
     fn device_info(&self) -> Result<DeviceInfo> {

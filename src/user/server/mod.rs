@@ -3,7 +3,9 @@
 
 mod commands;
 mod context;
+mod dirty;
 mod dma;
+mod dma_logging;
 mod irq;
 mod link;
 mod migration;
