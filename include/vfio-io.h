@@ -151,6 +151,26 @@ typedef struct vfio_io_ops {
 // line valid only during the call.
 typedef void (*vfio_io_log_fn)(int level, const char *msg, void *opaque);
 
+// Options of `vfio_io_user_connect_with`. Zero-fill it (`= {0}` or
+// memset), set `size` to `sizeof(struct vfio_io_user_options)`, then the
+// fields wanted: a zero field means its default, so fields a later version
+// adds keep today's behaviour when left zero.
+typedef struct vfio_io_user_options {
+  // sizeof(struct vfio_io_user_options) as the caller was compiled: the
+  // struct may grow. At least 12 (the three fields here) and at most
+  // 4096.
+  uint32_t size;
+  // How long one request may wait for its reply (and a send for the
+  // socket), in milliseconds. 0: the default, 5000.
+  uint32_t timeout_ms;
+  // Polling mode: a thread waiting for a reply first polls the socket
+  // with non-blocking receives for up to this many microseconds before it
+  // blocks. It pays off when the server runs on another core (it saves a
+  // thread wake-up per reply) and costs a busy CPU while it waits. 0:
+  // block at once.
+  uint32_t spin_us;
+} vfio_io_user_options;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -255,6 +275,24 @@ void vfio_io_set_log_handler(vfio_io_log_fn f, void *opaque, int max_level);
 // NULL for 0, an unknown bit or several bits. The string is static: never
 // free it.
 const char *vfio_io_capability_name(uint64_t bit);
+
+// Connects to the vfio-user server listening on the Unix socket
+// `socket_path` (a NUL-terminated UTF-8 path) as `vfio_io_user_connect`
+// does, with the client options in `opts` (NULL: all defaults). On success
+// `*out` receives a new handle, owned by the caller, who frees it with
+// `vfio_io_device_close`; on failure `*out` is left alone. `opts->size`
+// follows the kernel's extensible structs (as `openat2`'s `struct
+// open_how`): smaller than the fields of the first version (12 bytes) is
+// -EINVAL; larger than this library's struct is accepted if every byte
+// past it is zero (a newer caller leaving newer fields at their defaults)
+// and -E2BIG otherwise, or when larger than 4096. Returns 0 or -errno:
+// -EINVAL for a NULL `socket_path` or `out` or a short `size`, -E2BIG as
+// said, -ENOENT or -ECONNREFUSED when nothing listens, -EPROTO when the
+// peer does not speak vfio-user, -ETIMEDOUT when it does not answer within
+// the timeout.
+int vfio_io_user_connect_with(const char *socket_path,
+                              const struct vfio_io_user_options *opts,
+                              struct vfio_io_device **out);
 
 // Starts logging the pages the device writes in `nr_ranges` IOVA ranges
 // at `ranges` (non-empty, not overlapping; read only during the call), at

@@ -12,6 +12,7 @@
 #![allow(non_camel_case_types)]
 #![allow(clippy::missing_safety_doc)]
 
+mod connect;
 mod dirty;
 mod log;
 mod migration;
@@ -24,6 +25,7 @@ use vfio_bindings::bindings::vfio::{
     vfio_device_feature, vfio_irq_info, vfio_irq_set, vfio_region_info,
 };
 
+pub use self::connect::{vfio_io_user_connect_with, vfio_io_user_options};
 pub use self::dirty::{vfio_io_dirty_report, vfio_io_dirty_start, vfio_io_dirty_stop};
 pub use self::log::{
     vfio_io_log_fn, VFIO_IO_LOG_DEBUG, VFIO_IO_LOG_ERROR, VFIO_IO_LOG_INFO, VFIO_IO_LOG_WARNING,
@@ -35,7 +37,6 @@ pub use self::migration::{
 use crate::caps::Capabilities;
 use crate::device::{DeviceIo, DmaMap, IrqAction, IrqData, IrqSet};
 use crate::error::{Error, Result};
-use crate::user::client::{Client, ClientConfig};
 use crate::user::proto;
 
 /// `vfio_io_dma_map` flag: the device may read the memory.
@@ -231,22 +232,8 @@ pub unsafe extern "C" fn vfio_io_user_connect(
     socket_path: *const c_char,
     out: *mut *mut vfio_io_device,
 ) -> c_int {
-    guard(|| {
-        if out.is_null() {
-            return -libc::EINVAL;
-        }
-        // SAFETY: the caller passes NULL or a C string.
-        let r = unsafe { path_arg(socket_path) }
-            .and_then(|p| Client::connect(p, ClientConfig::default()));
-        match r {
-            Ok(c) => {
-                // SAFETY: `out` is non-NULL and writable per the contract.
-                unsafe { *out = new_handle(Box::new(c)) };
-                0
-            }
-            Err(e) => -e.errno(),
-        }
-    })
+    // SAFETY: the same contract, with default options.
+    unsafe { vfio_io_user_connect_with(socket_path, std::ptr::null(), out) }
 }
 
 /// Opens a device through kernel VFIO and stores a new handle in `*out`.
