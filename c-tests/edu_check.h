@@ -1,6 +1,6 @@
-/* What the C tests migrating edu share: CHECK, which counts failures and
- * goes on; edu's BAR0 registers through the ops table; the state a
- * migration carries; and a main that runs a test on two servers.
+/* What the C tests migrating edu share: edu's BAR0 registers through the
+ * ops table, the state a migration carries, and a main that runs a test on
+ * two servers.
  * Header-only; each test program is one translation unit. */
 #ifndef VFIO_IO_EDU_CHECK_H
 #define VFIO_IO_EDU_CHECK_H
@@ -10,19 +10,8 @@
 
 #include <vfio-io.h>
 
+#include "check.h"
 #include "edu_server.h"
-
-static int failures;
-
-#define CHECK(cond, ...)                                                      \
-    do {                                                                      \
-        if (!(cond)) {                                                        \
-            failures++;                                                       \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);              \
-            fprintf(stderr, __VA_ARGS__);                                     \
-            fputc('\n', stderr);                                              \
-        }                                                                     \
-    } while (0)
 
 enum { LIVENESS = 0x04, FACTORIAL = 0x08, IRQ_STATUS = 0x24, IRQ_RAISE = 0x60 };
 

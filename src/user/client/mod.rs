@@ -13,11 +13,13 @@
 //!
 //! This file holds [`Client`] and its [`DeviceIo`] operations; the parts
 //! are one module each: request multiplexing (`multiplex`), the server's
-//! DMA requests (`dma`), mapped areas (`mapped`) and connection setup
-//! (`connect`).
+//! DMA requests (`dma`), mapped areas (`mapped`), connection setup
+//! (`connect`), dirty-page tracking (`dirty`), migration (`migration`) and
+//! its data fd (`data_fd`).
 
 mod connect;
 mod data_fd;
+mod dirty;
 mod dma;
 mod mapped;
 mod migration;
@@ -222,6 +224,10 @@ impl DeviceIo for Client {
 
     fn backend_name(&self) -> &'static str {
         "vfio-user"
+    }
+
+    fn dirty_tracking(&self) -> Option<&dyn crate::dirty::DirtyTracking> {
+        Some(self)
     }
 
     fn device_info(&self) -> Result<DeviceInfo> {
