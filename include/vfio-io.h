@@ -92,6 +92,10 @@
 // with other calls on it.
 typedef struct vfio_io_device vfio_io_device;
 
+// A served device. Opaque to C: made by `vfio_io_server_create`, freed by
+// `vfio_io_server_destroy`.
+typedef struct vfio_io_server vfio_io_server;
+
 // The device operations, shaped like QEMU's `VFIODeviceIOOps` with the
 // capability mask first. The argument structs are `<linux/vfio.h>`'s. Get
 // the table with `vfio_io_device_ops`; every member is non-NULL, and `dev`
@@ -175,6 +179,81 @@ typedef struct vfio_io_user_options {
   // block at once.
   uint32_t spin_us;
 } vfio_io_user_options;
+
+// One region of a served device.
+typedef struct vfio_io_server_region {
+  // `VFIO_PCI_BAR0_REGION_INDEX` .. `VFIO_PCI_BAR5_REGION_INDEX`, another
+  // vfio-pci index, or a device-specific index below 64. Index
+  // `VFIO_PCI_CONFIG_REGION_INDEX` (7) replaces the emulated
+  // configuration space: the callbacks then serve it (at least 256 bytes).
+  uint32_t index;
+  // `VFIO_REGION_INFO_FLAG_READ | _WRITE | _MMAP`: READ or WRITE at
+  // least; MMAP exactly when `fd` is given.
+  uint32_t flags;
+  // Size in bytes, not 0. For BARs 0..5 with emulated configuration
+  // space: a power of two of at least 16 (above 2 GiB the BAR is 64-bit
+  // and takes the next index too).
+  uint64_t size;
+  // -1: every access is a callback. Otherwise memory the client may
+  // mmap; the library duplicates it (the caller keeps and closes its fd)
+  // and answers accesses of a client that did not map it from its own
+  // mapping, so callbacks never see this region.
+  int fd;
+  // Where the region starts in `fd`: a multiple of 4096; the fd (a
+  // memfd or file) must hold `fd_offset + size` bytes.
+  uint64_t fd_offset;
+} vfio_io_server_region;
+
+// A served device's identity, regions and interrupts.
+typedef struct vfio_io_server_device {
+  // sizeof(struct vfio_io_server_device) as the caller was compiled.
+  uint32_t size;
+  // PCI vendor ID.
+  uint16_t vendor_id;
+  // PCI device ID.
+  uint16_t device_id;
+  // PCI subsystem vendor ID.
+  uint16_t subsystem_vendor_id;
+  // PCI subsystem ID.
+  uint16_t subsystem_id;
+  // PCI class code (24 bits: base class, subclass, programming interface).
+  uint32_t class_code;
+  // `num_regions` regions, each index once (NULL when `num_regions` is 0).
+  // Read during `vfio_io_server_create` only.
+  const struct vfio_io_server_region *regions;
+  // Number of entries in `regions` (at most 64).
+  uint32_t num_regions;
+  // Vectors of each IRQ index: INTX, MSI, MSIX, ERR, REQ. INTX, ERR and
+  // REQ at most 1, MSI at most 1 with emulated configuration space (32
+  // otherwise), MSIX at most 2048. An INTx vector sets the interrupt pin
+  // to INTA#; an MSI vector adds an MSI capability.
+  uint32_t irq_count[5];
+} vfio_io_server_device;
+
+// The callbacks of a served device, called on the thread in
+// `vfio_io_server_run`, one at a time, with the `opaque` given to
+// `vfio_io_server_create`.
+typedef struct vfio_io_server_ops {
+  // sizeof(struct vfio_io_server_ops) as the caller was compiled.
+  uint32_t size;
+  // Reads `count` bytes at `offset` of region `index` into `buf` (range
+  // and READ flag already checked). Returns `count`, or -errno, which
+  // becomes the client's error reply (any other value: EIO). May be NULL
+  // only if no region without an fd is readable.
+  ssize_t (*region_read)(void *opaque, uint32_t index, uint64_t offset, void *buf, uint32_t count);
+  // Writes the `count` bytes of `buf` at `offset` of region `index`
+  // (range and WRITE flag checked). Returns `count` or -errno, as
+  // `region_read`. May be NULL only if no region without an fd is
+  // writable.
+  ssize_t (*region_write)(void *opaque,
+                          uint32_t index,
+                          uint64_t offset,
+                          const void *buf,
+                          uint32_t count);
+  // Resets the device: 0 or -errno. NULL: the device offers no reset.
+  // The emulated configuration space is reset before it is called.
+  int (*reset)(void *opaque);
+} vfio_io_server_ops;
 
 #ifdef __cplusplus
 extern "C" {
@@ -376,6 +455,70 @@ ssize_t vfio_io_migration_read(struct vfio_io_device *dev, void *buf, size_t len
 // -errno: -EINVAL for NULL, outside RESUMING, or past the longest stream
 // the device loads; -ENOTTY as for `vfio_io_migration_get_state`.
 ssize_t vfio_io_migration_write(struct vfio_io_device *dev, const void *buf, size_t len);
+
+// Describes a device and listens for vfio-user clients on the Unix socket
+// `socket_path` (NUL-terminated UTF-8; it must not exist). `dev` and `ops`
+// are read during the call only; `opaque` is handed to every callback.
+// Region fds in `dev` are borrowed: the library duplicates them, the
+// caller still closes its own. Configuration space (region 7) is emulated
+// from `dev` unless it lists region 7. On success `*out` receives a new
+// server, owned by the caller, freed with `vfio_io_server_destroy`; on
+// failure `*out` is left alone. Returns 0 or -errno: -EINVAL for a NULL
+// argument or an inconsistent description (what is wrong goes to the log
+// handler at error level), -EBADF for a region fd that is not open,
+// -EADDRINUSE when `socket_path` exists.
+int vfio_io_server_create(const char *socket_path,
+                          const struct vfio_io_server_device *dev,
+                          const struct vfio_io_server_ops *ops,
+                          void *opaque,
+                          struct vfio_io_server **out);
+
+// Serves clients one after another on the calling thread until
+// `vfio_io_server_stop`; the callbacks run on this thread. A client that
+// breaks the protocol is dropped (logged) and the next one served. Returns
+// 0 once stopped (at once if it was stopped before), -EBUSY if `run` is
+// already under way on another thread, -EINVAL for a NULL `srv`, or the
+// -errno of a failing accept. `srv` must be NULL or a live server.
+int vfio_io_server_run(struct vfio_io_server *srv);
+
+// Makes `vfio_io_server_run` return soon, from any thread (or from a
+// callback): the current client is disconnected and no other is accepted,
+// now or by a later `run`. `srv` must be NULL (ignored) or a live server.
+void vfio_io_server_stop(struct vfio_io_server *srv);
+
+// Frees a server: closes its socket and the library's duplicates of region
+// fds, and removes the socket file. `srv` must be NULL (ignored) or a live
+// server whose `vfio_io_server_run` is not under way (stop it and join its
+// thread first); it is invalid afterwards.
+void vfio_io_server_destroy(struct vfio_io_server *srv);
+
+// Raises vector `vector` of IRQ index `irq_index` (`VFIO_PCI_MSI_IRQ_INDEX`
+// ...) by signalling the eventfd the client attached to it. Callable only
+// from within a callback of this server, on its thread: elsewhere -EBUSY.
+// Returns 1 when an eventfd was signalled, 0 when the client attached none
+// or masked the vector, -EINVAL for a NULL `srv` or a vector the device
+// does not have. `srv` must be NULL or a live server.
+int vfio_io_server_irq_trigger(struct vfio_io_server *srv, uint32_t irq_index, uint32_t vector);
+
+// Reads `len` bytes of client memory at DMA address `iova` into `buf`:
+// through the memory the client mapped with an fd, else by a DMA_READ
+// message the client answers. Callable only from within a callback of this
+// server, on its thread: elsewhere -EBUSY. Returns 0 or -errno: -EINVAL
+// for a NULL `srv` or `buf` (with `len` > 0), -EFAULT for a range the
+// client has not mapped readable, -ETIMEDOUT when the client does not
+// answer. `srv` must be NULL or a live server; `buf` holds `len` bytes.
+int vfio_io_server_dma_read(struct vfio_io_server *srv, uint64_t iova, void *buf, size_t len);
+
+// Writes the `len` bytes of `buf` into client memory at DMA address
+// `iova`, as `vfio_io_server_dma_read` reads (mapped memory, else a
+// DMA_WRITE message); the write is logged for dirty-page tracking.
+// Callable only from within a callback of this server, on its thread:
+// elsewhere -EBUSY. Returns 0 or -errno (-EINVAL for a NULL `srv` or
+// `buf`, -EFAULT for a range not mapped writable). `buf` is only read.
+int vfio_io_server_dma_write(struct vfio_io_server *srv,
+                             uint64_t iova,
+                             const void *buf,
+                             size_t len);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -16,6 +16,7 @@ mod connect;
 mod dirty;
 mod log;
 mod migration;
+mod server;
 
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::os::fd::IntoRawFd;
@@ -33,6 +34,11 @@ pub use self::log::{
 pub use self::migration::{
     vfio_io_migration_get_state, vfio_io_migration_read, vfio_io_migration_set_state,
     vfio_io_migration_write,
+};
+pub use self::server::{
+    vfio_io_server, vfio_io_server_create, vfio_io_server_destroy, vfio_io_server_device,
+    vfio_io_server_dma_read, vfio_io_server_dma_write, vfio_io_server_irq_trigger,
+    vfio_io_server_ops, vfio_io_server_region, vfio_io_server_run, vfio_io_server_stop,
 };
 use crate::caps::Capabilities;
 use crate::device::{DeviceIo, DmaMap, IrqAction, IrqData, IrqSet};

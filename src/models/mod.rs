@@ -3,8 +3,10 @@
 //!
 //! * [`edu`]: QEMU's educational PCI device, the shared conformance target.
 //! * [`scratch`]: a sample device whose BAR2 is shared memory a client maps.
+//! * [`described`]: a device given as plain data and callbacks (the C API's).
 //! * [`pci`]: a type-0 PCI configuration space with writable masks and MSI.
 
+pub mod described;
 pub mod edu;
 pub mod pci;
 pub mod scratch;

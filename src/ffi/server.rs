@@ -1,0 +1,581 @@
+//! The C ABI of serving a device over vfio-user: a device described by a
+//! struct and implemented by callbacks, served by the library's server on a
+//! thread the caller gives it (`vfio_io_server_run`).
+//!
+//! A callback may raise interrupts and do DMA through the server handle
+//! while it runs: the session's context is lent to the serving thread for
+//! the duration of each callback (see [`lend_context`]), and those entry
+//! points use it only there. From any other thread, or outside a callback,
+//! they return -EBUSY rather than race with the session.
+
+use std::cell::Cell;
+use std::ffi::{c_char, c_int, c_void};
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, TryLockError};
+
+use super::{fd_is_open, guard, path_arg, ret};
+use crate::device::pci_irq;
+use crate::error::{Error, Result};
+use crate::models::described::{DescribedDevice, DeviceDesc, RegionDesc, RegionHandler};
+use crate::user::server::{DeviceContext, Server, ServerConfig, ServerStopper};
+
+const SERVER_MAGIC: u64 = 0x7666_696f_2d73_7276;
+
+/// One region of a served device.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct vfio_io_server_region {
+    /// `VFIO_PCI_BAR0_REGION_INDEX` .. `VFIO_PCI_BAR5_REGION_INDEX`, another
+    /// vfio-pci index, or a device-specific index below 64. Index
+    /// `VFIO_PCI_CONFIG_REGION_INDEX` (7) replaces the emulated
+    /// configuration space: the callbacks then serve it (at least 256 bytes).
+    pub index: u32,
+    /// `VFIO_REGION_INFO_FLAG_READ | _WRITE | _MMAP`: READ or WRITE at
+    /// least; MMAP exactly when `fd` is given.
+    pub flags: u32,
+    /// Size in bytes, not 0. For BARs 0..5 with emulated configuration
+    /// space: a power of two of at least 16 (above 2 GiB the BAR is 64-bit
+    /// and takes the next index too).
+    pub size: u64,
+    /// -1: every access is a callback. Otherwise memory the client may
+    /// mmap; the library duplicates it (the caller keeps and closes its fd)
+    /// and answers accesses of a client that did not map it from its own
+    /// mapping, so callbacks never see this region.
+    pub fd: c_int,
+    /// Where the region starts in `fd`: a multiple of 4096; the fd (a
+    /// memfd or file) must hold `fd_offset + size` bytes.
+    pub fd_offset: u64,
+}
+
+/// A served device's identity, regions and interrupts.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct vfio_io_server_device {
+    /// sizeof(struct vfio_io_server_device) as the caller was compiled.
+    pub size: u32,
+    /// PCI vendor ID.
+    pub vendor_id: u16,
+    /// PCI device ID.
+    pub device_id: u16,
+    /// PCI subsystem vendor ID.
+    pub subsystem_vendor_id: u16,
+    /// PCI subsystem ID.
+    pub subsystem_id: u16,
+    /// PCI class code (24 bits: base class, subclass, programming interface).
+    pub class_code: u32,
+    /// `num_regions` regions, each index once (NULL when `num_regions` is 0).
+    /// Read during `vfio_io_server_create` only.
+    pub regions: *const vfio_io_server_region,
+    /// Number of entries in `regions` (at most 64).
+    pub num_regions: u32,
+    /// Vectors of each IRQ index: INTX, MSI, MSIX, ERR, REQ. INTX, ERR and
+    /// REQ at most 1, MSI at most 1 with emulated configuration space (32
+    /// otherwise), MSIX at most 2048. An INTx vector sets the interrupt pin
+    /// to INTA#; an MSI vector adds an MSI capability.
+    pub irq_count: [u32; 5],
+}
+
+/// The callbacks of a served device, called on the thread in
+/// `vfio_io_server_run`, one at a time, with the `opaque` given to
+/// `vfio_io_server_create`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct vfio_io_server_ops {
+    /// sizeof(struct vfio_io_server_ops) as the caller was compiled.
+    pub size: u32,
+    /// Reads `count` bytes at `offset` of region `index` into `buf` (range
+    /// and READ flag already checked). Returns `count`, or -errno, which
+    /// becomes the client's error reply (any other value: EIO). May be NULL
+    /// only if no region without an fd is readable.
+    pub region_read: Option<
+        unsafe extern "C" fn(
+            opaque: *mut c_void,
+            index: u32,
+            offset: u64,
+            buf: *mut c_void,
+            count: u32,
+        ) -> libc::ssize_t,
+    >,
+    /// Writes the `count` bytes of `buf` at `offset` of region `index`
+    /// (range and WRITE flag checked). Returns `count` or -errno, as
+    /// `region_read`. May be NULL only if no region without an fd is
+    /// writable.
+    pub region_write: Option<
+        unsafe extern "C" fn(
+            opaque: *mut c_void,
+            index: u32,
+            offset: u64,
+            buf: *const c_void,
+            count: u32,
+        ) -> libc::ssize_t,
+    >,
+    /// Resets the device: 0 or -errno. NULL: the device offers no reset.
+    /// The emulated configuration space is reset before it is called.
+    pub reset: Option<unsafe extern "C" fn(opaque: *mut c_void) -> c_int>,
+}
+
+/// A served device. Opaque to C: made by `vfio_io_server_create`, freed by
+/// `vfio_io_server_destroy`.
+pub struct vfio_io_server {
+    magic: u64,
+    /// Tells this server's lent context from another's on the same thread.
+    id: u64,
+    server: Mutex<Server<DescribedDevice<Callbacks>>>,
+    stopper: ServerStopper,
+    irq_count: [u32; 5],
+    path: PathBuf,
+}
+
+/// The C callbacks as a [`RegionHandler`].
+struct Callbacks {
+    ops: vfio_io_server_ops,
+    /// The caller's pointer, only handed back to its callbacks.
+    opaque: usize,
+    id: u64,
+}
+
+type LentContext = (u64, *mut (dyn DeviceContext + 'static));
+
+thread_local! {
+    /// The context of the callback running on this thread, with its server's id.
+    static CURRENT: Cell<Option<LentContext>> = const { Cell::new(None) };
+}
+
+/// Puts back what `CURRENT` held, also when unwinding.
+struct Restore(Option<LentContext>);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        CURRENT.with(|c| c.set(self.0));
+    }
+}
+
+/// Runs `f` (a C callback) with `ctx` reachable from the entry points
+/// called on this thread for server `id`.
+fn lend_context<R>(id: u64, ctx: &mut dyn DeviceContext, f: impl FnOnce() -> R) -> R {
+    let p: *mut (dyn DeviceContext + '_) = ctx;
+    // SAFETY: only the trait object's lifetime bound is erased. The pointer
+    // leaves CURRENT when `_restore` drops, before this function returns and
+    // so while `ctx`'s borrow is still live; it is never used after.
+    let p: *mut (dyn DeviceContext + 'static) = unsafe { std::mem::transmute(p) };
+    let _restore = Restore(CURRENT.with(|c| c.replace(Some((id, p)))));
+    f()
+}
+
+/// Runs `f` with the context lent for server `id` on this thread, or
+/// returns -EBUSY when none is (another thread, or outside a callback).
+fn with_lent_context(id: u64, f: impl FnOnce(&mut dyn DeviceContext) -> c_int) -> c_int {
+    let lent = CURRENT.with(|c| c.get());
+    let Some((owner, p)) = lent.filter(|(owner, _)| *owner == id) else {
+        return -libc::EBUSY;
+    };
+    // Taken out while in use, so that no second reference to it can exist.
+    let _restore = Restore(CURRENT.with(|c| c.replace(None)));
+    debug_assert_eq!(owner, id);
+    // SAFETY: `p` was lent by `lend_context` on this thread, whose borrow is
+    // live (the pointer is removed before it returns), and it is out of
+    // CURRENT while this reference exists.
+    f(unsafe { &mut *p })
+}
+
+/// A callback's return value: `count` is success, -errno the reply's errno.
+fn callback_result(what: &'static str, r: libc::ssize_t, count: usize) -> Result<()> {
+    match r {
+        r if r >= 0 && r as usize == count => Ok(()),
+        r if (-4095..0).contains(&r) => Err(Error::Errno {
+            op: what,
+            errno: -r as i32,
+        }),
+        r => {
+            log::error!(target: "vfio_io::server", "{what} returned {r} for {count} bytes");
+            Err(Error::Errno {
+                op: what,
+                errno: libc::EIO,
+            })
+        }
+    }
+}
+
+impl Callbacks {
+    /// Runs callback `call` (given the opaque) with `ctx` lent, and turns
+    /// its return value into the result of a `count`-byte access.
+    fn call(
+        &self,
+        ctx: &mut dyn DeviceContext,
+        what: &'static str,
+        count: usize,
+        call: impl FnOnce(*mut c_void) -> libc::ssize_t,
+    ) -> Result<()> {
+        let opaque = self.opaque as *mut c_void;
+        callback_result(what, lend_context(self.id, ctx, || call(opaque)), count)
+    }
+}
+
+impl RegionHandler for Callbacks {
+    fn read(
+        &mut self,
+        ctx: &mut dyn DeviceContext,
+        index: u32,
+        offset: u64,
+        data: &mut [u8],
+    ) -> Result<()> {
+        let f = self
+            .ops
+            .region_read
+            .ok_or(Error::Unsupported("region_read"))?;
+        let (buf, count) = (data.as_mut_ptr().cast(), data.len());
+        // SAFETY: the caller of vfio_io_server_create promised the callback
+        // may be called with its opaque; `buf` is valid for `count` bytes
+        // (at most max_data_xfer_size, so it fits in u32).
+        self.call(ctx, "device region_read callback", count, |opaque| unsafe {
+            f(opaque, index, offset, buf, count as u32)
+        })
+    }
+
+    fn write(
+        &mut self,
+        ctx: &mut dyn DeviceContext,
+        index: u32,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<()> {
+        let f = self
+            .ops
+            .region_write
+            .ok_or(Error::Unsupported("region_write"))?;
+        let (buf, count) = (data.as_ptr().cast(), data.len());
+        // SAFETY: as in `read`; `buf` is only read.
+        self.call(
+            ctx,
+            "device region_write callback",
+            count,
+            |opaque| unsafe { f(opaque, index, offset, buf, count as u32) },
+        )
+    }
+
+    fn reset(&mut self, ctx: &mut dyn DeviceContext) -> Result<()> {
+        let f = self.ops.reset.ok_or(Error::Unsupported("reset"))?;
+        // SAFETY: as in `read`. Any result but -errno counts as success.
+        self.call(ctx, "device reset callback", 0, |opaque| unsafe {
+            (f(opaque) as libc::ssize_t).min(0)
+        })
+    }
+}
+
+/// Logs why `vfio_io_server_create` refuses its arguments.
+fn refuse(detail: &str) -> Error {
+    log::error!(target: "vfio_io::server", "vfio_io_server_create: {detail}");
+    Error::InvalidArgument("vfio_io_server_create argument")
+}
+
+/// The description behind `dev`, with each region fd duplicated.
+///
+/// # Safety
+/// `dev` must point to a `vfio_io_server_device` whose `regions` is NULL or
+/// holds `num_regions` entries.
+unsafe fn description(dev: &vfio_io_server_device) -> Result<DeviceDesc> {
+    if dev.size as usize != std::mem::size_of::<vfio_io_server_device>() {
+        return Err(refuse(
+            "device->size is not sizeof(struct vfio_io_server_device)",
+        ));
+    }
+    if dev.num_regions > crate::models::described::MAX_REGIONS {
+        return Err(refuse("device->num_regions is above 64"));
+    }
+    if dev.regions.is_null() && dev.num_regions > 0 {
+        return Err(refuse("device->regions is NULL"));
+    }
+    let regions: &[vfio_io_server_region] = if dev.num_regions == 0 {
+        &[]
+    } else {
+        // SAFETY: per this function's contract, checked non-NULL above.
+        unsafe { std::slice::from_raw_parts(dev.regions, dev.num_regions as usize) }
+    };
+    let mut desc = DeviceDesc {
+        vendor_id: dev.vendor_id,
+        device_id: dev.device_id,
+        subsystem_vendor_id: dev.subsystem_vendor_id,
+        subsystem_id: dev.subsystem_id,
+        class_code: dev.class_code,
+        irq_count: dev.irq_count,
+        ..DeviceDesc::default()
+    };
+    for r in regions {
+        desc.regions.push(RegionDesc {
+            index: r.index,
+            flags: r.flags,
+            size: r.size,
+            fd: dup_fd(r.fd)?,
+            fd_offset: r.fd_offset,
+        });
+    }
+    Ok(desc)
+}
+
+/// A duplicate of the caller's `fd`, or `None` for -1.
+fn dup_fd(fd: c_int) -> Result<Option<OwnedFd>> {
+    if fd == -1 {
+        return Ok(None);
+    }
+    if !fd_is_open(fd) {
+        log::error!(target: "vfio_io::server", "vfio_io_server_create: region fd {fd} is not open");
+        return Err(Error::sys("region fd", nix::errno::Errno::EBADF));
+    }
+    // SAFETY: `fd` is open (checked just above) and only borrowed for the dup.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    fd.try_clone_to_owned()
+        .map(Some)
+        .map_err(|e| Error::io("dup region fd", e))
+}
+
+/// # Safety
+/// See `vfio_io_server_create`.
+unsafe fn create(
+    socket_path: *const c_char,
+    dev: *const vfio_io_server_device,
+    ops: *const vfio_io_server_ops,
+    opaque: *mut c_void,
+) -> Result<Box<vfio_io_server>> {
+    // SAFETY: the caller passes NULL or a C string.
+    let path =
+        unsafe { path_arg(socket_path) }.map_err(|_| refuse("NULL or non-UTF-8 socket_path"))?;
+    // SAFETY: the caller passes NULL or a valid struct.
+    let dev = unsafe { dev.as_ref() }.ok_or_else(|| refuse("NULL device description"))?;
+    // SAFETY: as above.
+    let ops = *unsafe { ops.as_ref() }.ok_or_else(|| refuse("NULL ops"))?;
+    if ops.size as usize != std::mem::size_of::<vfio_io_server_ops>() {
+        return Err(refuse("ops->size is not sizeof(struct vfio_io_server_ops)"));
+    }
+    // SAFETY: `dev` is valid per the contract.
+    let mut desc = unsafe { description(dev) }?;
+    for r in desc.regions.iter().filter(|r| r.fd.is_none()) {
+        let reads = r.flags & crate::device::VFIO_REGION_INFO_FLAG_READ != 0;
+        let writes = r.flags & crate::device::VFIO_REGION_INFO_FLAG_WRITE != 0;
+        if (reads && ops.region_read.is_none()) || (writes && ops.region_write.is_none()) {
+            return Err(refuse(&format!(
+                "region {} is trapped and readable/writable, but ops->region_read/write is NULL",
+                r.index
+            )));
+        }
+    }
+    desc.reset = ops.reset.is_some();
+    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    let irq_count = desc.irq_count;
+    let callbacks = Callbacks {
+        ops,
+        opaque: opaque as usize,
+        id,
+    };
+    let model = DescribedDevice::new(desc, callbacks)?;
+    let server = Server::bind(path, model, ServerConfig::default())?;
+    Ok(Box::new(vfio_io_server {
+        magic: SERVER_MAGIC,
+        id,
+        stopper: server.stopper(),
+        server: Mutex::new(server),
+        irq_count,
+        path: PathBuf::from(path),
+    }))
+}
+
+/// Describes a device and listens for vfio-user clients on the Unix socket
+/// `socket_path` (NUL-terminated UTF-8; it must not exist). `dev` and `ops`
+/// are read during the call only; `opaque` is handed to every callback.
+/// Region fds in `dev` are borrowed: the library duplicates them, the
+/// caller still closes its own. Configuration space (region 7) is emulated
+/// from `dev` unless it lists region 7. On success `*out` receives a new
+/// server, owned by the caller, freed with `vfio_io_server_destroy`; on
+/// failure `*out` is left alone. Returns 0 or -errno: -EINVAL for a NULL
+/// argument or an inconsistent description (what is wrong goes to the log
+/// handler at error level), -EBADF for a region fd that is not open,
+/// -EADDRINUSE when `socket_path` exists.
+#[no_mangle]
+pub unsafe extern "C" fn vfio_io_server_create(
+    socket_path: *const c_char,
+    dev: *const vfio_io_server_device,
+    ops: *const vfio_io_server_ops,
+    opaque: *mut c_void,
+    out: *mut *mut vfio_io_server,
+) -> c_int {
+    guard(|| {
+        if out.is_null() {
+            return -refuse("NULL out").errno();
+        }
+        // SAFETY: per this function's contract.
+        match unsafe { create(socket_path, dev, ops, opaque) } {
+            Ok(srv) => {
+                // SAFETY: `out` is non-NULL and writable per the contract.
+                unsafe { *out = Box::into_raw(srv) };
+                0
+            }
+            Err(e) => -e.errno(),
+        }
+    })
+}
+
+/// Runs `op` on the server behind `srv` under the panic guard; a NULL or
+/// invalid handle gives -EINVAL.
+///
+/// # Safety
+/// `srv` must be NULL or a live server.
+unsafe fn with_server(
+    srv: *const vfio_io_server,
+    op: impl FnOnce(&vfio_io_server) -> c_int,
+) -> c_int {
+    guard(|| {
+        // SAFETY: per this function's contract the pointer is NULL or live.
+        match unsafe { srv.as_ref() } {
+            Some(s) if s.magic == SERVER_MAGIC => op(s),
+            _ => -libc::EINVAL,
+        }
+    })
+}
+
+/// Serves clients one after another on the calling thread until
+/// `vfio_io_server_stop`; the callbacks run on this thread. A client that
+/// breaks the protocol is dropped (logged) and the next one served. Returns
+/// 0 once stopped (at once if it was stopped before), -EBUSY if `run` is
+/// already under way on another thread, -EINVAL for a NULL `srv`, or the
+/// -errno of a failing accept. `srv` must be NULL or a live server.
+#[no_mangle]
+pub unsafe extern "C" fn vfio_io_server_run(srv: *mut vfio_io_server) -> c_int {
+    // SAFETY: per the contract.
+    unsafe {
+        with_server(srv, |s| {
+            let mut server = match s.server.try_lock() {
+                Ok(g) => g,
+                Err(TryLockError::WouldBlock) => return -libc::EBUSY,
+                Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            };
+            ret(server.serve().map(|()| 0))
+        })
+    }
+}
+
+/// Makes `vfio_io_server_run` return soon, from any thread (or from a
+/// callback): the current client is disconnected and no other is accepted,
+/// now or by a later `run`. `srv` must be NULL (ignored) or a live server.
+#[no_mangle]
+pub unsafe extern "C" fn vfio_io_server_stop(srv: *mut vfio_io_server) {
+    // SAFETY: per the contract.
+    let _ = unsafe {
+        with_server(srv, |s| {
+            s.stopper.stop();
+            0
+        })
+    };
+}
+
+/// Frees a server: closes its socket and the library's duplicates of region
+/// fds, and removes the socket file. `srv` must be NULL (ignored) or a live
+/// server whose `vfio_io_server_run` is not under way (stop it and join its
+/// thread first); it is invalid afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn vfio_io_server_destroy(srv: *mut vfio_io_server) {
+    let _ = guard(|| {
+        // SAFETY: per the contract `srv` is NULL or live.
+        if let Some(s) = unsafe { srv.as_mut() }.filter(|s| s.magic == SERVER_MAGIC) {
+            s.magic = 0;
+            let _ = std::fs::remove_file(&s.path);
+            // SAFETY: a live server came from Box::into_raw in vfio_io_server_create.
+            drop(unsafe { Box::from_raw(srv) });
+        }
+        0
+    });
+}
+
+/// Raises vector `vector` of IRQ index `irq_index` (`VFIO_PCI_MSI_IRQ_INDEX`
+/// ...) by signalling the eventfd the client attached to it. Callable only
+/// from within a callback of this server, on its thread: elsewhere -EBUSY.
+/// Returns 1 when an eventfd was signalled, 0 when the client attached none
+/// or masked the vector, -EINVAL for a NULL `srv` or a vector the device
+/// does not have. `srv` must be NULL or a live server.
+#[no_mangle]
+pub unsafe extern "C" fn vfio_io_server_irq_trigger(
+    srv: *mut vfio_io_server,
+    irq_index: u32,
+    vector: u32,
+) -> c_int {
+    // SAFETY: per the contract.
+    unsafe {
+        with_server(srv, |s| {
+            let count = s.irq_count.get(irq_index as usize).copied().unwrap_or(0);
+            if irq_index >= pci_irq::COUNT || vector >= count {
+                return -libc::EINVAL;
+            }
+            with_lent_context(s.id, |ctx| c_int::from(ctx.trigger_irq(irq_index, vector)))
+        })
+    }
+}
+
+/// Runs a DMA of `len` bytes with the context lent to this thread for
+/// `srv`: 0 at once for `len` 0, else 0 or -errno.
+///
+/// # Safety
+/// `srv` must be NULL or a live server.
+unsafe fn with_dma(
+    srv: *const vfio_io_server,
+    len: usize,
+    op: impl FnOnce(&mut dyn DeviceContext) -> Result<()>,
+) -> c_int {
+    // SAFETY: per this function's contract.
+    unsafe {
+        with_server(srv, |s| match len {
+            0 => 0,
+            _ => with_lent_context(s.id, |ctx| ret(op(ctx).map(|()| 0))),
+        })
+    }
+}
+
+/// Reads `len` bytes of client memory at DMA address `iova` into `buf`:
+/// through the memory the client mapped with an fd, else by a DMA_READ
+/// message the client answers. Callable only from within a callback of this
+/// server, on its thread: elsewhere -EBUSY. Returns 0 or -errno: -EINVAL
+/// for a NULL `srv` or `buf` (with `len` > 0), -EFAULT for a range the
+/// client has not mapped readable, -ETIMEDOUT when the client does not
+/// answer. `srv` must be NULL or a live server; `buf` holds `len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn vfio_io_server_dma_read(
+    srv: *mut vfio_io_server,
+    iova: u64,
+    buf: *mut c_void,
+    len: usize,
+) -> c_int {
+    if buf.is_null() && len > 0 {
+        return -libc::EINVAL;
+    }
+    // SAFETY: per the contract `srv` is NULL or live, and a non-NULL `buf`
+    // holds `len` bytes; the slice is made only when `len` > 0.
+    unsafe {
+        with_dma(srv, len, |ctx| {
+            ctx.dma_read(iova, std::slice::from_raw_parts_mut(buf.cast(), len))
+        })
+    }
+}
+
+/// Writes the `len` bytes of `buf` into client memory at DMA address
+/// `iova`, as `vfio_io_server_dma_read` reads (mapped memory, else a
+/// DMA_WRITE message); the write is logged for dirty-page tracking.
+/// Callable only from within a callback of this server, on its thread:
+/// elsewhere -EBUSY. Returns 0 or -errno (-EINVAL for a NULL `srv` or
+/// `buf`, -EFAULT for a range not mapped writable). `buf` is only read.
+#[no_mangle]
+pub unsafe extern "C" fn vfio_io_server_dma_write(
+    srv: *mut vfio_io_server,
+    iova: u64,
+    buf: *const c_void,
+    len: usize,
+) -> c_int {
+    if buf.is_null() && len > 0 {
+        return -libc::EINVAL;
+    }
+    // SAFETY: as in vfio_io_server_dma_read; `buf` is only read.
+    unsafe {
+        with_dma(srv, len, |ctx| {
+            ctx.dma_write(iova, std::slice::from_raw_parts(buf.cast(), len))
+        })
+    }
+}
