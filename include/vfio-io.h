@@ -482,8 +482,9 @@ int vfio_io_server_create(const char *socket_path,
 int vfio_io_server_run(struct vfio_io_server *srv);
 
 // Makes `vfio_io_server_run` return soon, from any thread (or from a
-// callback): the current client is disconnected and no other is accepted,
-// now or by a later `run`. `srv` must be NULL (ignored) or a live server.
+// callback): the current client is disconnected at once (a request whose
+// callback stops the server gets no reply) and no other is accepted, now
+// or by a later `run`. `srv` must be NULL (ignored) or a live server.
 void vfio_io_server_stop(struct vfio_io_server *srv);
 
 // Frees a server: closes its socket and the library's duplicates of region

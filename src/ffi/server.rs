@@ -456,8 +456,9 @@ pub unsafe extern "C" fn vfio_io_server_run(srv: *mut vfio_io_server) -> c_int {
 }
 
 /// Makes `vfio_io_server_run` return soon, from any thread (or from a
-/// callback): the current client is disconnected and no other is accepted,
-/// now or by a later `run`. `srv` must be NULL (ignored) or a live server.
+/// callback): the current client is disconnected at once (a request whose
+/// callback stops the server gets no reply) and no other is accepted, now
+/// or by a later `run`. `srv` must be NULL (ignored) or a live server.
 #[no_mangle]
 pub unsafe extern "C" fn vfio_io_server_stop(srv: *mut vfio_io_server) {
     // SAFETY: per the contract.
