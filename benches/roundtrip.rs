@@ -19,10 +19,11 @@
 //! sealed memfd, an unsealed tmpfs file and by messages; a read through an
 //! mmapped region area against the same read by message; rust-vmm's
 //! `vfio_user` client and server on the same 4-byte read; polling mode
-//! (`ClientConfig::spin`) across cores; server DMA of 64 KiB - 1 MiB
-//! through fd-mapped memory against memcpy, with a bench-only DMA device;
-//! and live migration between two server processes (downtime and state
-//! transfer rate) of edu and of a bench-only device with 64 MiB of state.
+//! (`ClientConfig::spin`, and `ServerConfig::spin` against a busy-poll
+//! floor) across cores; server DMA of 64 KiB - 1 MiB through fd-mapped
+//! memory against memcpy, with a bench-only DMA device; and live migration
+//! between two server processes (downtime and state transfer rate) of edu
+//! and of a bench-only device with 64 MiB of state.
 
 use std::ffi::CString;
 use std::io::{BufRead, BufReader, IoSlice, IoSliceMut, Read, Write};
@@ -106,7 +107,7 @@ fn child_main(role: &str) {
     let path = PathBuf::from(std::env::var(SOCK).expect("socket path"));
     pin(std::env::var(CPU).ok().and_then(|s| s.parse().ok()));
     match role {
-        "floor" | "floor-msg" | "floor-oneway" => {
+        "floor" | "floor-msg" | "floor-oneway" | "floor-spin" => {
             let l = UnixListener::bind(&path).expect("bind");
             ready();
             for s in l.incoming() {
@@ -114,13 +115,17 @@ fn child_main(role: &str) {
                 match role {
                     "floor" => floor_serve(s),
                     "floor-msg" => floor_serve_msg(s),
+                    "floor-spin" => floor_serve_spin(s),
                     _ => floor_serve_oneway(s),
                 }
             }
         }
-        "edu" => {
-            let mut server =
-                Server::bind(&path, Edu::new(), ServerConfig::default()).expect("bind");
+        "edu" | "edu-spin" => {
+            let config = ServerConfig {
+                spin: (role == "edu-spin").then_some(SPIN),
+                ..ServerConfig::default()
+            };
+            let mut server = Server::bind(&path, Edu::new(), config).expect("bind");
             ready();
             server.serve().expect("serve");
         }
@@ -447,6 +452,41 @@ fn floor_serve(mut s: UnixStream) {
     }
 }
 
+/// The busy-poll floor's server: [`floor_serve`] with each request awaited
+/// by [`spin_read`], so in a steady ping-pong it never sleeps.
+fn floor_serve_spin(mut s: UnixStream) {
+    let mut req = [0u8; 64];
+    let reply = [0x5au8; 36];
+    loop {
+        if spin_read(&s, &mut req, 32).is_none() || s.write_all(&reply).is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads exactly `len` bytes into `buf` with non-blocking recv() calls,
+/// spinning between them for up to [`SPIN`], then with blocking ones (so an
+/// idle side stops burning the CPU another case is measured on). `None`
+/// when the peer is gone.
+fn spin_read(s: &UnixStream, buf: &mut [u8], len: usize) -> Option<()> {
+    let until = Instant::now() + SPIN;
+    let mut got = 0;
+    while got < len {
+        let flags = if Instant::now() < until {
+            MsgFlags::MSG_DONTWAIT
+        } else {
+            MsgFlags::empty()
+        };
+        match nix::sys::socket::recv(s.as_raw_fd(), &mut buf[got..len], flags) {
+            Ok(0) => return None,
+            Ok(n) => got += n,
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => std::hint::spin_loop(),
+            Err(_) => return None,
+        }
+    }
+    Some(())
+}
+
 /// The floor in the shape of vfio-io's I/O: sendmsg of header and payload as
 /// two iovecs, recvmsg with room for SCM_RIGHTS, still one call per message.
 /// The gap between this and [`floor_serve`] is the cost of the system calls
@@ -696,6 +736,18 @@ fn floor_client(path: &std::path::Path) -> impl FnMut() {
         while got < 36 {
             got += s.read(&mut reply[got..36]).expect("floor read");
         }
+    }
+}
+
+/// A client of the busy-poll floor: one write() of the request, the reply
+/// awaited by [`spin_read`].
+fn floor_spin_client(path: &std::path::Path) -> impl FnMut() {
+    let mut s = UnixStream::connect(path).expect("connect floor");
+    let req = [0xa5u8; 32];
+    let mut reply = [0u8; 64];
+    move || {
+        s.write_all(&req).expect("floor write");
+        spin_read(&s, &mut reply, 36).expect("floor reply");
     }
 }
 
@@ -1311,42 +1363,68 @@ fn rust_vmm(t: &mut Table, label: &str, server_cpu: usize, n: usize) {
     }
 }
 
-/// Polling mode: with the server on the other core, a client that polls the
-/// socket for up to [`SPIN`] before blocking, against one that blocks at
-/// once. The server still blocks in recvmsg, so it still pays its wake-up.
+/// Polling mode, client on CPU 0 and servers on CPU 1: a client that polls
+/// the socket for up to [`SPIN`] before blocking against one that blocks at
+/// once (its server still blocks in recvmsg and pays its wake-up), and both
+/// sides polling (`ServerConfig::spin` too) against the busy-poll floor, a
+/// raw ping-pong whose two sides spin on non-blocking recv() alike.
 fn polling(t: &mut Table, n: usize) {
-    let f = spawn_server("floor", Some(1));
+    let (f, fs) = (
+        spawn_server("floor", Some(1)),
+        spawn_server("floor-spin", Some(1)),
+    );
     let mut floor = floor_client(&f.path);
-    let (s1, s2) = (spawn_server("edu", Some(1)), spawn_server("edu", Some(1)));
+    let mut floor_spin = floor_spin_client(&fs.path);
+    let (s1, s2, s3) = (
+        spawn_server("edu", Some(1)),
+        spawn_server("edu", Some(1)),
+        spawn_server("edu-spin", Some(1)),
+    );
+    let spin_config = ClientConfig {
+        spin: Some(SPIN),
+        ..ClientConfig::default()
+    };
     let blocking = client(&s1.path);
-    let spinning = Client::connect(
-        &s2.path,
-        ClientConfig {
-            spin: Some(SPIN),
-            ..ClientConfig::default()
-        },
-    )
-    .expect("connect");
-    let (mut a, mut b) = ([0u8; 4], [0u8; 4]);
+    let spinning = Client::connect(&s2.path, spin_config.clone()).expect("connect");
+    let both = Client::connect(&s3.path, spin_config).expect("connect");
+    let (mut a, mut b, mut c) = ([0u8; 4], [0u8; 4], [0u8; 4]);
     let mut blk = || blocking.region_read(0, regs::ID, &mut a).expect("read");
     let mut spn = || spinning.region_read(0, regs::ID, &mut b).expect("read");
-    let st = interleaved(n, &mut [&mut floor, &mut blk, &mut spn]);
-    assert_eq!(u32::from_ne_bytes(b), vfio_io::models::edu::ID);
-    let fl = st[0].p50;
-    let saved = st[1].p50 - st[2].p50;
-    let names = [
-        (RT_FLOOR_CROSS, String::new()),
+    let mut bth = || both.region_read(0, regs::ID, &mut c).expect("read");
+    let st = interleaved(
+        n,
+        &mut [&mut floor, &mut floor_spin, &mut blk, &mut spn, &mut bth],
+    );
+    for got in [a, b, c] {
+        assert_eq!(u32::from_ne_bytes(got), vfio_io::models::edu::ID);
+    }
+    let (fl, busy) = (st[0].p50, st[1].p50);
+    let saved = st[2].p50 - st[3].p50;
+    let rows = [
+        (RT_FLOOR_CROSS, fl, String::new()),
+        (
+            "floor: busy-poll round trip 32/36 B, recv(MSG_DONTWAIT) both sides, cross core",
+            fl,
+            "both sides spin up to 50 µs, then block".into(),
+        ),
         (
             "vfio-io region read 4 B, blocking, cross core",
+            fl,
             String::new(),
         ),
         (
             "vfio-io region read 4 B, spin 50 µs, cross core",
+            fl,
             format!("{saved:.2} µs below blocking at p50"),
         ),
+        (
+            "vfio-io region read 4 B, client and server both polling, cross core",
+            busy,
+            "spin 50 µs each side; ratio to the busy-poll floor".into(),
+        ),
     ];
-    for (s, (name, note)) in st.into_iter().zip(names) {
-        t.add(name, s, Some(fl), note);
+    for (s, (name, floor, note)) in st.into_iter().zip(rows) {
+        t.add(name, s, Some(floor), note);
     }
 }
 

@@ -13,19 +13,10 @@
 
 #include <vfio-io.h>
 
+#include "check.h"
 #include "edu_server.h"
 
-static int failures;
 
-#define CHECK(cond, ...)                                                      \
-    do {                                                                      \
-        if (!(cond)) {                                                        \
-            failures++;                                                       \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);              \
-            fprintf(stderr, __VA_ARGS__);                                     \
-            fputc('\n', stderr);                                              \
-        }                                                                     \
-    } while (0)
 
 static vfio_io_device *serve_and_connect(struct edu_server *srv, const char *bin, const char *model)
 {

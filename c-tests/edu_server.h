@@ -28,9 +28,10 @@ static inline void sleep_ms(long ms)
     nanosleep(&ts, NULL);
 }
 
-/* Starts `bin serve model` on <new folder>/edu.sock. Returns 0, or -1 with
- * the reason printed. */
-static inline int edu_server_start_model(struct edu_server *s, const char *bin, const char *model)
+/* Starts `bin serve model SOCKET [opt [val]]` on <new folder>/edu.sock
+ * (opt and val may be NULL). Returns 0, or -1 with the reason printed. */
+static inline int edu_server_start_opt(struct edu_server *s, const char *bin, const char *model,
+                                       const char *opt, const char *val)
 {
     snprintf(s->dir, sizeof(s->dir), "/tmp/vfio-io-ctest-XXXXXX");
     if (!mkdtemp(s->dir)) {
@@ -44,11 +45,19 @@ static inline int edu_server_start_model(struct edu_server *s, const char *bin, 
         return -1;
     }
     if (s->pid == 0) {
-        execl(bin, "vfio-io", "serve", model, s->sock, (char *)NULL);
+        /* A NULL opt or val ends the argument list early. */
+        execl(bin, "vfio-io", "serve", model, s->sock, opt, val, (char *)NULL);
         perror("exec vfio-io");
         _exit(127);
     }
     return 0;
+}
+
+/* Starts `bin serve model` on <new folder>/edu.sock. Returns 0, or -1 with
+ * the reason printed. */
+static inline int edu_server_start_model(struct edu_server *s, const char *bin, const char *model)
+{
+    return edu_server_start_opt(s, bin, model, NULL, NULL);
 }
 
 /* Starts `bin serve edu`, as edu_server_start_model does. */
@@ -57,17 +66,26 @@ static inline int edu_server_start(struct edu_server *s, const char *bin)
     return edu_server_start_model(s, bin, "edu");
 }
 
-/* Connects through the C ABI, waiting up to 30 s for the server to listen
- * (a watchdog: a loaded machine may be slow to start it). Returns 0 or -errno. */
-static inline int edu_server_connect(const struct edu_server *s, vfio_io_device **dev)
+/* Connects through the C ABI with client options `opts` (NULL: defaults),
+ * waiting up to 30 s for the server to listen (a watchdog: a loaded machine
+ * may be slow to start it). Returns 0 or -errno. */
+static inline int edu_server_connect_with(const struct edu_server *s,
+                                          const struct vfio_io_user_options *opts,
+                                          vfio_io_device **dev)
 {
     int r = -ENOENT;
     for (int i = 0; i < 3000 && (r == -ENOENT || r == -ECONNREFUSED); i++) {
-        r = vfio_io_user_connect(s->sock, dev);
+        r = vfio_io_user_connect_with(s->sock, opts, dev);
         if (r != 0)
             sleep_ms(10);
     }
     return r;
+}
+
+/* Connects with the default options, as edu_server_connect_with does. */
+static inline int edu_server_connect(const struct edu_server *s, vfio_io_device **dev)
+{
+    return edu_server_connect_with(s, NULL, dev);
 }
 
 /* Sends SIGTERM and reaps the server; returns its wait status. The folder is

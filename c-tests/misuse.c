@@ -20,22 +20,10 @@
 
 #include <vfio-io.h>
 
+#include "check.h"
 #include "edu_server.h"
 
-static int failures;
-static int passes;
 
-#define CHECK(cond, ...)                                                      \
-    do {                                                                      \
-        if (cond) {                                                           \
-            passes++;                                                         \
-        } else {                                                              \
-            failures++;                                                       \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);              \
-            fprintf(stderr, __VA_ARGS__);                                     \
-            fputc('\n', stderr);                                              \
-        }                                                                     \
-    } while (0)
 
 /* `call` must return exactly `want` (a -errno or 0). */
 #define EXPECT(call, want)                                                    \

@@ -17,23 +17,11 @@
 
 #include <vfio-io.h>
 
+#include "check.h"
 #include "edu_server.h"
 
-static int failures;
-static int passes;
 static int log_lines;
 
-#define CHECK(cond, ...)                                                      \
-    do {                                                                      \
-        if (cond) {                                                           \
-            passes++;                                                         \
-        } else {                                                              \
-            failures++;                                                       \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);              \
-            fprintf(stderr, __VA_ARGS__);                                     \
-            fputc('\n', stderr);                                              \
-        }                                                                     \
-    } while (0)
 
 static void count_log(int level, const char *msg, void *opaque)
 {

@@ -22,13 +22,15 @@
 #define VFIO_IO_CAP_DMA_BUF (1ULL << 0)
 
 // The v2 migration state machine (`VFIO_DEVICE_FEATURE_MIGRATION`,
-// STOP_COPY at least) is available, data path included: through
-// `device_feature` and its data fd on kernel VFIO; through
-// `vfio_io_migration_*` (MIG_DATA_READ/WRITE) on vfio-user.
+// STOP_COPY at least) is available, data path included, on both
+// roads: `device_feature` and the data fd it returns, and
+// `vfio_io_migration_*` (vfio-user carries both over MIG_DATA_READ/WRITE).
 #define VFIO_IO_CAP_MIGRATION (1ULL << 1)
 
-// Device dirty-page tracking (`VFIO_DEVICE_FEATURE_DMA_LOGGING_*`) is
-// available through `device_feature`, report included.
+// Device dirty-page tracking (DMA logging) is available: on kernel VFIO
+// through `device_feature` (`VFIO_DEVICE_FEATURE_DMA_LOGGING_*`); on
+// vfio-user through `vfio_io_dirty_start`/`_report`/`_stop`, a server of
+// this library logging every page its device writes to client memory.
 #define VFIO_IO_CAP_DIRTY_TRACKING (1ULL << 2)
 
 // The device can enter a low-power state (`VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY`).
@@ -105,7 +107,12 @@ typedef struct vfio_io_ops {
   // operation's non-negative result or -errno (-EINVAL for a NULL
   // `feature` or an argsz outside [sizeof(struct vfio_device_feature),
   // 1 MiB]). For `VFIO_DEVICE_FEATURE_DMA_BUF` the result is a new fd,
-  // owned by the caller.
+  // owned by the caller. A SET of `VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE`
+  // writes `data_fd` back as the kernel does, on every backend: a new fd
+  // the caller owns entering STOP_COPY (read it to EOF) or RESUMING
+  // (write the stream into it), else -1. Over vfio-user the next state
+  // change first hands the device every byte written into it, closed or
+  // not, and reports there a failure to do so.
   int (*device_feature)(struct vfio_io_device *dev, struct vfio_device_feature *feature);
   // `VFIO_DEVICE_GET_REGION_INFO` for region `info->index`. `info` points
   // to `info->argsz` bytes (at least sizeof(struct vfio_region_info)),
@@ -148,6 +155,26 @@ typedef struct vfio_io_ops {
 // A C log handler: `level` is a `VFIO_IO_LOG_*` value, `msg` a NUL-terminated
 // line valid only during the call.
 typedef void (*vfio_io_log_fn)(int level, const char *msg, void *opaque);
+
+// Options of `vfio_io_user_connect_with`. Zero-fill it (`= {0}` or
+// memset), set `size` to `sizeof(struct vfio_io_user_options)`, then the
+// fields wanted: a zero field means its default, so fields a later version
+// adds keep today's behaviour when left zero.
+typedef struct vfio_io_user_options {
+  // sizeof(struct vfio_io_user_options) as the caller was compiled: the
+  // struct may grow. At least 12 (the three fields here) and at most
+  // 4096.
+  uint32_t size;
+  // How long one request may wait for its reply (and a send for the
+  // socket), in milliseconds. 0: the default, 5000.
+  uint32_t timeout_ms;
+  // Polling mode: a thread waiting for a reply first polls the socket
+  // with non-blocking receives for up to this many microseconds before it
+  // blocks. It pays off when the server runs on another core (it saves a
+  // thread wake-up per reply) and costs a busy CPU while it waits. 0:
+  // block at once.
+  uint32_t spin_us;
+} vfio_io_user_options;
 
 #ifdef __cplusplus
 extern "C" {
@@ -254,12 +281,70 @@ void vfio_io_set_log_handler(vfio_io_log_fn f, void *opaque, int max_level);
 // free it.
 const char *vfio_io_capability_name(uint64_t bit);
 
+// Connects to the vfio-user server listening on the Unix socket
+// `socket_path` (a NUL-terminated UTF-8 path) as `vfio_io_user_connect`
+// does, with the client options in `opts` (NULL: all defaults). On success
+// `*out` receives a new handle, owned by the caller, who frees it with
+// `vfio_io_device_close`; on failure `*out` is left alone. `opts->size`
+// follows the kernel's extensible structs (as `openat2`'s `struct
+// open_how`): smaller than the fields of the first version (12 bytes) is
+// -EINVAL; larger than this library's struct is accepted if every byte
+// past it is zero (a newer caller leaving newer fields at their defaults)
+// and -E2BIG otherwise, or when larger than 4096. Returns 0 or -errno:
+// -EINVAL for a NULL `socket_path` or `out` or a short `size`, -E2BIG as
+// said, -ENOENT or -ECONNREFUSED when nothing listens, -EPROTO when the
+// peer does not speak vfio-user, -ETIMEDOUT when it does not answer within
+// the timeout.
+int vfio_io_user_connect_with(const char *socket_path,
+                              const struct vfio_io_user_options *opts,
+                              struct vfio_io_device **out);
+
+// Starts logging the pages the device writes in `nr_ranges` IOVA ranges
+// at `ranges` (non-empty, not overlapping; read only during the call), at
+// the granularity `page_size` (a power of two from 4096 to 1 GiB). Pages
+// written before the start are not logged; only device writes are.
+// `dev` must be NULL or a live handle. Returns 0 or -errno: -EINVAL for a
+// NULL `dev` or `ranges`, no range, a bad page size, an empty, wrapping or
+// overlapping range; -E2BIG for more than 256 ranges or more than 2^29
+// pages in all (a bitmap of 64 MiB); -EBUSY when already started;
+// -ENOTTY when the device lacks `VFIO_IO_CAP_DIRTY_TRACKING` over
+// vfio-user, and on kernel VFIO (use `device_feature` there).
+int vfio_io_dirty_start(struct vfio_io_device *dev,
+                        uint64_t page_size,
+                        const struct vfio_device_feature_dma_logging_range *ranges,
+                        uint32_t nr_ranges);
+
+// Reads and clears the log of `[iova, iova + length)` into `bitmap`: one
+// bit per `page_size` page (a power of two from 4096 to 1 GiB, which need
+// not be the start's), bit `n % 64` of `bitmap[n / 64]` for the page at
+// `iova + n * page_size`, set when the device wrote any byte of it since
+// the last report. `bitmap` must hold ceil(ceil(length / page_size) / 64)
+// uint64_t words; they are overwritten (bits past the range are 0).
+// Reading clears: a second report of the same range shows only writes made
+// after the first. `dev` must be NULL or a live handle. Returns 0 or -errno:
+// -EINVAL for a NULL `dev` or `bitmap`, logging not started (or stopped),
+// a bad page size, an empty or wrapping range, or one outside the started
+// ranges; -E2BIG for more than 2^29 pages; -ENOTTY as for
+// `vfio_io_dirty_start`. On an error other than -EINVAL and -ENOTTY the log
+// may have lost bits: treat all memory as dirty.
+int vfio_io_dirty_report(struct vfio_io_device *dev,
+                         uint64_t iova,
+                         uint64_t length,
+                         uint64_t page_size,
+                         uint64_t *bitmap);
+
+// Stops logging and frees the log; a stop while not started succeeds.
+// `dev` must be NULL or a live handle. Returns 0 or -errno: -EINVAL for a
+// NULL `dev`; -ENOTTY as for `vfio_io_dirty_start`.
+int vfio_io_dirty_stop(struct vfio_io_device *dev);
+
 // Writes the device's migration state (`enum vfio_device_mig_state`:
 // `VFIO_DEVICE_STATE_RUNNING`, `_STOP`, `_STOP_COPY`, `_RESUMING`) to
 // `*state`. `dev` must be NULL or a live handle; `state` must point to a
 // uint32_t. Returns 0 or -errno: -EINVAL for a NULL argument, -ENOTTY for
-// a device without `VFIO_IO_CAP_MIGRATION` or a backend without these calls
-// (kernel VFIO: use `device_feature`), the peer's error otherwise.
+// a device without `VFIO_IO_CAP_MIGRATION` (on kernel VFIO the kernel's
+// answer: a driver without migration), the peer's or kernel's error
+// otherwise.
 int vfio_io_migration_get_state(struct vfio_io_device *dev, uint32_t *state);
 
 // Moves the device to migration state `state`, through STOP where no

@@ -61,6 +61,18 @@ pub struct DeviceInfo {
     pub num_irqs: u32,
 }
 
+impl DeviceInfo {
+    /// A vfio-pci device: every fixed region and IRQ index, with
+    /// `VFIO_DEVICE_FLAGS_PCI` and `flags` (e.g. `VFIO_DEVICE_FLAGS_RESET`).
+    pub fn pci(flags: u32) -> Self {
+        DeviceInfo {
+            flags: VFIO_DEVICE_FLAGS_PCI | flags,
+            num_regions: pci_region::COUNT,
+            num_irqs: pci_irq::COUNT,
+        }
+    }
+}
+
 /// One mmappable area of a region, relative to the region's start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SparseArea {
@@ -114,6 +126,16 @@ pub struct RegionInfo {
 }
 
 impl RegionInfo {
+    /// Region `index` with `flags` and `size`: no capabilities, no fd.
+    pub fn plain(index: u32, flags: u32, size: u64) -> Self {
+        RegionInfo {
+            index,
+            flags,
+            size,
+            ..RegionInfo::default()
+        }
+    }
+
     /// Whether the region (or part of it) may be mmapped.
     pub fn is_mappable(&self) -> bool {
         self.flags & VFIO_REGION_INFO_FLAG_MMAP != 0 && self.fd.is_some()
@@ -146,6 +168,17 @@ pub struct IrqInfo {
     pub flags: u32,
     /// Number of vectors of this index.
     pub count: u32,
+}
+
+impl IrqInfo {
+    /// IRQ index `index`, signalled through eventfds, with `count` vectors.
+    pub fn eventfd(index: u32, count: u32) -> Self {
+        IrqInfo {
+            index,
+            flags: VFIO_IRQ_INFO_EVENTFD,
+            count,
+        }
+    }
 }
 
 /// What a SET_IRQS does (`VFIO_IRQ_SET_ACTION_*`).
@@ -305,9 +338,17 @@ pub trait DeviceIo: Send + Sync {
     }
 
     /// The device's migration (state machine and state stream), where this
-    /// backend carries it and the device has [`Capabilities::MIGRATION`]'s
-    /// data path; `None` where the backend has none (kernel VFIO, for now).
+    /// backend carries it (vfio-user and kernel VFIO do); on a device
+    /// without [`Capabilities::MIGRATION`] its calls fail with ENOTTY.
+    /// `None` where the backend has none.
     fn migration(&self) -> Option<&dyn DeviceMigration> {
+        None
+    }
+
+    /// Dirty-page tracking through the library's one API, where this backend
+    /// carries it (a vfio-user client); `None` elsewhere (kernel VFIO, whose
+    /// DMA logging stays reachable through `device_feature`).
+    fn dirty_tracking(&self) -> Option<&dyn crate::dirty::DirtyTracking> {
         None
     }
 }

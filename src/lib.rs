@@ -3,6 +3,7 @@
 //!
 //! * [`device::DeviceIo`]: the operations (QEMU's `VFIODeviceIOOps`).
 //! * [`caps::Capabilities`]: what a backend, and each device, can do.
+//! * [`dirty::DirtyTracking`]: dirty-page tracking (DMA logging) on any backend.
 //! * [`user`]: the vfio-user protocol, a client backend and a device server.
 //! * [`kernel`]: the kernel VFIO backend (container/group and iommufd).
 //! * [`models`]: device models to serve: QEMU's edu, a shared-memory sample, PCI config space.
@@ -14,6 +15,7 @@ mod bytes;
 pub mod caps;
 pub mod conformance;
 pub mod device;
+pub mod dirty;
 pub mod error;
 pub mod ffi;
 pub mod kernel;

@@ -111,6 +111,32 @@ pub trait DeviceMigration: Send + Sync {
     fn write(&self, buf: &[u8]) -> Result<usize>;
 }
 
+/// Walks a device in state `at` to `to`, calling `take_arc` for each arc
+/// (STOP first where no direct arc leads). Returns the number of arcs taken.
+/// `EINVAL` for ERROR or a state a STOP_COPY device lacks, before any arc.
+pub fn walk(
+    mut at: MigrationState,
+    to: MigrationState,
+    mut take_arc: impl FnMut(MigrationState) -> Result<()>,
+) -> Result<usize> {
+    if !to.is_stop_copy_state() {
+        return Err(Error::InvalidArgument(
+            "migration state is ERROR or one the device lacks",
+        ));
+    }
+    let mut arcs = 0;
+    // Two arcs reach any state.
+    while at != to && arcs < 2 {
+        let next = at
+            .next_step(to)
+            .ok_or(Error::InvalidArgument("no path from the device's state"))?;
+        take_arc(next)?;
+        at = next;
+        arcs += 1;
+    }
+    Ok(arcs)
+}
+
 /// Checks a state number from a caller: ERROR and unknown numbers are
 /// `EINVAL` (the kernel's answer to both).
 pub fn requested_state(v: u32) -> Result<MigrationState> {

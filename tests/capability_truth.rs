@@ -325,22 +325,17 @@ fn migration_clear_without_hooks_though_the_server_offers_it_and_fails_at_once()
     let s = served::serve(model, ServerConfig::default());
     let c = connect(&s);
     let caps = c.capabilities();
-    assert!(!caps.intersects(Capabilities::MIGRATION | Capabilities::DIRTY_TRACKING));
-    assert!(!c
-        .backend_capabilities()
-        .contains(Capabilities::DIRTY_TRACKING));
-    for (bit, feature) in [
-        (Capabilities::MIGRATION, VFIO_DEVICE_FEATURE_MIGRATION),
-        (
-            Capabilities::DIRTY_TRACKING,
-            VFIO_DEVICE_FEATURE_DMA_LOGGING_START,
-        ),
-    ] {
-        let e = c.capability_record().deciding(bit).unwrap();
-        assert!(!e.present);
-        assert_eq!(e.source, Source::FeatureProbe(feature));
-        assert!(e.detail.contains("offers"), "{}", e.detail);
-    }
+    assert!(!caps.intersects(Capabilities::MIGRATION));
+    let e = c
+        .capability_record()
+        .deciding(Capabilities::MIGRATION)
+        .unwrap();
+    assert!(!e.present);
+    assert_eq!(
+        e.source,
+        Source::FeatureProbe(VFIO_DEVICE_FEATURE_MIGRATION)
+    );
+    assert!(e.detail.contains("offers"), "{}", e.detail);
     let m = c.migration().unwrap();
     assert_eq!(m.get_state().unwrap_err().errno(), libc::ENOTTY);
     assert_eq!(
@@ -350,6 +345,48 @@ fn migration_clear_without_hooks_though_the_server_offers_it_and_fails_at_once()
     assert_eq!(m.read(&mut [0; 8]).unwrap_err().errno(), libc::ENOTTY);
     write32(&c, regs::LIVENESS, 1);
     assert_eq!(read32(&c, regs::LIVENESS), !1u32, "the device still runs");
+}
+
+/// The library logs DMA writes for every model, so a server built with it
+/// offers dirty tracking whatever its model answers; tests/dirty_tracking.rs
+/// checks the log itself.
+#[test]
+fn dirty_tracking_is_set_on_every_server_of_this_library() {
+    for offers_features in [false, true] {
+        let model = Wrapped::new(
+            Edu::new(),
+            Alterations {
+                offers_features,
+                ..Alterations::default()
+            },
+        );
+        let s = served::serve(model, ServerConfig::default());
+        let c = connect(&s);
+        assert!(c.capabilities().contains(Capabilities::DIRTY_TRACKING));
+        assert!(c
+            .backend_capabilities()
+            .contains(Capabilities::DIRTY_TRACKING));
+        let e = c
+            .capability_record()
+            .deciding(Capabilities::DIRTY_TRACKING)
+            .unwrap();
+        assert!(e.present);
+        assert_eq!(
+            e.source,
+            Source::FeatureProbe(VFIO_DEVICE_FEATURE_DMA_LOGGING_START)
+        );
+        assert!(e.detail.contains("offers"), "{}", e.detail);
+        let t = c.dirty_tracking().expect("the vfio-user client tracks");
+        t.dirty_start(
+            4096,
+            &[vfio_io::dirty::DirtyRange {
+                iova: 0,
+                length: 1 << 20,
+            }],
+        )
+        .unwrap();
+        t.dirty_stop().unwrap();
+    }
 }
 
 #[test]

@@ -19,6 +19,7 @@ use vfio_io::device::{
 use vfio_io::ffi;
 use vfio_io::kernel::{self, KernelDevice};
 use vfio_io::memory::{DmaBuffer, Mapping};
+use vfio_io::migration::MigrationState;
 use vfio_io::models::edu::{self, Edu};
 use vfio_io::user::server::{DeviceContext, DeviceModel};
 use vfio_io::{Capabilities, DeviceIo, Error, Result};
@@ -361,6 +362,43 @@ fn refused_requests_log_nothing_through_the_c_log_handler() {
             -libc::EINVAL
         );
     }
+    assert_eq!(
+        LOG_LINES.load(Ordering::SeqCst) - before,
+        0,
+        "the library logged on the kernel road (lines above)"
+    );
+}
+
+/// edu has no migration driver: the four migration calls, and QEMU's SET
+/// of MIG_DEVICE_STATE through `device_feature`, each fail at once with the
+/// kernel's ENOTTY, and nothing is logged.
+#[test]
+#[ignore = "needs real kernel VFIO: run by vm/run-guest-tests"]
+fn migration_calls_on_edu_fail_at_once_with_the_kernels_enotty() {
+    install_log_handler();
+    let dev = CDevice::open(&device_name()).unwrap_or_else(|e| panic!("open: {e}"));
+    let before = LOG_LINES.load(Ordering::SeqCst);
+    let mut state = 0u32;
+    let mut buf = [0u8; 64];
+    // SAFETY: a live handle, a writable u32 and a buffer of the stated size.
+    let got = unsafe {
+        [
+            ffi::vfio_io_migration_get_state(dev.0, &mut state) as isize,
+            ffi::vfio_io_migration_set_state(dev.0, MigrationState::StopCopy as u32) as isize,
+            ffi::vfio_io_migration_read(dev.0, buf.as_mut_ptr().cast(), buf.len()),
+            ffi::vfio_io_migration_write(dev.0, buf.as_ptr().cast(), buf.len()),
+        ]
+    };
+    assert_eq!(got, [-libc::ENOTTY as isize; 4]);
+    // QEMU's own road: struct vfio_device_feature + vfio_device_feature_mig_state.
+    let mut feature = [0u32; 4];
+    feature[0] = 16;
+    feature[1] = uapi::VFIO_DEVICE_FEATURE_SET | uapi::VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE;
+    feature[2] = MigrationState::Stop as u32;
+    let call = dev.ops().device_feature.expect("device_feature");
+    // SAFETY: a live handle and a feature of the 16 bytes its argsz states.
+    let r = unsafe { call(dev.0, feature.as_mut_ptr().cast()) };
+    assert_eq!(r, -libc::ENOTTY);
     assert_eq!(
         LOG_LINES.load(Ordering::SeqCst) - before,
         0,

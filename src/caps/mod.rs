@@ -75,13 +75,15 @@ capability_table! {
     /// (`VFIO_DEVICE_FEATURE_DMA_BUF`). Kernel VFIO only, Linux >= 6.19.
     DMA_BUF = 1 << 0 on Backends::KERNEL;
     /// The v2 migration state machine (`VFIO_DEVICE_FEATURE_MIGRATION`,
-    /// STOP_COPY at least) is available, data path included: through
-    /// `device_feature` and its data fd on kernel VFIO; through
-    /// `vfio_io_migration_*` (MIG_DATA_READ/WRITE) on vfio-user.
+    /// STOP_COPY at least) is available, data path included, on both
+    /// roads: `device_feature` and the data fd it returns, and
+    /// `vfio_io_migration_*` (vfio-user carries both over MIG_DATA_READ/WRITE).
     MIGRATION = 1 << 1 on Backends::KERNEL.union(Backends::VFIO_USER);
-    /// Device dirty-page tracking (`VFIO_DEVICE_FEATURE_DMA_LOGGING_*`) is
-    /// available through `device_feature`, report included.
-    DIRTY_TRACKING = 1 << 2 on Backends::KERNEL;
+    /// Device dirty-page tracking (DMA logging) is available: on kernel VFIO
+    /// through `device_feature` (`VFIO_DEVICE_FEATURE_DMA_LOGGING_*`); on
+    /// vfio-user through `vfio_io_dirty_start`/`_report`/`_stop`, a server of
+    /// this library logging every page its device writes to client memory.
+    DIRTY_TRACKING = 1 << 2 on Backends::all();
     /// The device can enter a low-power state (`VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY`).
     LOW_POWER = 1 << 3 on Backends::KERNEL;
     /// At least one region (or sparse area of one) can be mmapped by the caller.
@@ -163,8 +165,11 @@ impl Capabilities {
     /// use vfio_io::caps::Capabilities;
     ///
     /// // What QEMU's edu device reports over vfio-user.
-    /// let edu = Capabilities::from_bits_truncate(0x3c0);
-    /// assert_eq!(edu.describe(), "POSTED_WRITES|RESET|WRITE_MULTI|DMA_MESSAGES");
+    /// let edu = Capabilities::from_bits_truncate(0x3c6);
+    /// assert_eq!(
+    ///     edu.describe(),
+    ///     "MIGRATION|DIRTY_TRACKING|POSTED_WRITES|RESET|WRITE_MULTI|DMA_MESSAGES"
+    /// );
     /// // A caller checks a bit instead of trying and reading -ENOTTY.
     /// assert!(!edu.contains(Capabilities::DMA_BUF));
     /// assert_eq!(Capabilities::empty().describe(), "none");

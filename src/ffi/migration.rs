@@ -1,7 +1,8 @@
 //! The C ABI of device migration: the state machine and the state stream,
-//! the same four calls on every backend (vfio-user carries them today;
-//! kernel VFIO answers -ENOTTY, its migration being `device_feature` and the
-//! data fd it returns).
+//! the same four calls on every backend (vfio-user moves the stream in
+//! MIG_DATA_READ/WRITE, kernel VFIO through the data fd MIG_DEVICE_STATE
+//! returns). QEMU's own road, SET MIG_DEVICE_STATE through
+//! `ops->device_feature` and the data_fd it hands back, works on both.
 
 use std::ffi::{c_int, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -39,8 +40,9 @@ unsafe fn with_migration(
 /// `VFIO_DEVICE_STATE_RUNNING`, `_STOP`, `_STOP_COPY`, `_RESUMING`) to
 /// `*state`. `dev` must be NULL or a live handle; `state` must point to a
 /// uint32_t. Returns 0 or -errno: -EINVAL for a NULL argument, -ENOTTY for
-/// a device without `VFIO_IO_CAP_MIGRATION` or a backend without these calls
-/// (kernel VFIO: use `device_feature`), the peer's error otherwise.
+/// a device without `VFIO_IO_CAP_MIGRATION` (on kernel VFIO the kernel's
+/// answer: a driver without migration), the peer's or kernel's error
+/// otherwise.
 #[no_mangle]
 pub unsafe extern "C" fn vfio_io_migration_get_state(
     dev: *mut vfio_io_device,

@@ -12,6 +12,8 @@
 #![allow(non_camel_case_types)]
 #![allow(clippy::missing_safety_doc)]
 
+mod connect;
+mod dirty;
 mod log;
 mod migration;
 
@@ -23,6 +25,8 @@ use vfio_bindings::bindings::vfio::{
     vfio_device_feature, vfio_irq_info, vfio_irq_set, vfio_region_info,
 };
 
+pub use self::connect::{vfio_io_user_connect_with, vfio_io_user_options};
+pub use self::dirty::{vfio_io_dirty_report, vfio_io_dirty_start, vfio_io_dirty_stop};
 pub use self::log::{
     vfio_io_log_fn, VFIO_IO_LOG_DEBUG, VFIO_IO_LOG_ERROR, VFIO_IO_LOG_INFO, VFIO_IO_LOG_WARNING,
 };
@@ -33,7 +37,6 @@ pub use self::migration::{
 use crate::caps::Capabilities;
 use crate::device::{DeviceIo, DmaMap, IrqAction, IrqData, IrqSet};
 use crate::error::{Error, Result};
-use crate::user::client::{Client, ClientConfig};
 use crate::user::proto;
 
 /// `vfio_io_dma_map` flag: the device may read the memory.
@@ -69,7 +72,12 @@ pub struct vfio_io_ops {
     /// operation's non-negative result or -errno (-EINVAL for a NULL
     /// `feature` or an argsz outside [sizeof(struct vfio_device_feature),
     /// 1 MiB]). For `VFIO_DEVICE_FEATURE_DMA_BUF` the result is a new fd,
-    /// owned by the caller.
+    /// owned by the caller. A SET of `VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE`
+    /// writes `data_fd` back as the kernel does, on every backend: a new fd
+    /// the caller owns entering STOP_COPY (read it to EOF) or RESUMING
+    /// (write the stream into it), else -1. Over vfio-user the next state
+    /// change first hands the device every byte written into it, closed or
+    /// not, and reports there a failure to do so.
     pub device_feature: Option<
         unsafe extern "C" fn(dev: *mut vfio_io_device, feature: *mut vfio_device_feature) -> c_int,
     >,
@@ -229,22 +237,8 @@ pub unsafe extern "C" fn vfio_io_user_connect(
     socket_path: *const c_char,
     out: *mut *mut vfio_io_device,
 ) -> c_int {
-    guard(|| {
-        if out.is_null() {
-            return -libc::EINVAL;
-        }
-        // SAFETY: the caller passes NULL or a C string.
-        let r = unsafe { path_arg(socket_path) }
-            .and_then(|p| Client::connect(p, ClientConfig::default()));
-        match r {
-            Ok(c) => {
-                // SAFETY: `out` is non-NULL and writable per the contract.
-                unsafe { *out = new_handle(Box::new(c)) };
-                0
-            }
-            Err(e) => -e.errno(),
-        }
-    })
+    // SAFETY: the same contract, with default options.
+    unsafe { vfio_io_user_connect_with(socket_path, std::ptr::null(), out) }
 }
 
 /// Opens a device through kernel VFIO and stores a new handle in `*out`.
@@ -626,6 +620,24 @@ unsafe extern "C" fn op_set_irqs(dev: *mut vfio_io_device, irqs: *mut vfio_irq_s
     unsafe { with_device(dev, op) }
 }
 
+/// The caller's buffer of a region access, after checking the offset and
+/// size a C caller passed; `Err(-EINVAL)` for a negative offset, a size past
+/// `INT_MAX` (the return value could not say it) or a NULL buffer.
+///
+/// # Safety
+/// `data` is NULL or points to `size` bytes the caller lets us use.
+unsafe fn access_buffer<'a>(
+    off: libc::off_t,
+    size: u32,
+    data: *mut c_void,
+) -> std::result::Result<&'a mut [u8], c_int> {
+    if off < 0 || size > i32::MAX as u32 {
+        return Err(-libc::EINVAL);
+    }
+    // SAFETY: the caller's buffer holds `size` bytes (this function's contract).
+    unsafe { bytes_mut(data, size as usize) }.map_err(|e| -e.errno())
+}
+
 unsafe extern "C" fn op_region_read(
     dev: *mut vfio_io_device,
     nr: u8,
@@ -634,13 +646,10 @@ unsafe extern "C" fn op_region_read(
     data: *mut c_void,
 ) -> c_int {
     let op = |d: &vfio_io_device| {
-        if off < 0 || size > i32::MAX as u32 {
-            return -libc::EINVAL;
-        }
         // SAFETY: the caller's buffer holds `size` bytes.
-        let buf = match unsafe { bytes_mut(data, size as usize) } {
+        let buf = match unsafe { access_buffer(off, size, data) } {
             Ok(b) => b,
-            Err(e) => return -e.errno(),
+            Err(errno) => return errno,
         };
         ret(d
             .io
@@ -660,13 +669,10 @@ unsafe extern "C" fn op_region_write(
     post: bool,
 ) -> c_int {
     let op = |d: &vfio_io_device| {
-        if off < 0 || size > i32::MAX as u32 {
-            return -libc::EINVAL;
-        }
         // SAFETY: the caller's buffer holds `size` bytes.
-        let buf = match unsafe { bytes_mut(data, size as usize) } {
+        let buf = match unsafe { access_buffer(off, size, data) } {
             Ok(b) => b,
-            Err(e) => return -e.errno(),
+            Err(errno) => return errno,
         };
         ret(d
             .io

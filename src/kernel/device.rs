@@ -8,10 +8,12 @@ use vfio_bindings::bindings::vfio as uapi;
 
 use super::container::Group;
 use super::iommufd::Iommufd;
+use super::migration::KernelMigration;
 use super::{ioctl, probe, region};
 use crate::caps::{Capabilities, CapabilityRecord};
 use crate::device::{DeviceInfo, DeviceIo, DmaMap, IrqData, IrqInfo, IrqSet, RegionInfo};
 use crate::error::{Error, Result};
+use crate::migration::DeviceMigration;
 
 /// How the device's DMA is mapped: which road it was opened by.
 #[derive(Debug)]
@@ -26,6 +28,9 @@ pub struct KernelDevice {
     // Declared first so it is closed first: the device must let go of its
     // group or iommufd binding before those are released.
     fd: Arc<OwnedFd>,
+    /// Holds the device fd too: declared next, so the fd still closes
+    /// before the group or iommufd binding goes.
+    migration: KernelMigration,
     iommu: Iommu,
     info: DeviceInfo,
     /// Region infos read at open; `None` where the kernel refused the index
@@ -57,6 +62,7 @@ impl KernelDevice {
             .collect::<Vec<_>>();
         let caps = probe::device_caps(fd.as_fd(), &info, &regions);
         Ok(KernelDevice {
+            migration: KernelMigration::new(Arc::clone(&fd)),
             fd,
             iommu,
             info,
@@ -220,9 +226,9 @@ impl DeviceIo for KernelDevice {
         buf[4..8].copy_from_slice(&flags.to_ne_bytes());
         buf[FEATURE_HEADER..].copy_from_slice(data);
         let ret = ioctl::device_feature(self.fd.as_fd(), &mut buf)?;
-        if flags & uapi::VFIO_DEVICE_FEATURE_GET != 0 {
-            data.copy_from_slice(&buf[FEATURE_HEADER..]);
-        }
+        // GET fills the payload; a SET of MIG_DEVICE_STATE writes its
+        // data_fd back. Otherwise the kernel leaves the bytes as they were.
+        data.copy_from_slice(&buf[FEATURE_HEADER..]);
         Ok(ret)
     }
 
@@ -242,6 +248,10 @@ impl DeviceIo for KernelDevice {
             Iommu::Container(g) => g.unmap(iova, size),
             Iommu::Iommufd(i) => i.unmap(iova, size),
         }
+    }
+
+    fn migration(&self) -> Option<&dyn DeviceMigration> {
+        Some(&self.migration)
     }
 
     fn region_create_dma_buf(&self, index: u32, ranges: &[(u64, u64)]) -> Result<Option<OwnedFd>> {
@@ -715,6 +725,34 @@ mod tests {
             sent[1],
             [12u32.to_ne_bytes(), set.to_ne_bytes(), [9; 4]].concat()
         );
+    }
+
+    /// QEMU's road: SET MIG_DEVICE_STATE through `device_feature` gets the
+    /// data_fd the kernel wrote into the struct.
+    #[test]
+    fn feature_set_of_mig_device_state_hands_back_the_kernels_data_fd() {
+        let (d, _dev) = open_mock(Script {
+            features: vec![uapi::VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE],
+            mig_stream: b"state".to_vec(),
+            ..edu_like()
+        });
+        let set = uapi::VFIO_DEVICE_FEATURE_SET | uapi::VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE;
+        let mut mig = [0u8; 8];
+        mig[..4].copy_from_slice(&(crate::migration::MigrationState::Stop as u32).to_ne_bytes());
+        d.device_feature(set, &mut mig).unwrap();
+        assert_eq!(&mig[4..], &(-1i32).to_ne_bytes(), "STOP has no data");
+        mig[..4]
+            .copy_from_slice(&(crate::migration::MigrationState::StopCopy as u32).to_ne_bytes());
+        d.device_feature(set, &mut mig).unwrap();
+        let fd = i32::from_ne_bytes(mig[4..].try_into().unwrap());
+        assert!(fd >= 0);
+        // SAFETY: the data fd the mock installed for this call, owned here.
+        let mut f =
+            std::fs::File::from(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+        let mut got = Vec::new();
+        std::io::Read::read_to_end(&mut f, &mut got).unwrap();
+        assert_eq!(got, b"state");
+        assert!(d.migration().is_some());
     }
 
     #[test]

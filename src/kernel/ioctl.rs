@@ -481,6 +481,35 @@ pub fn device_feature_fd(dev: BorrowedFd<'_>, buf: &mut [u8]) -> Result<OwnedFd>
     }
 }
 
+/// `VFIO_DEVICE_FEATURE` MIG_DEVICE_STATE, `op` being GET or SET, with
+/// `state` as the requested state (ignored by GET). Returns the
+/// `vfio_device_feature_mig_state` the kernel wrote back: the state and, for
+/// a SET whose arc has data, the data fd, which the caller then owns.
+pub fn mig_device_state(
+    dev: BorrowedFd<'_>,
+    op: u32,
+    state: u32,
+) -> Result<(u32, Option<OwnedFd>)> {
+    let mut buf = [0u8; 16];
+    buf[4..8].copy_from_slice(&(op | uapi::VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE).to_ne_bytes());
+    buf[8..12].copy_from_slice(&state.to_ne_bytes());
+    buf[12..16].copy_from_slice(&(-1i32).to_ne_bytes());
+    io_bytes(
+        dev,
+        "VFIO_DEVICE_FEATURE MIG_DEVICE_STATE",
+        VFIO_DEVICE_FEATURE,
+        &mut buf,
+    )?;
+    let state = u32::from_ne_bytes([buf[8], buf[9], buf[10], buf[11]]);
+    let fd = i32::from_ne_bytes([buf[12], buf[13], buf[14], buf[15]]);
+    let set = op & uapi::VFIO_DEVICE_FEATURE_SET != 0;
+    // SAFETY: after a successful SET, a data_fd other than -1 is a new fd the
+    // kernel installed in this process's table for this call; nothing else
+    // knows it, so it is ours to own and close.
+    let fd = (set && fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) });
+    Ok((state, fd))
+}
+
 /// `VFIO_IOMMU_MAP_DMA`.
 pub fn iommu_map_dma(
     container: BorrowedFd<'_>,

@@ -16,7 +16,8 @@ use std::any::Any;
 use std::collections::BTreeMap;
 use std::ffi::CStr;
 use std::fs::File;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, IntoRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -27,6 +28,7 @@ use vfio_bindings::bindings::vfio as uapi;
 use super::ioctl::{self as k, Answer, Kernel, SizedArg};
 use crate::bytes::{put_u32, u32_at};
 use crate::device::{IrqInfo, RegionInfo, VFIO_REGION_INFO_FLAG_CAPS};
+use crate::migration::MigrationState;
 use crate::region_info::{encode_region_info, REGION_INFO_SIZE};
 
 /// How the mock answers GET_REGION_INFO for one region index.
@@ -72,6 +74,10 @@ pub struct Script {
     pub feature_reply: Vec<u8>,
     /// What a DMA_BUF GET returns.
     pub dma_buf: DmaBufAnswer,
+    /// The state stream the data fd of a SET into STOP_COPY yields (with
+    /// MIG_DEVICE_STATE among `features`; the device starts RUNNING and
+    /// takes direct arcs only, the library walking the others).
+    pub mig_stream: Vec<u8>,
     /// VFIO_GET_API_VERSION of a container.
     pub api_version: i32,
     /// The IOMMU types VFIO_CHECK_EXTENSION of a container reports.
@@ -97,6 +103,7 @@ impl Default for Script {
             features: Vec::new(),
             feature_reply: Vec::new(),
             dma_buf: DmaBufAnswer::Fd,
+            mig_stream: Vec::new(),
             api_version: uapi::VFIO_API_VERSION as i32,
             extensions: vec![uapi::VFIO_TYPE1v2_IOMMU],
             group_flags: uapi::VFIO_GROUP_FLAGS_VIABLE,
@@ -125,6 +132,10 @@ struct State {
     calls: Vec<(Req, Arg)>,
     /// Live DMA mappings by IOVA (container or IOAS), with their sizes.
     dma: BTreeMap<u64, u64>,
+    /// The migration state (`enum vfio_device_mig_state`).
+    mig_state: u32,
+    /// The read end behind the data fd of the last SET into RESUMING.
+    resumed: Option<OwnedFd>,
 }
 
 type Key = (u64, u64);
@@ -166,6 +177,8 @@ impl MockFd {
             script,
             calls: Vec::new(),
             dma: BTreeMap::new(),
+            mig_state: MigrationState::Running as u32,
+            resumed: None,
         }));
         lock(&OBJECTS).insert(key, Arc::clone(&state));
         MockFd { file, key, state }
@@ -197,6 +210,19 @@ impl MockFd {
     /// Forgets the requests received so far.
     pub fn forget_requests(&self) {
         lock(&self.state).calls.clear();
+    }
+
+    /// What was written into the data fd of the last SET into RESUMING, once
+    /// the code under test closed it.
+    pub fn resumed_stream(&self) -> Vec<u8> {
+        let rx = lock(&self.state).resumed.take();
+        let mut out = Vec::new();
+        if let Some(rx) = rx {
+            File::from(rx)
+                .read_to_end(&mut out)
+                .expect("mock kernel: read the resumed stream");
+        }
+        out
     }
 
     /// The byte buffers (or names) sent with `req`, as they arrived.
@@ -319,7 +345,49 @@ impl State {
         Ok(())
     }
 
-    fn feature(&self, buf: &mut [u8]) -> Answer<i32> {
+    /// MIG_DEVICE_STATE as the kernel answers it: GET reports the state,
+    /// SET takes one direct arc and writes back the data fd of the arc
+    /// (a pipe) or -1.
+    fn mig_device_state(&mut self, buf: &mut [u8], get: bool) -> Answer<i32> {
+        const HEADER: usize = std::mem::size_of::<uapi::vfio_device_feature>();
+        if buf.len() < HEADER + 8 {
+            return Err(Errno::EINVAL);
+        }
+        let mut data_fd = -1;
+        if get {
+            put_u32(buf, HEADER, self.mig_state);
+        } else {
+            let to = u32_at(buf, HEADER).and_then(MigrationState::from_u32);
+            let from = MigrationState::from_u32(self.mig_state);
+            let (Some(from), Some(to)) = (from, to) else {
+                return Err(Errno::EINVAL);
+            };
+            if !from.is_direct_arc(to) {
+                return Err(Errno::EINVAL);
+            }
+            self.mig_state = to as u32;
+            let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC);
+            data_fd = match to {
+                MigrationState::StopCopy => {
+                    let (rx, tx) = pipe()?;
+                    File::from(tx)
+                        .write_all(&self.script.mig_stream)
+                        .map_err(|_| Errno::EIO)?;
+                    rx.into_raw_fd()
+                }
+                MigrationState::Resuming => {
+                    let (rx, tx) = pipe()?;
+                    self.resumed = Some(rx);
+                    tx.into_raw_fd()
+                }
+                _ => -1,
+            };
+        }
+        buf[HEADER + 4..HEADER + 8].copy_from_slice(&data_fd.to_ne_bytes());
+        Ok(0)
+    }
+
+    fn feature(&mut self, buf: &mut [u8]) -> Answer<i32> {
         if u32_at(buf, 0) != Some(buf.len() as u32) {
             return Err(Errno::EINVAL);
         }
@@ -329,6 +397,10 @@ impl State {
             return Err(Errno::ENOTTY);
         }
         let get = flags & uapi::VFIO_DEVICE_FEATURE_GET != 0;
+        let probe = flags & uapi::VFIO_DEVICE_FEATURE_PROBE != 0;
+        if feature == uapi::VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE && !probe {
+            return self.mig_device_state(buf, get);
+        }
         if flags & uapi::VFIO_DEVICE_FEATURE_PROBE == 0
             && get
             && feature != uapi::VFIO_DEVICE_FEATURE_DMA_BUF

@@ -12,6 +12,7 @@ mod container;
 mod device;
 mod ioctl;
 mod iommufd;
+mod migration;
 #[cfg(test)]
 mod mock_kernel;
 mod probe;

@@ -11,10 +11,9 @@
 //! they must for the real device, see the work already done.
 
 use crate::device::{
-    pci_irq, pci_region, DeviceInfo, IrqInfo, RegionInfo, VFIO_DEVICE_FLAGS_PCI,
-    VFIO_DEVICE_FLAGS_RESET, VFIO_IRQ_INFO_AUTOMASKED, VFIO_IRQ_INFO_EVENTFD,
-    VFIO_IRQ_INFO_MASKABLE, VFIO_IRQ_INFO_NORESIZE, VFIO_REGION_INFO_FLAG_READ,
-    VFIO_REGION_INFO_FLAG_WRITE,
+    pci_irq, pci_region, DeviceInfo, IrqInfo, RegionInfo, VFIO_DEVICE_FLAGS_RESET,
+    VFIO_IRQ_INFO_AUTOMASKED, VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_MASKABLE,
+    VFIO_IRQ_INFO_NORESIZE, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
 };
 use crate::error::{Error, Result};
 use crate::models::pci::{BarKind, PciConfig, CONFIG_SPACE_SIZE};
@@ -303,31 +302,18 @@ fn buffer_range(addr: u64, count: u64) -> Option<std::ops::Range<usize>> {
     Some(start as usize..end as usize)
 }
 
-fn region(index: u32, flags: u32, size: u64) -> RegionInfo {
-    RegionInfo {
-        index,
-        flags,
-        size,
-        ..Default::default()
-    }
-}
-
 impl DeviceModel for Edu {
     fn device_info(&self) -> DeviceInfo {
-        DeviceInfo {
-            flags: VFIO_DEVICE_FLAGS_PCI | VFIO_DEVICE_FLAGS_RESET,
-            num_regions: pci_region::COUNT,
-            num_irqs: pci_irq::COUNT,
-        }
+        DeviceInfo::pci(VFIO_DEVICE_FLAGS_RESET)
     }
 
     fn region_info(&self, index: u32) -> Option<RegionInfo> {
         let rw = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
         match index {
             // Not mappable: every register access must reach the model.
-            pci_region::BAR0 => Some(region(index, rw, BAR0_SIZE)),
-            pci_region::CONFIG => Some(region(index, rw, CONFIG_SPACE_SIZE as u64)),
-            i if i < pci_region::COUNT => Some(region(index, 0, 0)),
+            pci_region::BAR0 => Some(RegionInfo::plain(index, rw, BAR0_SIZE)),
+            pci_region::CONFIG => Some(RegionInfo::plain(index, rw, CONFIG_SPACE_SIZE as u64)),
+            i if i < pci_region::COUNT => Some(RegionInfo::plain(index, 0, 0)),
             _ => None,
         }
     }
@@ -663,7 +649,10 @@ mod tests {
     fn vfio_pci_layout() {
         let edu = Edu::new();
         let info = edu.device_info();
-        assert_eq!(info.flags, VFIO_DEVICE_FLAGS_PCI | VFIO_DEVICE_FLAGS_RESET);
+        assert_eq!(
+            info.flags,
+            crate::device::VFIO_DEVICE_FLAGS_PCI | VFIO_DEVICE_FLAGS_RESET
+        );
         assert_eq!((info.num_regions, info.num_irqs), (9, 5));
         let rw = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
         for i in 0..9 {

@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use crate::device::{
     pci_irq, pci_region, DeviceInfo, IrqInfo, RegionCap, RegionInfo, SparseArea,
-    VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET, VFIO_IRQ_INFO_EVENTFD,
-    VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
+    VFIO_DEVICE_FLAGS_RESET, VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ,
+    VFIO_REGION_INFO_FLAG_WRITE,
 };
 use crate::error::{Error, Result};
 use crate::memory::DmaBuffer;
@@ -74,19 +74,12 @@ fn byte_range(offset: u64, len: usize) -> std::ops::Range<usize> {
 
 impl DeviceModel for Scratch {
     fn device_info(&self) -> DeviceInfo {
-        DeviceInfo {
-            flags: VFIO_DEVICE_FLAGS_PCI | VFIO_DEVICE_FLAGS_RESET,
-            num_regions: pci_region::COUNT,
-            num_irqs: pci_irq::COUNT,
-        }
+        DeviceInfo::pci(VFIO_DEVICE_FLAGS_RESET)
     }
 
     fn region_info(&self, index: u32) -> Option<RegionInfo> {
         let rw = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
-        let mut r = RegionInfo {
-            index,
-            ..RegionInfo::default()
-        };
+        let mut r = RegionInfo::plain(index, 0, 0);
         match index {
             pci_region::BAR0 => (r.flags, r.size) = (rw, BAR0_SIZE),
             pci_region::BAR2 => {
@@ -105,11 +98,7 @@ impl DeviceModel for Scratch {
     }
 
     fn irq_info(&self, index: u32) -> Option<IrqInfo> {
-        (index < pci_irq::COUNT).then_some(IrqInfo {
-            index,
-            flags: VFIO_IRQ_INFO_EVENTFD,
-            count: 0,
-        })
+        (index < pci_irq::COUNT).then_some(IrqInfo::eventfd(index, 0))
     }
 
     fn region_read(

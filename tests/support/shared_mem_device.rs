@@ -14,8 +14,7 @@ use std::sync::Arc;
 
 use vfio_io::device::{
     pci_irq, pci_region, DeviceInfo, IrqInfo, RegionCap, RegionInfo, SparseArea,
-    VFIO_DEVICE_FLAGS_PCI, VFIO_IRQ_INFO_EVENTFD, VFIO_REGION_INFO_FLAG_MMAP,
-    VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
+    VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
 };
 use vfio_io::memory::Mapping;
 use vfio_io::user::server::{DeviceContext, DeviceModel};
@@ -73,19 +72,12 @@ pub fn device_view(fd: &OwnedFd) -> Mapping {
 
 impl DeviceModel for SharedMemDevice {
     fn device_info(&self) -> DeviceInfo {
-        DeviceInfo {
-            flags: VFIO_DEVICE_FLAGS_PCI,
-            num_regions: pci_region::COUNT,
-            num_irqs: pci_irq::COUNT,
-        }
+        DeviceInfo::pci(0)
     }
 
     fn region_info(&self, index: u32) -> Option<RegionInfo> {
         let rw = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
-        let mut r = RegionInfo {
-            index,
-            ..RegionInfo::default()
-        };
+        let mut r = RegionInfo::plain(index, 0, 0);
         match index {
             pci_region::BAR0 => (r.flags, r.size) = (rw, 16),
             pci_region::BAR2 => {
@@ -100,11 +92,7 @@ impl DeviceModel for SharedMemDevice {
     }
 
     fn irq_info(&self, index: u32) -> Option<IrqInfo> {
-        (index < pci_irq::COUNT).then_some(IrqInfo {
-            index,
-            flags: VFIO_IRQ_INFO_EVENTFD,
-            count: 0,
-        })
+        (index < pci_irq::COUNT).then_some(IrqInfo::eventfd(index, 0))
     }
 
     fn region_read(

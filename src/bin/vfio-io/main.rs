@@ -17,7 +17,8 @@ mod migrate;
 mod target;
 
 const USAGE: &str = "\
-usage: vfio-io serve MODEL SOCKET [--trace] serve a device over vfio-user on SOCKET (MODEL: edu, scratch)
+usage: vfio-io serve MODEL SOCKET [--trace] [--spin-us N]
+                                            serve a device over vfio-user on SOCKET (MODEL: edu, scratch)
        vfio-io demo                         serve edu on a temporary socket and drive it through the library
        vfio-io info TARGET [--json]         show a device: TARGET is a vfio-user socket, a PCI address
                                             (0000:00:01.0) or /dev/vfio/devices/vfioN
@@ -26,7 +27,7 @@ usage: vfio-io serve MODEL SOCKET [--trace] serve a device over vfio-user on SOC
        vfio-io COMMAND --help               help on one command";
 
 const SERVE_USAGE: &str = "\
-usage: vfio-io serve MODEL SOCKET [--trace]
+usage: vfio-io serve MODEL SOCKET [--trace] [--spin-us N]
 
 Serves a device over vfio-user on the Unix socket SOCKET until SIGINT or
 SIGTERM, then removes SOCKET. Connect with vfio_io_user_connect(),
@@ -35,7 +36,11 @@ SIGTERM, then removes SOCKET. Connect with vfio_io_user_connect(),
   scratch   a sample device (PCI 1234:5c7c): BAR0 4 KiB of trapped registers,
             BAR2 64 KiB of shared memory offered with its fd for mmap
 
-  --trace   log every vfio-user message to stderr";
+  --trace       log every vfio-user message to stderr
+  --spin-us N   polling mode: wait for each message with non-blocking
+                receives for up to N microseconds before blocking (faster
+                replies to a client on another core, at the price of a busy
+                CPU); 0 or absent: block at once";
 
 const INFO_USAGE: &str = "\
 usage: vfio-io info TARGET [--json]
@@ -83,7 +88,7 @@ impl Model {
     }
 }
 
-fn serve(model: Model, path: &Path, trace: bool) -> Result<(), String> {
+fn serve(model: Model, path: &Path, trace: bool, spin_us: u32) -> Result<(), String> {
     let _ = log::set_logger(&StderrLog);
     log::set_max_level(if trace {
         log::LevelFilter::Info
@@ -99,6 +104,7 @@ fn serve(model: Model, path: &Path, trace: bool) -> Result<(), String> {
         .map_err(|e| format!("blocking signals: {e}"))?;
     let config = ServerConfig {
         trace,
+        spin: (spin_us > 0).then(|| std::time::Duration::from_micros(spin_us.into())),
         ..ServerConfig::default()
     };
     let (stopper, thread) = match model {
@@ -236,6 +242,8 @@ enum Command<'a> {
         model: Model,
         socket: &'a str,
         trace: bool,
+        /// `--spin-us`: the server's spin budget in µs, 0 for none.
+        spin_us: u32,
     },
     Demo,
     Info {
@@ -266,7 +274,11 @@ fn parse<'a>(args: &[&'a str]) -> Command<'a> {
         },
         ["serve", rest @ ..] => {
             let trace = rest.contains(&"--trace");
-            let pos: Vec<&str> = rest.iter().copied().filter(|a| *a != "--trace").collect();
+            let (spin_us, rest) = match take_spin_us(rest) {
+                Ok(v) => v,
+                Err(msg) => return Command::Usage(msg, SERVE_USAGE),
+            };
+            let pos: Vec<&str> = rest.into_iter().filter(|a| *a != "--trace").collect();
             match pos.as_slice() {
                 [model, socket] if !socket.starts_with('-') => {
                     let model = match *model {
@@ -283,6 +295,7 @@ fn parse<'a>(args: &[&'a str]) -> Command<'a> {
                         model,
                         socket,
                         trace,
+                        spin_us,
                     }
                 }
                 _ => Command::Usage("serve takes a model and a socket path".into(), SERVE_USAGE),
@@ -301,6 +314,29 @@ fn parse<'a>(args: &[&'a str]) -> Command<'a> {
     }
 }
 
+/// Takes `--spin-us N` out of `serve`'s arguments: N (0 when absent) and
+/// the other arguments, or why N is not a number of microseconds.
+fn take_spin_us<'a>(args: &[&'a str]) -> Result<(u32, Vec<&'a str>), String> {
+    let Some(i) = args.iter().position(|a| *a == "--spin-us") else {
+        return Ok((0, args.to_vec()));
+    };
+    let n = match args.get(i + 1) {
+        Some(v) => v.parse::<u32>().map_err(|_| {
+            format!(
+                "--spin-us takes microseconds (0 to {}), not '{v}'",
+                u32::MAX
+            )
+        })?,
+        None => return Err("--spin-us needs a number of microseconds".into()),
+    };
+    let mut rest = args.to_vec();
+    rest.drain(i..i + 2);
+    if rest.contains(&"--spin-us") {
+        return Err("--spin-us given twice".into());
+    }
+    Ok((n, rest))
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -309,7 +345,8 @@ fn main() -> ExitCode {
             model,
             socket,
             trace,
-        } => serve(model, Path::new(socket), trace),
+            spin_us,
+        } => serve(model, Path::new(socket), trace, spin_us),
         Command::Demo => demo(),
         Command::Info { target, json } => info::run(target, json),
         Command::Migrate(o) => migrate::run(o),
@@ -343,7 +380,8 @@ mod tests {
             Command::Serve {
                 model: Model::Edu,
                 socket: "/s",
-                trace: false
+                trace: false,
+                spin_us: 0
             }
         ));
         assert!(matches!(
@@ -351,7 +389,8 @@ mod tests {
             Command::Serve {
                 model: Model::Edu,
                 socket: "/s",
-                trace: true
+                trace: true,
+                spin_us: 0
             }
         ));
         assert!(matches!(
@@ -381,5 +420,49 @@ mod tests {
         assert!(matches!(parse(&["info", "a", "b"]), Command::Usage(..)));
         assert!(matches!(parse(&[]), Command::Usage(..)));
         assert!(matches!(parse(&["frob"]), Command::Usage(..)));
+    }
+
+    #[test]
+    fn serve_spin_us() {
+        assert!(matches!(
+            parse(&["serve", "edu", "/s", "--spin-us", "50"]),
+            Command::Serve {
+                model: Model::Edu,
+                socket: "/s",
+                trace: false,
+                spin_us: 50
+            }
+        ));
+        assert!(matches!(
+            parse(&["serve", "--spin-us", "0", "--trace", "scratch", "/s"]),
+            Command::Serve {
+                model: Model::Scratch,
+                socket: "/s",
+                trace: true,
+                spin_us: 0
+            }
+        ));
+        for bad in [
+            &["serve", "edu", "/s", "--spin-us"][..],
+            &["serve", "edu", "/s", "--spin-us", "-1"],
+            &["serve", "edu", "/s", "--spin-us", "5us"],
+            &["serve", "edu", "/s", "--spin-us", "4294967296"],
+            &["serve", "edu", "/s", "--spin-us", "1", "--spin-us", "2"],
+            // The socket path where the number belongs.
+            &["serve", "edu", "--spin-us", "/s"],
+        ] {
+            match parse(bad) {
+                Command::Usage(msg, text) => {
+                    assert!(msg.contains("spin-us"), "{bad:?}: {msg}");
+                    assert_eq!(text, SERVE_USAGE);
+                }
+                _ => panic!("{bad:?} parsed"),
+            }
+        }
+        // The number is not taken for the socket path.
+        assert!(matches!(
+            parse(&["serve", "edu", "--spin-us", "5"]),
+            Command::Usage(..)
+        ));
     }
 }

@@ -13,18 +13,16 @@ use std::time::Duration;
 
 use super::dma::TwinSocket;
 use super::mapped::map_regions;
+use super::migration::MigrationLink;
 use super::multiplex::Inner;
 use super::{expect_len, Client, ClientConfig, MAX_IRQS, MAX_REGIONS};
 use crate::caps::{Capabilities, CapabilityRecord, Source};
-use crate::device::{DeviceInfo, DeviceIo, RegionInfo};
+use crate::device::{DeviceInfo, RegionInfo};
 use crate::error::{Error, Result};
 use crate::region_info::MAX_REGION_INFO;
 use crate::user::proto::{self, cmd};
 use crate::user::version::{self, VersionCaps};
 use crate::user::wire::set_timeouts;
-use vfio_bindings::bindings::vfio::{
-    VFIO_DEVICE_FEATURE_DMA_LOGGING_START, VFIO_DEVICE_FEATURE_PROBE, VFIO_DEVICE_FEATURE_SET,
-};
 
 impl Client {
     /// Connects to a vfio-user server socket and negotiates with it.
@@ -60,6 +58,7 @@ impl Client {
             )?),
             None => None,
         };
+        let migration = Arc::new(MigrationLink::new(Arc::clone(&inner), max_xfer));
         let mut client = Client {
             inner,
             server,
@@ -73,7 +72,8 @@ impl Client {
             max_xfer,
             twin: Mutex::new(twin),
             mapped: Vec::new(),
-            migration_left: Mutex::new(None),
+            migration,
+            data_fd: Mutex::new(None),
         };
         client.discover()?;
         Ok(client)
@@ -158,33 +158,9 @@ impl Client {
                 "the server did not offer it",
             );
         }
-        self.record_feature_probes(&mut rec);
+        self.record_migration(&mut rec);
+        self.record_dirty_tracking_probe(&mut rec);
         self.caps = rec;
-    }
-
-    /// Probes the server for migration (see `record_migration`) and dirty
-    /// tracking. A dirty-tracking offer is recorded, but its bit stays
-    /// clear: the library carries no vfio-user dirty-report data path.
-    fn record_feature_probes(&self, rec: &mut CapabilityRecord) {
-        self.record_migration(rec);
-        let feature = VFIO_DEVICE_FEATURE_DMA_LOGGING_START;
-        // A probe the server refuses just leaves the bit clear: nothing to log.
-        let offered = self
-            .device_feature(
-                VFIO_DEVICE_FEATURE_PROBE | VFIO_DEVICE_FEATURE_SET | feature,
-                &mut [],
-            )
-            .is_ok();
-        let why = if offered {
-            "the server offers it; the library has no vfio-user data path for it"
-        } else {
-            "the server refuses the probe"
-        };
-        rec.withhold(
-            Capabilities::DIRTY_TRACKING,
-            Source::FeatureProbe(feature),
-            why,
-        );
     }
 
     /// DEVICE_GET_REGION_INFO for region `index`, asking again with a larger

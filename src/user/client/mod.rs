@@ -13,10 +13,13 @@
 //!
 //! This file holds [`Client`] and its [`DeviceIo`] operations; the parts
 //! are one module each: request multiplexing (`multiplex`), the server's
-//! DMA requests (`dma`), mapped areas (`mapped`) and connection setup
-//! (`connect`).
+//! DMA requests (`dma`), mapped areas (`mapped`), connection setup
+//! (`connect`), dirty-page tracking (`dirty`), migration (`migration`) and
+//! its data fd (`data_fd`).
 
 mod connect;
+mod data_fd;
+mod dirty;
 mod dma;
 mod mapped;
 mod migration;
@@ -39,7 +42,10 @@ use crate::user::version::{self, VersionCaps};
 use dma::TwinSocket;
 use mapped::MappedArea;
 use multiplex::{Inner, LinkDown, POSTED_ID};
-use vfio_bindings::bindings::vfio::{VFIO_DEVICE_FEATURE_GET, VFIO_DEVICE_FEATURE_PROBE};
+use vfio_bindings::bindings::vfio::{
+    VFIO_DEVICE_FEATURE_GET, VFIO_DEVICE_FEATURE_MASK, VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE,
+    VFIO_DEVICE_FEATURE_PROBE,
+};
 
 pub use migration::MAX_STREAM_WITHOUT_SIZE;
 pub use multiplex::MAX_OUTSTANDING;
@@ -93,8 +99,10 @@ pub struct Client {
     twin: Mutex<Option<TwinSocket>>,
     /// The mmapped areas of mappable regions, accessed without messages.
     mapped: Vec<MappedArea>,
-    /// Bytes the STOP_COPY stream may still bring; `None` until its first read.
-    migration_left: Mutex<Option<u64>>,
+    /// Migration state and stream, shared with the data fd's thread.
+    migration: Arc<migration::MigrationLink>,
+    /// The data fd's thread, while a state stream moves through one.
+    data_fd: Mutex<Option<data_fd::DataFd>>,
 }
 
 /// Checks that a reply's payload holds at least the `want` bytes of its
@@ -216,6 +224,10 @@ impl DeviceIo for Client {
 
     fn backend_name(&self) -> &'static str {
         "vfio-user"
+    }
+
+    fn dirty_tracking(&self) -> Option<&dyn crate::dirty::DirtyTracking> {
+        Some(self)
     }
 
     fn device_info(&self) -> Result<DeviceInfo> {
@@ -374,6 +386,11 @@ impl DeviceIo for Client {
     }
 
     fn device_feature(&self, flags: u32, data: &mut [u8]) -> Result<i32> {
+        let feature = flags & VFIO_DEVICE_FEATURE_MASK;
+        if feature == VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE && flags & VFIO_DEVICE_FEATURE_PROBE == 0
+        {
+            return self.mig_device_state_feature(flags, data);
+        }
         let fixed = proto::encode_feature((8 + data.len()) as u32, flags);
         let get = flags & VFIO_DEVICE_FEATURE_GET != 0 && flags & VFIO_DEVICE_FEATURE_PROBE == 0;
         let input: &[u8] = if get { &[] } else { data };

@@ -11,6 +11,7 @@ mod layout;
 pub mod cmd;
 mod device;
 mod dma;
+mod dma_logging;
 mod header;
 mod irq;
 mod migration;
@@ -25,6 +26,10 @@ pub use device::{
     encode_version,
 };
 pub use dma::{DmaAccess, DmaMapMsg, DmaUnmapMsg, DMA_MAP_READ, DMA_MAP_WRITE};
+pub use dma_logging::{
+    decode_dma_logging_start, encode_dma_logging_start, DmaLoggingControl, DmaLoggingRange,
+    DmaLoggingReport,
+};
 pub use header::{
     Header, FLAG_ERROR, FLAG_NO_REPLY, FLAG_TYPE_COMMAND, FLAG_TYPE_MASK, FLAG_TYPE_REPLY,
     HEADER_SIZE,

@@ -6,6 +6,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
 use super::context::Ctx;
+use super::dma_logging;
 use super::model::DeviceModel;
 use super::session::{ReplyFd, Session};
 use super::ServerConfig;
@@ -50,6 +51,7 @@ impl<'a, M: DeviceModel> Session<'a, M> {
             cmd::REGION_WRITE => self.region_write(p)?,
             cmd::REGION_WRITE_MULTI => self.region_write_multi(p)?,
             cmd::DEVICE_RESET => self.reset().and_then(|_| self.migration_to_running())?,
+            cmd::DEVICE_FEATURE if dma_logging::is_dma_logging(p) => self.dma_logging(p)?,
             cmd::DEVICE_FEATURE => self.feature(p)?,
             cmd::MIG_DATA_READ => self.mig_data_read(p)?,
             cmd::MIG_DATA_WRITE => self.mig_data_write(p)?,
@@ -73,7 +75,7 @@ impl<'a, M: DeviceModel> Session<'a, M> {
     fn model_ctx(&mut self) -> (&mut M, Ctx<'_, 'a>, &mut Vec<u8>) {
         let ctx = Ctx {
             link: &mut self.link,
-            dma: &self.dma,
+            dma: &mut self.dma,
             irqs: &mut self.irqs,
         };
         (&mut *self.model, ctx, &mut self.out)

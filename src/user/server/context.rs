@@ -1,6 +1,7 @@
 //! The [`DeviceContext`] a model gets while it handles one command: client
 //! memory through a mapping or, without one, through DMA messages on the
-//! link; and the session's interrupt state.
+//! link, each write logged while the client has DMA logging started; and
+//! the session's interrupt state.
 
 use super::dma::{DmaSpace, DmaTarget};
 use super::irq::IrqState;
@@ -11,7 +12,7 @@ use crate::error::Result;
 /// What a model sees of the session while it handles one request.
 pub(super) struct Ctx<'s, 'a> {
     pub(super) link: &'s mut Link<'a>,
-    pub(super) dma: &'s DmaSpace,
+    pub(super) dma: &'s mut DmaSpace,
     pub(super) irqs: &'s mut IrqState,
 }
 
@@ -24,7 +25,8 @@ impl DeviceContext for Ctx<'_, '_> {
     }
 
     fn dma_write(&mut self, iova: u64, buf: &[u8]) -> Result<()> {
-        match self.dma.target(iova, buf.len(), true)? {
+        // Logged in the dirty log here, for every model, mapped or not.
+        match self.dma.write_target(iova, buf.len())? {
             DmaTarget::Mapped(m, off) => m.write(off, buf),
             DmaTarget::Message => self.link.dma_message(iova, None, Some(buf)),
         }

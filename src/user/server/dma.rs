@@ -3,6 +3,7 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 
+use super::dirty::DirtyLog;
 use crate::error::{Error, Result};
 use crate::memory::{cannot_shrink, in_memory_file, read_file_at, Mapping};
 use crate::user::proto::{DmaMapMsg, DMA_MAP_READ, DMA_MAP_WRITE};
@@ -141,11 +142,13 @@ impl DmaRegion {
     }
 }
 
-/// The DMA mappings of one client session.
+/// The DMA mappings of one client session, and the log of the pages the
+/// device writes to them while the client has DMA logging started.
 #[derive(Debug, Default)]
 pub struct DmaSpace {
     regions: Vec<DmaRegion>,
     max_maps: usize,
+    dirty: DirtyLog,
 }
 
 impl DmaSpace {
@@ -154,6 +157,7 @@ impl DmaSpace {
         DmaSpace {
             regions: Vec::new(),
             max_maps,
+            dirty: DirtyLog::default(),
         }
     }
 
@@ -240,36 +244,57 @@ impl DmaSpace {
         Ok(())
     }
 
-    /// Drops every mapping.
+    /// Drops every mapping, and the dirty log with them.
     pub fn clear(&mut self) {
         self.regions.clear();
+        self.dirty.stop();
+    }
+
+    /// The dirty-page log.
+    pub(super) fn dirty_log(&mut self) -> &mut DirtyLog {
+        &mut self.dirty
     }
 
     /// Finds how to access `[iova, iova + len)`, which must lie in one mapping
     /// with the needed permission.
     pub fn target(&self, iova: u64, len: usize, write: bool) -> Result<DmaTarget<'_>> {
-        let end = iova
-            .checked_add(len as u64)
-            .ok_or(Error::InvalidArgument("DMA range wraps"))?;
-        let r = self
-            .regions
-            .iter()
-            .find(|r| iova >= r.iova && end <= r.iova + r.size)
-            .ok_or(Error::Errno {
-                op: "DMA outside the client's mappings",
-                errno: libc::EFAULT,
-            })?;
-        if (write && !r.writable) || (!write && !r.readable) {
-            return Err(Error::Errno {
-                op: "DMA against the mapping's permissions",
-                errno: libc::EPERM,
-            });
-        }
-        Ok(match &r.mapping {
-            Some(m) => DmaTarget::Mapped(m, (iova - r.iova) as usize),
-            None => DmaTarget::Message,
-        })
+        find_target(&self.regions, iova, len, write)
     }
+
+    /// Finds how to write `[iova, iova + len)`, as `target` does, and logs
+    /// the pages as written. They are logged before the copy is made: one
+    /// that fails part-way may still have changed some of them, and a page
+    /// reported dirty in vain costs a migration one resend, while a page
+    /// missed is lost.
+    pub fn write_target(&mut self, iova: u64, len: usize) -> Result<DmaTarget<'_>> {
+        let t = find_target(&self.regions, iova, len, true)?;
+        self.dirty.mark(iova, len);
+        Ok(t)
+    }
+}
+
+/// The mapping `[iova, iova + len)` lies in, checked for the access.
+fn find_target(regions: &[DmaRegion], iova: u64, len: usize, write: bool) -> Result<DmaTarget<'_>> {
+    let end = iova
+        .checked_add(len as u64)
+        .ok_or(Error::InvalidArgument("DMA range wraps"))?;
+    let r = regions
+        .iter()
+        .find(|r| iova >= r.iova && end <= r.iova + r.size)
+        .ok_or(Error::Errno {
+            op: "DMA outside the client's mappings",
+            errno: libc::EFAULT,
+        })?;
+    if (write && !r.writable) || (!write && !r.readable) {
+        return Err(Error::Errno {
+            op: "DMA against the mapping's permissions",
+            errno: libc::EPERM,
+        });
+    }
+    Ok(match &r.mapping {
+        Some(m) => DmaTarget::Mapped(m, (iova - r.iova) as usize),
+        None => DmaTarget::Message,
+    })
 }
 
 #[cfg(test)]

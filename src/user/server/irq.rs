@@ -136,12 +136,16 @@ impl IrqState {
         }
     }
 
+    /// Whether IRQ index `index` masks itself when it fires (INTx).
+    fn automasked(&self, index: u32) -> bool {
+        self.indices
+            .get(index as usize)
+            .is_some_and(|i| i.automasked)
+    }
+
     /// Drives a level-triggered line (INTx).
     pub fn set_level(&mut self, index: u32, vector: u32, asserted: bool) {
-        let automasked = self
-            .indices
-            .get(index as usize)
-            .is_some_and(|i| i.automasked);
+        let automasked = self.automasked(index);
         let Some(v) = self.vector(index, vector) else {
             return;
         };
@@ -242,10 +246,7 @@ impl IrqState {
     /// Unmasks a vector (SET_IRQS UNMASK, or the client signalled the unmask
     /// eventfd). A level line still asserted fires again.
     pub fn unmask(&mut self, index: u32, vector: u32) {
-        let automasked = self
-            .indices
-            .get(index as usize)
-            .is_some_and(|i| i.automasked);
+        let automasked = self.automasked(index);
         let Some(v) = self.vector(index, vector) else {
             return;
         };

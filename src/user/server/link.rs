@@ -36,6 +36,9 @@ pub(super) struct Link<'a> {
     next_id: u16,
     /// How long one DMA request waits for its reply, in all.
     dma_timeout: Duration,
+    /// How long a DMA reply is polled for with non-blocking receives before
+    /// the wait blocks in poll(); `None`: block at once.
+    spin: Option<Duration>,
     /// (id, command) of DMA requests given up on: their ids are not reused
     /// while a late reply may still come, so a late reply never answers a
     /// newer request. Bounded: the oldest is forgotten first.
@@ -81,6 +84,7 @@ impl<'a> Link<'a> {
             max_queued: config.max_queued,
             next_id: 0,
             dma_timeout: config.dma_timeout,
+            spin: config.spin.filter(|d| !d.is_zero()),
             abandoned: VecDeque::new(),
             peer_max_xfer: version::DEFAULT_MAX_DATA_XFER as usize,
             broken: None,
@@ -160,12 +164,14 @@ impl<'a> Link<'a> {
     /// many commands arrive meanwhile.
     fn await_reply(&mut self, id: u16, command: u16, reply_into: &mut [u8]) -> Result<()> {
         let deadline = Instant::now() + self.dma_timeout;
+        let spin_until = self.spin.map(|d| deadline.min(Instant::now() + d));
         loop {
             let (sock, rx) = match &self.twin_sock {
                 Some(s) => (s.as_fd(), &mut self.twin_rx),
                 None => (self.sock, &mut self.rx),
             };
-            if !rx.has_message() {
+            let spinning = spin_until.is_some_and(|t| Instant::now() < t);
+            if !spinning && !rx.has_message() {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() || !wait_readable_for(sock, left)? {
                     return Err(Error::Timeout);
@@ -173,7 +179,11 @@ impl<'a> Link<'a> {
             }
             let m = match rx.recv(sock, true) {
                 Ok(m) => m,
-                Err(Error::Timeout) => continue, // part of a message so far
+                // Part of a message so far, or nothing yet while spinning.
+                Err(Error::Timeout) => {
+                    std::hint::spin_loop();
+                    continue;
+                }
                 Err(e) => return Err(e),
             };
             if m.header.is_reply() {

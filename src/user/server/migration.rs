@@ -220,7 +220,7 @@ impl<M: DeviceModel> Session<'_, M> {
         }
         let mut ctx = Ctx {
             link: &mut self.link,
-            dma: &self.dma,
+            dma: &mut self.dma,
             irqs: &mut self.irqs,
         };
         hooks(&mut *self.model)?.resume(&mut ctx)

@@ -3,7 +3,9 @@
 
 mod commands;
 mod context;
+mod dirty;
 mod dma;
+mod dma_logging;
 mod irq;
 mod link;
 mod migration;
@@ -50,6 +52,13 @@ pub struct ServerConfig {
     pub max_queued: usize,
     /// Log every command received at `info` level (target `vfio_io::server`).
     pub trace: bool,
+    /// Polling mode: the session polls its socket with non-blocking receives
+    /// for up to this long before it blocks for the next command (and for a
+    /// DMA reply). On a core of its own this saves the wake-up of a blocked
+    /// thread on every message, at the price of a busy CPU while it waits;
+    /// unmask eventfds are looked at once the budget is spent. `None` (or
+    /// zero): block at once.
+    pub spin: Option<Duration>,
 }
 
 impl Default for ServerConfig {
@@ -64,6 +73,7 @@ impl Default for ServerConfig {
             dma_timeout: Duration::from_secs(5),
             max_queued: 256,
             trace: false,
+            spin: None,
         }
     }
 }

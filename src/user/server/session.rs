@@ -4,6 +4,7 @@
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
+use std::time::Instant;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
@@ -118,23 +119,34 @@ impl<'a, M: DeviceModel> Session<'a, M> {
     }
 
     /// The next client command into `inbuf`; `None` when only an unmask eventfd
-    /// fired or the receive timed out.
+    /// fired or the receive timed out. With a spin budget, non-blocking
+    /// receives come first (a partial message stays buffered between them);
+    /// once the budget is spent, the ordinary wait and blocking receive.
     fn next_command(&mut self) -> Result<Option<(Header, Vec<OwnedFd>)>> {
         if let Some(q) = self.link.queued.pop_front() {
             self.inbuf = q.payload;
             return Ok(Some((q.header, q.fds)));
         }
-        if !self.link.rx.has_message() && !self.wait_readable()? {
-            return Ok(None);
-        }
-        match self.link.rx.recv(self.link.sock, false) {
-            Ok(m) => {
-                self.inbuf.clear();
-                self.inbuf.extend_from_slice(m.payload);
-                Ok(Some((m.header, m.fds)))
+        let spin_until = self
+            .config
+            .spin
+            .filter(|d| !d.is_zero())
+            .map(|d| Instant::now() + d);
+        loop {
+            let nonblock = spin_until.is_some_and(|t| Instant::now() < t);
+            if !nonblock && !self.link.rx.has_message() && !self.wait_readable()? {
+                return Ok(None);
             }
-            Err(Error::Timeout) => Ok(None),
-            Err(e) => Err(e),
+            match self.link.rx.recv(self.link.sock, nonblock) {
+                Ok(m) => {
+                    self.inbuf.clear();
+                    self.inbuf.extend_from_slice(m.payload);
+                    return Ok(Some((m.header, m.fds)));
+                }
+                Err(Error::Timeout) if nonblock => std::hint::spin_loop(),
+                Err(Error::Timeout) => return Ok(None),
+                Err(e) => return Err(e),
+            }
         }
     }
 
