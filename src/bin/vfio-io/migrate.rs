@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use vfio_io::caps::Capabilities;
 use vfio_io::device::{pci_region, DeviceIo};
+use vfio_io::dirty::DirtyRange;
 use vfio_io::memory::DmaBuffer;
 use vfio_io::migration::{DeviceMigration, MigrationState};
 use vfio_io::models::edu::{self, regs, Edu};
@@ -15,8 +17,10 @@ pub const USAGE: &str = "\
 usage: vfio-io migrate [--factorial N] [--chunk BYTES]
 
 Serves edu on two temporary sockets, connects a client to each and, on the
-source, computes N! (default 10), writes the liveness register and fills
-edu's 4 KiB DMA buffer by a DMA from client memory. Then migrates: the source
+source, computes N! (default 10), writes the liveness register, fills edu's
+4 KiB DMA buffer by a DMA from one page of client memory and copies it out
+to the next, with dirty-page logging on over both pages where the device
+offers it (the pages the log names are printed). Then migrates: the source
 goes RUNNING -> STOP_COPY, its state stream is read in BYTES-sized chunks
 (default 1024) and written into the destination in RESUMING, and the
 destination goes to RUNNING. On arrival it checks and prints the
@@ -71,6 +75,12 @@ fn number(flag: &str, value: &str, lo: usize, hi: usize) -> Result<usize, String
 
 /// IOVA of the client memory edu reads from and writes to.
 const IOVA: u64 = 0x10_0000;
+/// Page size of the dirty log, and of the client memory's pages.
+const PAGE: u64 = 4096;
+/// Bytes of client memory: a page edu reads and a page it writes.
+const MEMORY: usize = 2 * PAGE as usize;
+/// DMA command: edu's buffer to client memory.
+const TO_RAM: u64 = edu::DMA_CMD_START | edu::DMA_CMD_TO_RAM;
 /// The value written to liveness on the source.
 const LIVENESS: u32 = 0x1234_5678;
 
@@ -114,7 +124,6 @@ fn connect(path: &Path) -> Result<Client, String> {
 fn connect_and_migrate(src_path: &Path, dst_path: &Path, o: Options) -> Result<(), String> {
     let (src, dst) = (connect(src_path)?, connect(dst_path)?);
     let expected = prepare_source(&src, o)?;
-    println!("dirty pages: not shown (this client has no dirty-page tracking)");
     let moved = migrate(&src, &dst, o.chunk)?;
     println!(
         "migrated: {} bytes of state in {} chunks of up to {} bytes; \
@@ -134,7 +143,9 @@ struct Expected {
     checksum: u64,
 }
 
-/// Drives the source away from power-on: factorial, liveness, DMA buffer.
+/// Drives the source away from power-on: factorial, liveness, and edu's
+/// DMA buffer filled from the first page of client memory and copied back
+/// out to the second, with dirty-page logging on around the DMA.
 fn prepare_source(c: &Client, o: Options) -> Result<Expected, String> {
     write32(c, regs::FACTORIAL, o.factorial)?;
     let factorial = read32(c, regs::FACTORIAL)?;
@@ -143,10 +154,13 @@ fn prepare_source(c: &Client, o: Options) -> Result<Expected, String> {
     let pattern: Vec<u8> = (0..edu::DMA_BUF_SIZE as u32)
         .map(|i| (i * 31 + 7) as u8)
         .collect();
-    let buf = DmaBuffer::new(edu::DMA_BUF_SIZE).map_err(|e| e.to_string())?;
+    let buf = DmaBuffer::new(MEMORY).map_err(|e| e.to_string())?;
     buf.write(0, &pattern).map_err(|e| e.to_string())?;
-    with_mapped(c, &buf, || {
-        edu_dma(c, IOVA, edu::DMA_BUF_ADDR, edu::DMA_CMD_START)
+    let dirty = with_mapped(c, &buf, || {
+        logging_dirty_pages(c, || {
+            edu_dma(c, IOVA, edu::DMA_BUF_ADDR, edu::DMA_CMD_START)?;
+            edu_dma(c, edu::DMA_BUF_ADDR, IOVA + PAGE, TO_RAM)
+        })
     })?;
     let checksum = fnv1a(&pattern);
     println!(
@@ -155,11 +169,50 @@ fn prepare_source(c: &Client, o: Options) -> Result<Expected, String> {
         o.factorial,
         edu::DMA_BUF_SIZE
     );
+    println!("{dirty}");
     Ok(Expected {
         liveness,
         factorial,
         checksum,
     })
+}
+
+/// Runs `dma` with dirty-page logging on over the client memory, where the
+/// device offers it, and says which pages the report names.
+fn logging_dirty_pages(
+    c: &Client,
+    dma: impl FnOnce() -> Result<(), String>,
+) -> Result<String, String> {
+    let Some(log) = c
+        .dirty_tracking()
+        .filter(|_| c.capabilities().contains(Capabilities::DIRTY_TRACKING))
+    else {
+        dma()?;
+        return Ok("dirty pages: not shown (the device offers no dirty-page tracking)".into());
+    };
+    let range = DirtyRange {
+        iova: IOVA,
+        length: MEMORY as u64,
+    };
+    let e = |what: &str, err: vfio_io::Error| format!("{what}: {err}");
+    log.dirty_start(PAGE, &[range])
+        .map_err(|x| e("dirty_start", x))?;
+    let r = dma();
+    let mut bitmap = [0u64; 1];
+    let report = log.dirty_report(IOVA, range.length, PAGE, &mut bitmap);
+    log.dirty_stop().map_err(|x| e("dirty_stop", x))?;
+    r?;
+    report.map_err(|x| e("dirty_report", x))?;
+    let pages: Vec<String> = (0..MEMORY as u64 / PAGE)
+        .filter(|n| bitmap[0] & (1 << n) != 0)
+        .map(|n| format!("{:#x}", IOVA + n * PAGE))
+        .collect();
+    Ok(format!(
+        "dirty pages: {} of {} logged, written by the device: [{}]",
+        pages.len(),
+        MEMORY as u64 / PAGE,
+        pages.join(", ")
+    ))
 }
 
 /// How a migration went.
@@ -206,15 +259,8 @@ fn migrate(src: &Client, dst: &Client, chunk: usize) -> Result<Moved, String> {
 /// Checks the destination against what the source showed; prints each check.
 fn check_arrival(c: &Client, want: &Expected) -> Result<(), String> {
     let state = mig(c)?.get_state().map_err(|e| e.to_string())?;
-    let buf = DmaBuffer::new(edu::DMA_BUF_SIZE).map_err(|e| e.to_string())?;
-    with_mapped(c, &buf, || {
-        edu_dma(
-            c,
-            edu::DMA_BUF_ADDR,
-            IOVA,
-            edu::DMA_CMD_START | edu::DMA_CMD_TO_RAM,
-        )
-    })?;
+    let buf = DmaBuffer::new(MEMORY).map_err(|e| e.to_string())?;
+    with_mapped(c, &buf, || edu_dma(c, edu::DMA_BUF_ADDR, IOVA, TO_RAM))?;
     let mut back = vec![0u8; edu::DMA_BUF_SIZE];
     buf.read(0, &mut back).map_err(|e| e.to_string())?;
     let checks = [
@@ -261,11 +307,11 @@ fn mig(c: &Client) -> Result<&dyn DeviceMigration, String> {
 }
 
 /// Maps `buf` at [`IOVA`], runs `f`, and unmaps.
-fn with_mapped(
+fn with_mapped<T>(
     c: &Client,
     buf: &DmaBuffer,
-    f: impl FnOnce() -> Result<(), String>,
-) -> Result<(), String> {
+    f: impl FnOnce() -> Result<T, String>,
+) -> Result<T, String> {
     let map = buf.dma_map(IOVA);
     // SAFETY: `buf` outlives the mapping, which is removed before returning.
     unsafe { c.dma_map(&map) }.map_err(|e| format!("dma_map: {e}"))?;
