@@ -20,8 +20,10 @@
 //! mmapped region area against the same read by message; rust-vmm's
 //! `vfio_user` client and server on the same 4-byte read; polling mode
 //! (`ClientConfig::spin`, and `ServerConfig::spin` against a busy-poll
-//! floor) across cores; and server DMA of 64 KiB - 1 MiB
-//! through fd-mapped memory against memcpy, with a bench-only DMA device.
+//! floor) across cores; server DMA of 64 KiB - 1 MiB through fd-mapped
+//! memory against memcpy, with a bench-only DMA device; and live migration
+//! between two server processes (downtime and state transfer rate) of edu
+//! and of a bench-only device with 64 MiB of state.
 
 use std::ffi::CString;
 use std::io::{BufRead, BufReader, IoSlice, IoSliceMut, Read, Write};
@@ -46,7 +48,7 @@ use vfio_io::ffi::{
 use vfio_io::memory::{DmaBuffer, Mapping};
 use vfio_io::models::edu::{regs, Edu, DMA_BUF_ADDR, DMA_BUF_SIZE, DMA_CMD_START, DMA_CMD_TO_RAM};
 use vfio_io::user::client::{Client, ClientConfig};
-use vfio_io::user::server::{DeviceContext, DeviceModel, Server, ServerConfig};
+use vfio_io::user::server::{DeviceContext, DeviceModel, Migratable, Server, ServerConfig};
 
 #[path = "../tests/support/served.rs"]
 mod served;
@@ -146,6 +148,12 @@ fn child_main(role: &str) {
             ready();
             server.serve().expect("serve");
         }
+        "bigstate" => {
+            let mut server =
+                Server::bind(&path, BigStateDevice::new(), ServerConfig::default()).expect("bind");
+            ready();
+            server.serve().expect("serve");
+        }
         "rust-vmm" => rust_vmm_serve(&path),
         _ => panic!("unknown {ROLE} {role}"),
     }
@@ -187,6 +195,24 @@ fn no_irq(index: u32) -> Option<IrqInfo> {
     })
 }
 
+/// The shape of a bench device that has only 8 bytes of BAR0: vfio-pci's
+/// regions and IRQ indices, no interrupts.
+macro_rules! eight_byte_bar0_device {
+    () => {
+        fn device_info(&self) -> DeviceInfo {
+            pci_info()
+        }
+
+        fn region_info(&self, index: u32) -> Option<RegionInfo> {
+            pci_regions(index, 8)
+        }
+
+        fn irq_info(&self, index: u32) -> Option<IrqInfo> {
+            no_irq(index)
+        }
+    };
+}
+
 /// A bench-only DMA engine: writing N (u64) to BAR0 offset 0 makes the
 /// device read N bytes of client memory at [`DMA_IOVA`] into its own buffer
 /// with `ctx.dma_read`, inside the write. N = 0 is a plain register write.
@@ -203,17 +229,7 @@ impl DmaCopyDevice {
 }
 
 impl DeviceModel for DmaCopyDevice {
-    fn device_info(&self) -> DeviceInfo {
-        pci_info()
-    }
-
-    fn region_info(&self, index: u32) -> Option<RegionInfo> {
-        pci_regions(index, 8)
-    }
-
-    fn irq_info(&self, index: u32) -> Option<IrqInfo> {
-        no_irq(index)
-    }
+    eight_byte_bar0_device!();
 
     fn region_read(
         &mut self,
@@ -247,6 +263,87 @@ impl DeviceModel for DmaCopyDevice {
 
     fn reset(&mut self, _: &mut dyn DeviceContext) -> vfio_io::Result<()> {
         Ok(())
+    }
+}
+
+/// Bytes of state of the bench-only migrating device.
+const BIG_STATE: usize = 64 << 20;
+
+/// A bench-only device whose migration state is a [`BIG_STATE`] buffer:
+/// save copies it out, load copies a stream of that length back in. A BAR0
+/// write lands in the buffer's first bytes and a read returns them, so a
+/// client can tell one state from another.
+struct BigStateDevice {
+    state: Vec<u8>,
+}
+
+impl BigStateDevice {
+    fn new() -> Self {
+        BigStateDevice {
+            state: (0..BIG_STATE).map(|i| (i * 7) as u8).collect(),
+        }
+    }
+}
+
+impl DeviceModel for BigStateDevice {
+    eight_byte_bar0_device!();
+
+    fn region_read(
+        &mut self,
+        _: &mut dyn DeviceContext,
+        _: u32,
+        offset: u64,
+        data: &mut [u8],
+    ) -> vfio_io::Result<()> {
+        let at = offset as usize;
+        data.copy_from_slice(&self.state[at..at + data.len()]);
+        Ok(())
+    }
+
+    fn region_write(
+        &mut self,
+        _: &mut dyn DeviceContext,
+        _: u32,
+        offset: u64,
+        data: &[u8],
+    ) -> vfio_io::Result<()> {
+        let at = offset as usize;
+        self.state[at..at + data.len()].copy_from_slice(data);
+        Ok(())
+    }
+
+    fn reset(&mut self, _: &mut dyn DeviceContext) -> vfio_io::Result<()> {
+        Ok(())
+    }
+
+    fn migration(&mut self) -> Option<&mut dyn Migratable> {
+        Some(self)
+    }
+}
+
+impl Migratable for BigStateDevice {
+    fn stop(&mut self, _: &mut dyn DeviceContext) -> vfio_io::Result<()> {
+        Ok(())
+    }
+
+    fn resume(&mut self, _: &mut dyn DeviceContext) -> vfio_io::Result<()> {
+        Ok(())
+    }
+
+    fn save(&self) -> vfio_io::Result<Vec<u8>> {
+        Ok(self.state.clone())
+    }
+
+    fn load(&mut self, stream: &[u8]) -> vfio_io::Result<()> {
+        if stream.len() != BIG_STATE {
+            return Err(vfio_io::Error::InvalidArgument("wrong state length"));
+        }
+        self.state.copy_from_slice(stream);
+        Ok(())
+    }
+
+    fn max_stream_len(&self) -> usize {
+        BIG_STATE
     }
 }
 
@@ -1398,9 +1495,98 @@ fn dma_bandwidth(t: &mut Table) {
     c.dma_unmap(DMA_IOVA, buf.len() as u64).expect("dma_unmap");
 }
 
+/// One migration's times: the downtime (STOP_COPY asked of the source ->
+/// the destination RUNNING) and the stream's transfer inside it.
+struct Migrated {
+    downtime: Duration,
+    transfer: Duration,
+}
+
+/// Migrates the device behind `src` to `dst` through the library's
+/// `DeviceMigration`, as a VMM would: the destination enters RESUMING
+/// first, outside the downtime; the source runs again afterwards, also
+/// outside, so the next run can migrate back.
+fn migrate_once(src: &Client, dst: &Client, buf: &mut [u8], stream_len: usize) -> Migrated {
+    use vfio_io::migration::MigrationState::{Resuming, Running, StopCopy};
+    let (s, d) = (
+        src.migration().expect("source migrates"),
+        dst.migration().expect("destination migrates"),
+    );
+    d.set_state(Resuming).expect("destination to RESUMING");
+    let t0 = Instant::now();
+    s.set_state(StopCopy).expect("source to STOP_COPY");
+    let t1 = Instant::now();
+    let mut moved = 0;
+    loop {
+        let n = s.read(buf).expect("MIG_DATA_READ");
+        if n == 0 {
+            break;
+        }
+        assert_eq!(d.write(&buf[..n]).expect("MIG_DATA_WRITE"), n);
+        moved += n;
+    }
+    let t2 = Instant::now();
+    d.set_state(Running).expect("destination to RUNNING");
+    let t3 = Instant::now();
+    s.set_state(Running).expect("source back to RUNNING");
+    assert_eq!(moved, stream_len, "the whole stream moved");
+    Migrated {
+        downtime: t3 - t0,
+        transfer: t2 - t1,
+    }
+}
+
+/// Migrates a device served by `role` back and forth between two server
+/// processes `runs` times, and adds its downtime row, with the transfer
+/// rate at the median in the note.
+fn migration_rows(t: &mut Table, role: &str, what: &str, stream_len: usize, runs: usize) {
+    let servers = [spawn_server(role, None), spawn_server(role, None)];
+    let clients = [client(&servers[0].path), client(&servers[1].path)];
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut down, mut xfer) = (Vec::new(), Vec::new());
+    let started = Instant::now();
+    for run in 0..runs {
+        let (src, dst) = (&clients[run % 2], &clients[1 - run % 2]);
+        // A mark in the state that only this run wrote, checked on arrival.
+        let mark = (run as u32).wrapping_mul(0x9e37_79b9) | 1;
+        src.region_write(0, 4, &mark.to_le_bytes(), false)
+            .expect("mark");
+        let seen = |c: &Client| {
+            let mut b = [0u8; 4];
+            c.region_read(0, 4, &mut b).expect("read the mark");
+            b
+        };
+        let before = seen(src);
+        let m = migrate_once(src, dst, &mut buf, stream_len);
+        assert_eq!(seen(dst), before, "the state arrived");
+        down.push(m.downtime.as_nanos() as u64);
+        xfer.push(m.transfer.as_nanos() as u64);
+    }
+    let total = started.elapsed();
+    xfer.sort_unstable();
+    let mb_s = stream_len as f64 / (xfer[xfer.len() / 2] as f64 / 1000.0);
+    t.add(
+        format!("migration {what}: downtime, STOP_COPY on source -> RUNNING on destination"),
+        stats(down, runs, total),
+        None,
+        format!(
+            "{stream_len} B of state; transfer {mb_s:.0} MB/s at the median of {runs} runs \
+             (MIG_DATA_READ + MIG_DATA_WRITE, 1 MiB chunks); downtime includes RUNNING->STOP->STOP_COPY \
+             with the save, the stream, RESUMING->STOP with the load, STOP->RUNNING; servers unpinned"
+        ),
+    );
+}
+
+/// Live migration between two server processes: edu, and the bench-only
+/// device with [`BIG_STATE`] bytes of state.
+fn migration(t: &mut Table) {
+    migration_rows(t, "edu", "edu", vfio_io::models::edu::STATE_LEN, 400);
+    migration_rows(t, "bigstate", "64 MiB device", BIG_STATE, 9);
+}
+
 /// Section names, in run order: `cargo bench --bench roundtrip -- NAME...`
 /// runs only those.
-const SECTIONS: [&str; 9] = [
+const SECTIONS: [&str; 10] = [
     "roundtrip",
     "posted",
     "scaling",
@@ -1410,6 +1596,7 @@ const SECTIONS: [&str; 9] = [
     "rust-vmm",
     "polling",
     "dma-bandwidth",
+    "migration",
 ];
 
 fn main() {
@@ -1479,6 +1666,9 @@ fn main() {
     }
     if run("dma-bandwidth") {
         dma_bandwidth(&mut t);
+    }
+    if run("migration") {
+        migration(&mut t);
     }
 
     println!();

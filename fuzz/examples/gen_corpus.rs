@@ -588,8 +588,71 @@ fn client_seeds() {
     write("client", "raw_version", &client_seed(0, &[], &[&raw]));
 }
 
+/// Seeds of the migration target: streams for edu's decoder (mode byte
+/// even; bit 1 re-frames the body with a correct checksum), and command
+/// scripts for the server (mode byte odd), one op byte and its arguments
+/// per step as fuzz_targets/migration.rs reads them.
+fn migration_seeds() {
+    use vfio_io::user::server::Migratable;
+    let stream = edu::Edu::new().save().expect("save a fresh edu");
+    let with_mode = |mode: u8, body: &[u8]| [&[mode][..], body].concat();
+    write("migration", "stream_valid", &with_mode(0, &stream));
+    write(
+        "migration",
+        "stream_truncated",
+        &with_mode(0, &stream[..100]),
+    );
+    write(
+        "migration",
+        "stream_reframed",
+        &with_mode(2, &stream[..stream.len() - 8]),
+    );
+
+    let set = |state: u8| vec![1, state];
+    let read = |size: u16| [&[3, 0][..], &size.to_le_bytes()].concat();
+    let n = edu::STATE_LEN as u16;
+    let write_saved = [&[4, 1][..], &n.to_le_bytes(), &0u16.to_le_bytes()].concat();
+    let liveness = [&[7][..], &0x1234_5678u32.to_le_bytes()].concat();
+    // RUNNING -> STOP -> STOP_COPY, the stream read out, STOP -> RESUMING,
+    // the stream written back, STOP (the load) -> RUNNING.
+    let round_trip = [
+        vec![1],
+        liveness.clone(),
+        set(1),
+        set(3),
+        vec![2],
+        read(4096),
+        read(4096),
+        read(4096),
+        set(1),
+        set(4),
+        write_saved,
+        set(1),
+        set(2),
+        liveness,
+    ]
+    .concat();
+    write("migration", "server_round_trip", &round_trip);
+    // Arcs that do not exist, data in the wrong state, a reset mid-way.
+    let wrong = [
+        vec![1],
+        set(3),
+        read(64),
+        set(4),
+        set(1),
+        set(4),
+        [&[4, 0][..], &4u16.to_le_bytes(), b"EDUS"].concat(),
+        set(1),
+        vec![6],
+        vec![0],
+    ]
+    .concat();
+    write("migration", "server_wrong_order", &wrong);
+}
+
 fn main() {
     decode_seeds();
     server_seeds();
     client_seeds();
+    migration_seeds();
 }

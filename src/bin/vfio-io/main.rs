@@ -13,6 +13,7 @@ use vfio_io::user::client::{Client, ClientConfig};
 use vfio_io::user::server::{DeviceModel, Server, ServerConfig, ServerStopper};
 
 mod info;
+mod migrate;
 mod target;
 
 const USAGE: &str = "\
@@ -21,6 +22,8 @@ usage: vfio-io serve MODEL SOCKET [--trace] [--spin-us N]
        vfio-io demo                         serve edu on a temporary socket and drive it through the library
        vfio-io info TARGET [--json]         show a device: TARGET is a vfio-user socket, a PCI address
                                             (0000:00:01.0) or /dev/vfio/devices/vfioN
+       vfio-io migrate [--factorial N] [--chunk BYTES]
+                                            move edu live between two temporary servers and check it
        vfio-io COMMAND --help               help on one command";
 
 const SERVE_USAGE: &str = "\
@@ -247,6 +250,7 @@ enum Command<'a> {
         target: &'a str,
         json: bool,
     },
+    Migrate(migrate::Options),
     /// Print this text on stdout and succeed.
     Help(&'static str),
     /// Print this message and the usage on stderr and exit 2.
@@ -262,6 +266,12 @@ fn parse<'a>(args: &[&'a str]) -> Command<'a> {
         ["help", "info"] => Command::Help(INFO_USAGE),
         ["serve", rest @ ..] if help(rest) => Command::Help(SERVE_USAGE),
         ["info", rest @ ..] if help(rest) => Command::Help(INFO_USAGE),
+        ["help", "migrate"] => Command::Help(migrate::USAGE),
+        ["migrate", rest @ ..] if help(rest) => Command::Help(migrate::USAGE),
+        ["migrate", rest @ ..] => match migrate::parse(rest) {
+            Ok(o) => Command::Migrate(o),
+            Err(e) => Command::Usage(e, migrate::USAGE),
+        },
         ["serve", rest @ ..] => {
             let trace = rest.contains(&"--trace");
             let (spin_us, rest) = match take_spin_us(rest) {
@@ -339,6 +349,7 @@ fn main() -> ExitCode {
         } => serve(model, Path::new(socket), trace, spin_us),
         Command::Demo => demo(),
         Command::Info { target, json } => info::run(target, json),
+        Command::Migrate(o) => migrate::run(o),
         Command::Help(text) => {
             println!("{text}");
             return ExitCode::SUCCESS;
