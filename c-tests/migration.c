@@ -29,7 +29,7 @@ static void migrate(vfio_io_device *src, vfio_io_device *dst)
     CHECK(state_of(src) == VFIO_DEVICE_STATE_RUNNING, "source starts RUNNING");
 
     /* Misuse: ERROR cannot be asked for; no data moves while RUNNING. */
-    char buf[512];
+    char buf[512] = { 0 };
     CHECK(vfio_io_migration_set_state(src, VFIO_DEVICE_STATE_ERROR) == -EINVAL, "ERROR");
     CHECK(vfio_io_migration_read(src, buf, sizeof(buf)) == -EINVAL, "read while RUNNING");
     CHECK(vfio_io_migration_write(src, buf, sizeof(buf)) == -EINVAL, "write while RUNNING");
