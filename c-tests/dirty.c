@@ -15,47 +15,13 @@
 #include <vfio-io.h>
 
 #include "check.h"
-#include "edu_server.h"
+#include "edu_dma.h"
 
 #define PAGE 4096ULL
 #define PAGES 16ULL
 /* Memory from the memfd, and memory mapped without an fd, for the device. */
 #define IOVA_FD 0x100000ULL
 #define IOVA_NOFD 0x200000ULL
-
-/* edu's DMA registers and its internal buffer (QEMU docs/specs/edu.rst). */
-#define EDU_DMA_SRC 0x80
-#define EDU_DMA_DST 0x88
-#define EDU_DMA_COUNT 0x90
-#define EDU_DMA_CMD 0x98
-#define EDU_DMA_BUF 0x40000ULL
-#define EDU_DMA_START 1ULL
-#define EDU_DMA_TO_RAM 2ULL
-
-static void edu_reg(vfio_io_device *dev, off_t off, uint64_t v)
-{
-    const vfio_io_ops *ops = vfio_io_device_ops(dev);
-    CHECK(ops->region_write(dev, VFIO_PCI_BAR0_REGION_INDEX, off, 8, &v, false) == 8,
-          "edu register %#lx", (long)off);
-}
-
-/* Has edu copy 8 bytes from its buffer to `iova`: one device write. */
-static void edu_store(vfio_io_device *dev, uint64_t iova)
-{
-    edu_reg(dev, EDU_DMA_SRC, EDU_DMA_BUF);
-    edu_reg(dev, EDU_DMA_DST, iova);
-    edu_reg(dev, EDU_DMA_COUNT, 8);
-    edu_reg(dev, EDU_DMA_CMD, EDU_DMA_START | EDU_DMA_TO_RAM);
-}
-
-/* Has edu copy 8 bytes from `iova` into its buffer: a device read. */
-static void edu_load(vfio_io_device *dev, uint64_t iova)
-{
-    edu_reg(dev, EDU_DMA_SRC, iova);
-    edu_reg(dev, EDU_DMA_DST, EDU_DMA_BUF);
-    edu_reg(dev, EDU_DMA_COUNT, 8);
-    edu_reg(dev, EDU_DMA_CMD, EDU_DMA_START);
-}
 
 /* The report of the whole memory at `iova`, one word for 16 pages. */
 static uint64_t report(vfio_io_device *dev, uint64_t iova)
@@ -121,26 +87,9 @@ static void bad_arguments(vfio_io_device *dev)
     CHECK(vfio_io_dirty_stop(NULL) == -EINVAL, "stop on NULL");
 }
 
-int main(int argc, char **argv)
+/* Memory from a memfd and memory without an fd, each tracked; then misuse. */
+static void run(vfio_io_device *dev)
 {
-    if (argc < 2) {
-        fprintf(stderr, "usage: %s VFIO_IO_BINARY\n", argv[0]);
-        return 2;
-    }
-    struct edu_server srv;
-    vfio_io_device *dev = NULL;
-    if (edu_server_start(&srv, argv[1]) != 0)
-        return 1;
-    int r = edu_server_connect(&srv, &dev);
-    CHECK(r == 0 && dev, "connect: %d (%s)", r, strerror(-r));
-    if (r != 0) {
-        edu_server_stop(&srv);
-        return 1;
-    }
-    uint64_t caps = vfio_io_device_capabilities(dev);
-    CHECK(caps & VFIO_IO_CAP_DIRTY_TRACKING, "edu over vfio-user lacks DIRTY_TRACKING: %#llx",
-          (unsigned long long)caps);
-
     size_t len = PAGES * PAGE;
     int fd = memfd_create("dirty-test", MFD_CLOEXEC);
     CHECK(fd >= 0 && ftruncate(fd, (off_t)len) == 0, "memfd: %s", strerror(errno));
@@ -155,10 +104,11 @@ int main(int argc, char **argv)
         track(dev, private, IOVA_NOFD);
         bad_arguments(dev);
     }
-    vfio_io_device_close(dev);
-    edu_server_stop(&srv);
     if (fd >= 0)
         close(fd);
-    printf("%d passed, %d failed\n", passes, failures);
-    return failures ? 1 : 0;
+}
+
+int main(int argc, char **argv)
+{
+    return edu_dma_main(argc, argv, run);
 }

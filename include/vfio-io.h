@@ -116,7 +116,12 @@ typedef struct vfio_io_ops {
   // the caller owns entering STOP_COPY (read it to EOF) or RESUMING
   // (write the stream into it), else -1. Over vfio-user the next state
   // change first hands the device every byte written into it, closed or
-  // not, and reports there a failure to do so.
+  // not, and reports there a failure to do so. Over vfio-user the
+  // `VFIO_DEVICE_FEATURE_DMA_LOGGING_*` features behave as on the kernel:
+  // START reads the array its control's `ranges` points to, REPORT sets
+  // (never clears) bits in the words its `bitmap` points to, and PROBE
+  // answers 0 with `VFIO_IO_CAP_DIRTY_TRACKING` (else -ENOTTY); a NULL
+  // `ranges` or `bitmap` or an argsz short of the struct is -EINVAL.
   int (*device_feature)(struct vfio_io_device *dev, struct vfio_device_feature *feature);
   // `VFIO_DEVICE_GET_REGION_INFO` for region `info->index`. `info` points
   // to `info->argsz` bytes (at least sizeof(struct vfio_region_info)),

@@ -83,7 +83,12 @@ pub struct vfio_io_ops {
     /// the caller owns entering STOP_COPY (read it to EOF) or RESUMING
     /// (write the stream into it), else -1. Over vfio-user the next state
     /// change first hands the device every byte written into it, closed or
-    /// not, and reports there a failure to do so.
+    /// not, and reports there a failure to do so. Over vfio-user the
+    /// `VFIO_DEVICE_FEATURE_DMA_LOGGING_*` features behave as on the kernel:
+    /// START reads the array its control's `ranges` points to, REPORT sets
+    /// (never clears) bits in the words its `bitmap` points to, and PROBE
+    /// answers 0 with `VFIO_IO_CAP_DIRTY_TRACKING` (else -ENOTTY); a NULL
+    /// `ranges` or `bitmap` or an argsz short of the struct is -EINVAL.
     pub device_feature: Option<
         unsafe extern "C" fn(dev: *mut vfio_io_device, feature: *mut vfio_device_feature) -> c_int,
     >,
@@ -497,6 +502,9 @@ unsafe extern "C" fn op_device_feature(
             Ok(b) => &mut b[fixed..],
             Err(e) => return -e.errno(),
         };
+        if let Some(r) = dirty::dma_logging_feature(d, flags, data) {
+            return r;
+        }
         ret(d.io.device_feature(flags, data))
     };
     // SAFETY: `dev` is NULL or a live handle, per the contract.
