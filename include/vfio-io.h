@@ -66,6 +66,12 @@
 // kernel road takes (only iommufd can also map from an fd alone).
 #define VFIO_IO_CAP_IOMMU_DMA (1ULL << 10)
 
+// Some region writes are delivered through an eventfd with no message:
+// the server offered ioeventfds (vfio-user `DEVICE_GET_REGION_IO_FDS`),
+// and a `region_write` matching one (offset, size and any datamatch
+// value) signals it; the device still sees it before any later access.
+#define VFIO_IO_CAP_IOEVENTFD (1ULL << 11)
+
 
 
 // `vfio_io_dma_map` flag: the device may read the memory.

@@ -12,6 +12,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use nix::sys::eventfd::{EfdFlags, EventFd};
+use vfio_io::caps::Capabilities;
 use vfio_io::device::{
     DeviceInfo, DeviceIo, RegionCap, RegionInfo, SparseArea, VFIO_DEVICE_FLAGS_RESET,
     VFIO_REGION_INFO_FLAG_CAPS, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
@@ -20,8 +21,8 @@ use vfio_io::error::Error;
 use vfio_io::models::edu::Edu;
 use vfio_io::user::client::{Client, ClientConfig};
 use vfio_io::user::proto::{
-    self, cmd, DmaAccess, DmaMapMsg, DmaUnmapMsg, Header, IrqSetMsg, RegionAccess, DMA_MAP_READ,
-    DMA_MAP_WRITE, FLAG_NO_REPLY,
+    self, cmd, DmaAccess, DmaMapMsg, DmaUnmapMsg, Header, IoFdSubRegion, IrqSetMsg, RegionAccess,
+    DMA_MAP_READ, DMA_MAP_WRITE, FLAG_NO_REPLY,
 };
 use vfio_io::user::server::ServerConfig;
 use vfio_io::user::wire::send_msg;
@@ -152,8 +153,17 @@ fn answer_version(p: &mut Peer, json: &str) {
 }
 
 /// Answers GET_INFO with one region, that region's info with `region`, and
-/// refuses the feature probes: what `Client::connect` needs after VERSION.
+/// refuses the feature probes and the ioeventfd query: what
+/// `Client::connect` needs after VERSION.
 fn answer_discovery(p: &mut Peer, region: &[u8]) {
+    answer_probes(p, region);
+    let io = p.expect(cmd::DEVICE_GET_REGION_IO_FDS);
+    p.error(&io.h, libc::ENOTTY);
+}
+
+/// [`answer_discovery`] up to the ioeventfd query, which is left to the
+/// script.
+fn answer_probes(p: &mut Peer, region: &[u8]) {
     let i = p.expect(cmd::DEVICE_GET_INFO);
     p.reply(&i.h, &[&device_info(1, 0)], &[]);
     let r = p.expect(cmd::DEVICE_GET_REGION_INFO);
@@ -161,6 +171,18 @@ fn answer_discovery(p: &mut Peer, region: &[u8]) {
     for _ in 0..2 {
         let f = p.expect(cmd::DEVICE_FEATURE);
         p.error(&f.h, libc::ENOTTY);
+    }
+}
+
+/// An ioeventfd sub-region of 4 bytes at offset 0 naming fd `fd_index`.
+fn doorbell_sub(fd_index: u32) -> IoFdSubRegion {
+    IoFdSubRegion {
+        offset: 0,
+        size: 4,
+        fd_index,
+        kind: 0,
+        flags: 0,
+        data: 0,
     }
 }
 
@@ -365,6 +387,46 @@ fn server_replies_with_the_wrong_command() {
         let e = c.reset().unwrap_err();
         assert_protocol(&e);
         drop(c);
+        f.join();
+    });
+}
+
+#[test]
+fn server_offers_a_pipe_as_an_ioeventfd() {
+    hostile(LIMIT, || {
+        let f = fake(|p| {
+            answer_version(p, PLAIN_JSON);
+            answer_probes(p, &proto::encode_region_info(&plain_region(), 4096));
+            let io = p.expect(cmd::DEVICE_GET_REGION_IO_FDS);
+            let (_r, w) = nix::unistd::pipe().unwrap();
+            let body = proto::encode_io_fds(4096, 0, &[doorbell_sub(0)]);
+            p.reply(&io.h, &[&body], &[w.as_raw_fd()]);
+            // Not an eventfd, so not used: the write comes as a message.
+            let m = p.expect(cmd::REGION_WRITE);
+            p.reply(&m.h, &[&m.p[..RegionAccess::SIZE]], &[]);
+            p.drain();
+        });
+        let c = Client::connect(&f.path, client_config()).unwrap();
+        assert!(!c.capabilities().contains(Capabilities::IOEVENTFD));
+        c.region_write(0, 0, &[1, 0, 0, 0], false).unwrap();
+        drop(c);
+        f.join();
+    });
+}
+
+#[test]
+fn server_names_a_missing_ioeventfd() {
+    hostile(LIMIT, || {
+        let f = fake(|p| {
+            answer_version(p, PLAIN_JSON);
+            answer_probes(p, &proto::encode_region_info(&plain_region(), 4096));
+            let io = p.expect(cmd::DEVICE_GET_REGION_IO_FDS);
+            let efd = EventFd::from_flags(EfdFlags::EFD_CLOEXEC).unwrap();
+            let body = proto::encode_io_fds(4096, 0, &[doorbell_sub(0), doorbell_sub(1)]);
+            p.reply(&io.h, &[&body], &[efd.as_fd().as_raw_fd()]);
+            p.drain();
+        });
+        assert_protocol(&connect_err(&f));
         f.join();
     });
 }

@@ -7,9 +7,10 @@
 //! Where rust-vmm departs from the spec, the affected check is skipped with a
 //! message on stderr that names the departure, and the spec is asserted on
 //! vfio-io's side only. rust-vmm's server loses step on any command it does
-//! not implement, and vfio-io's client probes DEVICE_FEATURE at connect, so
-//! vfio-io's client reaches it through a relay that answers those commands
-//! with the spec's error reply and passes everything else on unchanged.
+//! not implement, and vfio-io's client probes DEVICE_FEATURE and
+//! GET_REGION_IO_FDS at connect, so vfio-io's client reaches it through a
+//! relay that answers those commands with the spec's error reply and passes
+//! everything else on unchanged.
 
 use std::fs::File;
 use std::net::Shutdown;
@@ -725,7 +726,7 @@ impl RustVmmServed {
              (DEVICE_FEATURE, REGION_WRITE_MULTI, GET_REGION_IO_FDS, MIG_DATA_*) gets an error \
              reply, but its payload stays in the socket and is read as the next header, so the \
              stream falls out of step and later commands are lost or misread. vfio-io's client \
-             probes DEVICE_FEATURE at connect; the test relay answers those commands itself."
+             probes DEVICE_FEATURE and GET_REGION_IO_FDS at connect; the test relay answers those commands itself."
         );
         let config = ClientConfig {
             timeout: Duration::from_secs(30),
@@ -785,7 +786,9 @@ fn with_our_client(mmap_region: bool, f: impl FnOnce(&RustVmmServed, &Client)) {
     // write_multiple was not negotiated, so only the probes may need the relay.
     let relayed = relayed.expect("the relay passed everything on");
     assert!(
-        relayed.iter().all(|&c| c == cmd::DEVICE_FEATURE),
+        relayed
+            .iter()
+            .all(|&c| matches!(c, cmd::DEVICE_FEATURE | cmd::DEVICE_GET_REGION_IO_FDS)),
         "commands rust-vmm lacks: {relayed:?}"
     );
 }

@@ -109,6 +109,11 @@ capability_table! {
     /// an iommufd IOAS) from the mapping's host virtual address, which every
     /// kernel road takes (only iommufd can also map from an fd alone).
     IOMMU_DMA = 1 << 10 on Backends::KERNEL;
+    /// Some region writes are delivered through an eventfd with no message:
+    /// the server offered ioeventfds (vfio-user `DEVICE_GET_REGION_IO_FDS`),
+    /// and a `region_write` matching one (offset, size and any datamatch
+    /// value) signals it; the device still sees it before any later access.
+    IOEVENTFD = 1 << 11 on Backends::VFIO_USER;
 }
 
 mod record;
@@ -138,7 +143,7 @@ impl Capabilities {
     ///
     /// let (name, bit) = Capabilities::named_bits().next().unwrap();
     /// assert_eq!((name, bit), ("DMA_BUF", Capabilities::DMA_BUF));
-    /// assert_eq!(Capabilities::named_bits().count(), 11);
+    /// assert_eq!(Capabilities::named_bits().count(), 12);
     /// ```
     pub fn named_bits() -> impl Iterator<Item = (&'static str, Capabilities)> {
         TABLE.iter().map(|d| (d.name, d.bit))

@@ -19,7 +19,7 @@ use crate::device::{
 use crate::error::{Error, Result};
 use crate::memory::Mapping;
 use crate::models::pci::{BarKind, PciConfig, CONFIG_SPACE_SIZE};
-use crate::user::server::{DeviceContext, DeviceModel};
+use crate::user::server::{DeviceContext, DeviceModel, Doorbell};
 
 /// Region indices a description may use: the vfio-pci ones and
 /// device-specific ones after them.
@@ -65,6 +65,9 @@ pub struct DeviceDesc {
     pub irq_count: [u32; pci_irq::COUNT as usize],
     /// The device can be reset ([`RegionHandler::reset`] is called).
     pub reset: bool,
+    /// Trapped registers whose writes may arrive through an ioeventfd
+    /// (see [`DeviceModel::doorbells`]); they reach the handler as writes.
+    pub doorbells: Vec<Doorbell>,
 }
 
 /// What the device's author writes: accesses to trapped registers and
@@ -111,6 +114,7 @@ pub struct DescribedDevice<H: RegionHandler> {
     regions: Vec<Option<Region>>,
     irq_count: [u32; pci_irq::COUNT as usize],
     reset: bool,
+    doorbells: Vec<Doorbell>,
     /// Emulated configuration space, unless the device supplies region 7.
     config: Option<PciConfig>,
     handler: H,
@@ -267,6 +271,7 @@ impl<H: RegionHandler> DescribedDevice<H> {
             regions,
             irq_count,
             reset,
+            doorbells,
             ..
         } = desc;
         let count = regions
@@ -288,6 +293,7 @@ impl<H: RegionHandler> DescribedDevice<H> {
             regions,
             irq_count,
             reset,
+            doorbells,
             config,
             handler,
         })
@@ -383,6 +389,10 @@ impl<H: RegionHandler> DeviceModel for DescribedDevice<H> {
             config.reset();
         }
         self.handler.reset(ctx)
+    }
+
+    fn doorbells(&self) -> Vec<Doorbell> {
+        self.doorbells.clone()
     }
 }
 

@@ -3,10 +3,12 @@
 //!
 //! * [`edu`]: QEMU's educational PCI device, the shared conformance target.
 //! * [`scratch`]: a sample device whose BAR2 is shared memory a client maps.
+//! * [`doorbell`]: a sample device whose doorbell writes may come through ioeventfds.
 //! * [`described`]: a device given as plain data and callbacks (the C API's).
 //! * [`pci`]: a type-0 PCI configuration space with writable masks and MSI.
 
 pub mod described;
+pub mod doorbell;
 pub mod edu;
 pub mod pci;
 pub mod scratch;

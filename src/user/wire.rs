@@ -278,6 +278,14 @@ fn own_fds(raw: Vec<RawFd>) -> Vec<OwnedFd> {
         .collect()
 }
 
+/// Whether `fd` is an eventfd. An fd the peer passed as one may be anything
+/// (a pipe that blocks or fills up, a file that always polls readable),
+/// which would let the peer stall or spin this side.
+pub(crate) fn is_eventfd(fd: &OwnedFd) -> bool {
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .is_ok_and(|l| l.as_os_str() == "anon_inode:[eventfd]")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -126,4 +126,7 @@ impl<M: DeviceModel, H: Hooks<M>> DeviceModel for Wrapped<M, H> {
     fn client_disconnected(&mut self) {
         self.inner.client_disconnected()
     }
+    fn doorbells(&self) -> Vec<vfio_io::user::server::Doorbell> {
+        self.inner.doorbells()
+    }
 }

@@ -7,6 +7,7 @@ use nix::sys::signal::{SigSet, Signal};
 use vfio_io::caps::Capabilities;
 use vfio_io::conformance::run_edu_suite;
 use vfio_io::device::DeviceIo;
+use vfio_io::models::doorbell;
 use vfio_io::models::edu::Edu;
 use vfio_io::models::scratch::Scratch;
 use vfio_io::user::client::{Client, ClientConfig};
@@ -18,7 +19,7 @@ mod target;
 
 const USAGE: &str = "\
 usage: vfio-io serve MODEL SOCKET [--trace] [--spin-us N]
-                                            serve a device over vfio-user on SOCKET (MODEL: edu, scratch)
+                                            serve a device over vfio-user on SOCKET (MODEL: edu, scratch, doorbell)
        vfio-io demo                         serve edu on a temporary socket and drive it through the library
        vfio-io info TARGET [--json]         show a device: TARGET is a vfio-user socket, a PCI address
                                             (0000:00:01.0) or /dev/vfio/devices/vfioN
@@ -35,6 +36,8 @@ SIGTERM, then removes SOCKET. Connect with vfio_io_user_connect(),
   edu       QEMU's edu device (PCI 1234:11e8): every access is a message
   scratch   a sample device (PCI 1234:5c7c): BAR0 4 KiB of trapped registers,
             BAR2 64 KiB of shared memory offered with its fd for mmap
+  doorbell  a sample device (PCI 1234:d0be): BAR0 doorbells at 0x0 and 0x4,
+            rung through ioeventfds, adding to a counter at 0x8
 
   --trace       log every vfio-user message to stderr
   --spin-us N   polling mode: wait for each message with non-blocking
@@ -77,6 +80,7 @@ impl log::Log for StderrLog {
 enum Model {
     Edu,
     Scratch,
+    Doorbell,
 }
 
 impl Model {
@@ -84,6 +88,7 @@ impl Model {
         match self {
             Model::Edu => "edu (1234:11e8)",
             Model::Scratch => "scratch (1234:5c7c)",
+            Model::Doorbell => "doorbell (1234:d0be)",
         }
     }
 }
@@ -110,6 +115,11 @@ fn serve(model: Model, path: &Path, trace: bool, spin_us: u32) -> Result<(), Str
     let (stopper, thread) = match model {
         Model::Edu => listen(path, Edu::new(), config)?,
         Model::Scratch => listen(path, Scratch::new().map_err(|e| e.to_string())?, config)?,
+        Model::Doorbell => listen(
+            path,
+            doorbell::new_device().map_err(|e| e.to_string())?,
+            config,
+        )?,
     };
     std::thread::spawn(move || {
         if signals.wait().is_ok() {
@@ -284,9 +294,12 @@ fn parse<'a>(args: &[&'a str]) -> Command<'a> {
                     let model = match *model {
                         "edu" => Model::Edu,
                         "scratch" => Model::Scratch,
+                        "doorbell" => Model::Doorbell,
                         other => {
                             return Command::Usage(
-                                format!("unknown device model '{other}' (edu or scratch)"),
+                                format!(
+                                    "unknown device model '{other}' (edu, scratch or doorbell)"
+                                ),
                                 SERVE_USAGE,
                             )
                         }

@@ -74,6 +74,7 @@ impl Client {
             mapped: Vec::new(),
             migration,
             data_fd: Mutex::new(None),
+            doorbells: Vec::new(),
         };
         client.discover()?;
         Ok(client)
@@ -115,7 +116,10 @@ impl Client {
                 "an area is mapped, so posted writes wait for their reply to stay in order",
             );
         }
-        Ok(())
+        let mut rec = std::mem::take(&mut self.caps);
+        let fetched = self.fetch_doorbells(&mut rec);
+        self.caps = rec;
+        fetched
     }
 
     /// Records the device's capability bits from what discovery learned.

@@ -13,14 +13,15 @@
 //!
 //! This file holds [`Client`] and its [`DeviceIo`] operations; the parts
 //! are one module each: request multiplexing (`multiplex`), the server's
-//! DMA requests (`dma`), mapped areas (`mapped`), connection setup
-//! (`connect`), dirty-page tracking (`dirty`), migration (`migration`) and
+//! DMA requests (`dma`), mapped areas (`mapped`), doorbells rung through
+//! ioeventfds (`doorbells`), connection setup (`connect`), dirty-page tracking (`dirty`), migration (`migration`) and
 //! its data fd (`data_fd`).
 
 mod connect;
 mod data_fd;
 mod dirty;
 mod dma;
+mod doorbells;
 mod mapped;
 mod migration;
 mod multiplex;
@@ -103,6 +104,8 @@ pub struct Client {
     migration: Arc<migration::MigrationLink>,
     /// The data fd's thread, while a state stream moves through one.
     data_fd: Mutex<Option<data_fd::DataFd>>,
+    /// The ioeventfds the server offered, rung instead of messages.
+    doorbells: Vec<doorbells::Doorbell>,
 }
 
 /// Checks that a reply's payload holds at least the `want` bytes of its
@@ -348,6 +351,9 @@ impl DeviceIo for Client {
                     return a.map.write_reg(off, data);
                 }
             }
+        }
+        if self.ring_doorbell(index, offset, data) {
+            return Ok(());
         }
         // Once any area is mapped, a posted write could be overtaken: it sits
         // in the socket until the server reads it, while a later store through

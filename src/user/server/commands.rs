@@ -44,7 +44,7 @@ impl<'a, M: DeviceModel> Session<'a, M> {
             cmd::DMA_MAP => self.dma_map(p, fds)?,
             cmd::DMA_UNMAP => self.dma_unmap(p)?,
             cmd::DEVICE_GET_INFO => self.device_info(p)?,
-            cmd::DEVICE_GET_REGION_IO_FDS => self.region_io_fds(p)?,
+            cmd::DEVICE_GET_REGION_IO_FDS => return self.region_io_fds(p),
             cmd::DEVICE_GET_IRQ_INFO => self.irq_info(p)?,
             cmd::DEVICE_SET_IRQS => self.set_irqs(p, fds)?,
             cmd::REGION_READ => self.region_read(p)?,
@@ -72,7 +72,7 @@ impl<'a, M: DeviceModel> Session<'a, M> {
 
     /// The model with the context it sees, and the reply payload: split
     /// borrows of the session, for handlers that call into the model.
-    fn model_ctx(&mut self) -> (&mut M, Ctx<'_, 'a>, &mut Vec<u8>) {
+    pub(super) fn model_ctx(&mut self) -> (&mut M, Ctx<'_, 'a>, &mut Vec<u8>) {
         let ctx = Ctx {
             link: &mut self.link,
             dma: &mut self.dma,
@@ -171,16 +171,30 @@ impl<'a, M: DeviceModel> Session<'a, M> {
         Ok(ReplyFd::None)
     }
 
-    /// DEVICE_GET_REGION_IO_FDS: this server offers no ioeventfds, so the
-    /// reply lists no sub-regions.
-    fn region_io_fds(&mut self, p: &[u8]) -> Result<()> {
+    /// DEVICE_GET_REGION_IO_FDS: the region's doorbells as ioeventfd
+    /// sub-regions, their eventfds along when the whole list fits argsz and
+    /// the client's max_msg_fds (otherwise argsz tells what it needs).
+    fn region_io_fds(&mut self, p: &[u8]) -> Result<ReplyFd> {
         let (argsz, index) = proto::decode_io_fds_request(p)?;
         if index as usize >= self.regions.len() {
             return Err(Error::InvalidArgument("region index"));
         }
-        self.out
-            .extend_from_slice(&proto::encode_io_fds(argsz, index, &[]));
-        Ok(())
+        let (subs, fds) = self.doorbells.sub_regions(index);
+        let peer_max = self.negotiated.as_ref().map_or(0, |n| n.max_msg_fds);
+        if fds.len() > peer_max as usize {
+            return Err(Error::Errno {
+                op: "REGION_IO_FDS: more eventfds than the client's max_msg_fds",
+                errno: libc::ENOSPC,
+            });
+        }
+        let body = proto::encode_io_fds(argsz, index, &subs);
+        let complete = body.len() > proto::RegionIoFds::SIZE || subs.is_empty();
+        self.out.extend_from_slice(&body);
+        Ok(if complete {
+            ReplyFd::Lent(fds)
+        } else {
+            ReplyFd::None
+        })
     }
 
     /// DEVICE_GET_IRQ_INFO: only the index (at offset 8) is read.

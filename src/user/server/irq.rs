@@ -1,11 +1,12 @@
 //! Server-side IRQ state: the eventfds a client attached and the mask bits.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::device::{IrqAction, IrqInfo, VFIO_IRQ_INFO_AUTOMASKED};
 use crate::error::{Error, Result};
+use crate::user::wire::is_eventfd;
 
 #[derive(Debug, Default)]
 struct Vector {
@@ -88,13 +89,6 @@ fn signal(fd: &Option<OwnedFd>) -> bool {
         }
         None => false,
     }
-}
-
-/// Whether `fd` is an eventfd. Anything else (a pipe that blocks, a file that
-/// always polls readable) would let a client stall or spin the server.
-fn is_eventfd(fd: &OwnedFd) -> bool {
-    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-        .is_ok_and(|l| l.as_os_str() == "anon_inode:[eventfd]")
 }
 
 impl IrqState {

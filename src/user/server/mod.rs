@@ -6,6 +6,7 @@ mod context;
 mod dirty;
 mod dma;
 mod dma_logging;
+mod doorbells;
 mod irq;
 mod link;
 mod migration;
@@ -23,7 +24,7 @@ use std::time::Duration;
 
 pub use dma::{ClientMemory, DmaRegion, DmaSpace};
 pub use irq::IrqState;
-pub use model::{DeviceContext, DeviceModel, Migratable};
+pub use model::{DeviceContext, DeviceModel, Doorbell, Migratable};
 
 use crate::error::{Error, Result};
 use crate::user::version::{VersionCaps, DEFAULT_MAX_DATA_XFER};

@@ -81,6 +81,35 @@ pub trait DeviceModel: Send {
     fn migration(&mut self) -> Option<&mut dyn Migratable> {
         None
     }
+
+    /// The model's doorbells: writes a client may deliver through an eventfd
+    /// (an ioeventfd of DEVICE_GET_REGION_IO_FDS) instead of a message. The
+    /// server asks once per session. Default: none.
+    fn doorbells(&self) -> Vec<Doorbell> {
+        Vec::new()
+    }
+}
+
+/// A write-only range of a region whose writes may arrive through an eventfd.
+///
+/// The server hands the client one eventfd per doorbell and turns what it
+/// reads from it back into [`DeviceModel::region_write`] calls of `size`
+/// bytes at `offset`, before the next command it handles:
+///
+/// * with `datamatch`, one write of the datamatch value per signal (the
+///   client signals only writes of exactly that value);
+/// * without, one write whose data is the eventfd count, the number of
+///   writes since the last drain (their values are not carried).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Doorbell {
+    /// Region index.
+    pub region: u32,
+    /// Offset of the register in the region.
+    pub offset: u64,
+    /// Width of the write, 1, 2, 4 or 8 bytes.
+    pub size: u32,
+    /// The one value that goes through the eventfd; `None`: any value.
+    pub datamatch: Option<u64>,
 }
 
 /// What a device does to migrate; the server owns the state machine, the

@@ -9,6 +9,7 @@ use std::time::Instant;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use super::dma::DmaSpace;
+use super::doorbells::DoorbellFds;
 use super::irq::IrqState;
 use super::link::Link;
 use super::migration::MigrationSession;
@@ -25,14 +26,17 @@ pub(super) enum ReplyFd {
     None,
     Shared(Arc<OwnedFd>),
     Owned(OwnedFd),
+    /// fds the session keeps (its doorbell eventfds), lent to one reply.
+    Lent(Vec<RawFd>),
 }
 
 impl ReplyFd {
-    fn raw(&self) -> Option<RawFd> {
+    fn raw(&self) -> Vec<RawFd> {
         match self {
-            ReplyFd::None => None,
-            ReplyFd::Shared(f) => Some(f.as_raw_fd()),
-            ReplyFd::Owned(f) => Some(f.as_raw_fd()),
+            ReplyFd::None => Vec::new(),
+            ReplyFd::Shared(f) => vec![f.as_raw_fd()],
+            ReplyFd::Owned(f) => vec![f.as_raw_fd()],
+            ReplyFd::Lent(fds) => fds.clone(),
         }
     }
 }
@@ -53,6 +57,8 @@ pub(super) struct Session<'a, M: DeviceModel> {
     pub(super) out: Vec<u8>,
     /// The migration state machine and the stream in flight.
     pub(super) migration: MigrationSession,
+    /// The eventfds of the model's doorbells, made for this session.
+    pub(super) doorbells: DoorbellFds,
 }
 
 /// Runs model code; a panic in it becomes an `EIO` error for this command.
@@ -66,12 +72,13 @@ fn model_call<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
 impl<'a, M: DeviceModel> Session<'a, M> {
     pub(super) fn new(sock: BorrowedFd<'a>, model: &'a mut M, config: &'a ServerConfig) -> Self {
         let info = model.device_info();
-        let regions = (0..info.num_regions.min(1024))
+        let regions: Vec<RegionInfo> = (0..info.num_regions.min(1024))
             .map(|i| model.region_info(i).unwrap_or_default())
             .collect();
         let irq_infos: Vec<_> = (0..info.num_irqs.min(64))
             .filter_map(|i| model.irq_info(i))
             .collect();
+        let doorbells = DoorbellFds::new(model.doorbells(), &regions);
         Session {
             link: Link::new(sock, config),
             model,
@@ -83,6 +90,7 @@ impl<'a, M: DeviceModel> Session<'a, M> {
             inbuf: Vec::new(),
             out: Vec::new(),
             migration: MigrationSession::default(),
+            doorbells,
         }
     }
 
@@ -98,6 +106,9 @@ impl<'a, M: DeviceModel> Session<'a, M> {
         let end = loop {
             match self.next_command() {
                 Ok(Some((hdr, fds))) => {
+                    // Doorbells rung before this message was sent reach the
+                    // model before it does.
+                    self.ring_doorbells();
                     if let Err(e) = self.dispatch(hdr, fds) {
                         break SessionEnd::Dropped(e);
                     }
@@ -105,7 +116,7 @@ impl<'a, M: DeviceModel> Session<'a, M> {
                         break SessionEnd::Dropped(Error::Protocol(why));
                     }
                 }
-                Ok(None) => continue,
+                Ok(None) => self.ring_doorbells(),
                 Err(Error::Disconnected) => break SessionEnd::Disconnected,
                 Err(e) => break SessionEnd::Dropped(e),
             }
@@ -150,14 +161,15 @@ impl<'a, M: DeviceModel> Session<'a, M> {
         }
     }
 
-    /// Waits until the socket is readable, serving unmask eventfds meanwhile.
-    /// Without unmask eventfds, returns at once and lets recvmsg block.
+    /// Waits until the socket is readable, serving unmask eventfds meanwhile;
+    /// a doorbell eventfd ends the wait too (the caller rings it). Without
+    /// either kind of eventfd, returns at once and lets recvmsg block.
     fn wait_readable(&mut self) -> Result<bool> {
         let fired: Vec<(u32, u32)>;
         let sock_ready: bool;
         {
             let watched = self.irqs.unmask_fds();
-            if watched.is_empty() {
+            if watched.is_empty() && self.doorbells.is_empty() {
                 return Ok(true);
             }
             let mut pfds = Vec::with_capacity(watched.len() + 1);
@@ -166,6 +178,11 @@ impl<'a, M: DeviceModel> Session<'a, M> {
                 watched
                     .iter()
                     .map(|(_, _, fd)| PollFd::new(*fd, PollFlags::POLLIN)),
+            );
+            pfds.extend(
+                self.doorbells
+                    .fds()
+                    .map(|fd| PollFd::new(fd, PollFlags::POLLIN)),
             );
             let ms = self.config.timeout.as_millis().min(i32::MAX as u128) as i32;
             match poll(
@@ -184,7 +201,7 @@ impl<'a, M: DeviceModel> Session<'a, M> {
             sock_ready = ready(&pfds[0]);
             fired = watched
                 .iter()
-                .zip(&pfds[1..])
+                .zip(&pfds[1..=watched.len()])
                 .filter(|(_, p)| ready(p))
                 .map(|((i, v, fd), _)| {
                     let mut b = [0u8; 8];
@@ -197,6 +214,24 @@ impl<'a, M: DeviceModel> Session<'a, M> {
             self.irqs.unmask(i, v);
         }
         Ok(sock_ready)
+    }
+
+    /// Delivers every signalled doorbell to the model as the writes it
+    /// stands for. A failed write is logged: no client waits for it.
+    fn ring_doorbells(&mut self) {
+        for w in self.doorbells.drain() {
+            let b = w.bell;
+            let data = &w.data[..b.size as usize];
+            let (model, mut ctx, _) = self.model_ctx();
+            for _ in 0..w.times {
+                if let Err(e) =
+                    model_call(|| model.region_write(&mut ctx, b.region, b.offset, data))
+                {
+                    log::warn!(target: "vfio_io::server", "doorbell {b:?}: {e}");
+                    break;
+                }
+            }
+        }
     }
 
     /// Handles one received message: a command gets its reply (unless it
@@ -243,7 +278,7 @@ impl<'a, M: DeviceModel> Session<'a, M> {
             Ok(fd) => {
                 let raw = fd.raw();
                 let h = Header::reply(req, self.out.len()).encode();
-                send_msg(self.link.sock, &[&h, &self.out], raw.as_slice())
+                send_msg(self.link.sock, &[&h, &self.out], &raw)
             }
             Err(e) => {
                 let h = Header::error_reply(req, e.errno()).encode();
