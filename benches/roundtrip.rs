@@ -155,6 +155,9 @@ fn child_main(role: &str) {
             server.serve().expect("serve");
         }
         "rust-vmm" => rust_vmm_serve(&path),
+        r if r.starts_with(MANY_EDU) => {
+            serve_many_edu(&path, r[MANY_EDU.len()..].parse().expect("count"))
+        }
         _ => panic!("unknown {ROLE} {role}"),
     }
 }
@@ -927,6 +930,16 @@ fn scale_slice(ops: &mut [Box<dyn FnMut() + Send + '_>], ns: &mut [Vec<u64>]) ->
     (calls, t0.elapsed())
 }
 
+/// A 4-byte read of edu's ID through `c` that checks the value, for a
+/// thread of its own.
+fn checked_id_read(c: &Client) -> Box<dyn FnMut() + Send + '_> {
+    let mut b = [0u8; 4];
+    Box::new(move || {
+        c.region_read(0, regs::ID, &mut b).expect("read");
+        assert_eq!(u32::from_ne_bytes(b), vfio_io::models::edu::ID);
+    })
+}
+
 /// 1, 2, 4 and 8 threads sharing one `Client`, and the round-trip floor on
 /// one thread, taking turns in slices of [`SCALE_SLICE`]. Nothing is pinned:
 /// client threads and server processes go wherever the scheduler puts them.
@@ -944,16 +957,7 @@ fn scaling(t: &mut Table) {
     }
     let mut floor_op: [Box<dyn FnMut() + Send + '_>; 1] = [Box::new(floor)];
     let reads = |n: usize| -> Vec<Box<dyn FnMut() + Send + '_>> {
-        (0..n)
-            .map(|_| {
-                let c = &c;
-                let mut b = [0u8; 4];
-                Box::new(move || {
-                    c.region_read(0, regs::ID, &mut b).expect("read");
-                    assert_eq!(u32::from_ne_bytes(b), vfio_io::models::edu::ID);
-                }) as Box<dyn FnMut() + Send + '_>
-            })
-            .collect()
+        (0..n).map(|_| checked_id_read(&c)).collect()
     };
     let mut read_ops: Vec<_> = THREADS.iter().map(|&n| reads(n)).collect();
     // Per row: per-thread samples, calls, wall time.
@@ -1646,9 +1650,193 @@ fn doorbell(t: &mut Table, n: usize) {
     srv.finish();
 }
 
+/// The role prefix of a child serving several edu devices: `edu-many-N`.
+const MANY_EDU: &str = "edu-many-";
+
+/// Socket of device `i` of an `edu-many-N` child whose socket path is `path`.
+fn many_edu_path(path: &std::path::Path, i: usize) -> PathBuf {
+    path.with_extension(i.to_string())
+}
+
+/// Serves `n` edu devices from this process, each by a `Server` on a thread
+/// of its own, on [`many_edu_path`]'s sockets.
+fn serve_many_edu(path: &std::path::Path, n: usize) {
+    let servers: Vec<_> = (0..n)
+        .map(|i| {
+            Server::bind(many_edu_path(path, i), Edu::new(), ServerConfig::default()).expect("bind")
+        })
+        .collect();
+    ready();
+    let threads: Vec<_> = servers
+        .into_iter()
+        .map(|mut s| std::thread::spawn(move || s.serve().expect("serve")))
+        .collect();
+    for t in threads {
+        t.join().expect("server thread");
+    }
+}
+
+/// 1, 4, 16 and 64 edu devices served by one child process (a thread per
+/// `Server`), each with a `Client` and a thread of its own here doing 4-byte
+/// reads; the rows take turns in slices of [`SCALE_SLICE`]. Nothing is pinned.
+fn many_devices(t: &mut Table) {
+    pin(None);
+    const DEVICES: [usize; 4] = [1, 4, 16, 64];
+    let children: Vec<Served> = DEVICES
+        .iter()
+        .map(|n| spawn_server(&format!("{MANY_EDU}{n}"), None))
+        .collect();
+    let clients: Vec<Vec<Client>> = DEVICES
+        .iter()
+        .zip(&children)
+        .map(|(&n, child)| {
+            (0..n)
+                .map(|i| client(&many_edu_path(&child.path, i)))
+                .collect()
+        })
+        .collect();
+    let mut b = [0u8; 4];
+    for c in clients.iter().flatten() {
+        for _ in 0..WARMUP / 10 {
+            c.region_read(0, regs::ID, &mut b).expect("read");
+        }
+    }
+    let mut ops: Vec<Vec<Box<dyn FnMut() + Send + '_>>> = clients
+        .iter()
+        .map(|row| row.iter().map(checked_id_read).collect())
+        .collect();
+    // Per row: per-thread samples, calls, wall time.
+    let mut acc: Vec<(Vec<Vec<u64>>, usize, Duration)> = DEVICES
+        .iter()
+        .map(|&n| {
+            let per_thread = SCALE_ROUNDS * 20_000 / n;
+            let ns = (0..n).map(|_| Vec::with_capacity(per_thread)).collect();
+            (ns, 0, Duration::ZERO)
+        })
+        .collect();
+    for _ in 0..SCALE_ROUNDS {
+        for ((ns, calls, time), row) in acc.iter_mut().zip(ops.iter_mut()) {
+            let (c, d) = scale_slice(row, ns);
+            *calls += c;
+            *time += d;
+        }
+    }
+    let rows: Vec<Stats> = acc
+        .into_iter()
+        .map(|(ns, calls, time)| stats(ns.concat(), calls, time))
+        .collect();
+    let one = rows[0];
+    for (s, n) in rows.into_iter().zip(DEVICES) {
+        t.add(
+            format!("many devices: {n} edu device(s) in one server process, a Client and thread each, 4 B reads, unpinned"),
+            s,
+            Some(one.p50),
+            format!("ops/s of all devices: {:.2}x one device's", s.ops / one.ops),
+        );
+    }
+}
+
+/// An eventfd attached as edu's MSI trigger, non-blocking so a waiter can
+/// spin on it.
+fn msi_eventfd(c: &Client) -> nix::sys::eventfd::EventFd {
+    use nix::sys::eventfd::{EfdFlags, EventFd};
+    use vfio_io::device::{IrqAction, IrqData, IrqSet};
+    let e = EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC).expect("eventfd");
+    c.set_irqs(&IrqSet {
+        index: pci_irq::MSI,
+        start: 0,
+        count: 1,
+        action: IrqAction::Trigger,
+        data: IrqData::Eventfds(&[e.as_raw_fd()]),
+    })
+    .expect("attach the MSI eventfd");
+    e
+}
+
+/// One interrupt, timed from the client's posted write of edu's IRQ_RAISE
+/// to the read of its MSI eventfd: blocking in poll() for it, or spinning
+/// on non-blocking reads. The count read must be exactly this raise.
+fn raise_and_wait(c: &Client, e: &nix::sys::eventfd::EventFd, spin: bool) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    c.region_write(0, regs::IRQ_RAISE, &1u32.to_ne_bytes(), true)
+        .expect("posted IRQ_RAISE");
+    loop {
+        if !spin {
+            let mut p = [PollFd::new(e.as_fd(), PollFlags::POLLIN)];
+            poll(&mut p, PollTimeout::NONE).expect("poll eventfd");
+        }
+        match e.read() {
+            Ok(n) => {
+                assert_eq!(n, 1, "one MSI per raise");
+                return;
+            }
+            Err(nix::errno::Errno::EAGAIN) => std::hint::spin_loop(),
+            Err(err) => panic!("eventfd read: {err}"),
+        }
+    }
+}
+
+/// Interrupt latency: edu raises MSI on a posted IRQ_RAISE write and the
+/// client waits for its eventfd, blocking or spinning; a synchronous
+/// register write (one round trip) runs interleaved for reference. Cross
+/// core: server on CPU 1, this thread on CPU 0; the blocking waiter also
+/// same core.
+fn irq_latency(t: &mut Table, n: usize) {
+    pin(Some(0));
+    let (cross, same) = (spawn_server("edu", Some(1)), spawn_server("edu", Some(0)));
+    let (cc, cs) = (client(&cross.path), client(&same.path));
+    let (ec, es) = (msi_eventfd(&cc), msi_eventfd(&cs));
+    let v = std::cell::Cell::new(0u32);
+    let round_trip = |c: &Client| {
+        v.set(v.get().wrapping_add(1));
+        c.region_write(0, regs::LIVENESS, &v.get().to_ne_bytes(), false)
+            .expect("write")
+    };
+    let mut rt_cross = || round_trip(&cc);
+    let mut blocking = || raise_and_wait(&cc, &ec, false);
+    let mut polling = || raise_and_wait(&cc, &ec, true);
+    let mut rt_same = || round_trip(&cs);
+    let mut blocking_same = || raise_and_wait(&cs, &es, false);
+    let st = interleaved(
+        n,
+        &mut [
+            &mut rt_cross,
+            &mut blocking,
+            &mut polling,
+            &mut rt_same,
+            &mut blocking_same,
+        ],
+    );
+    let raised = "irq: posted IRQ_RAISE -> MSI eventfd read";
+    let rows = [
+        (
+            0,
+            "irq: region write 4 B, not posted (round trip, reference), cross core".to_owned(),
+        ),
+        (0, format!("{raised}, waiter blocks in poll(), cross core")),
+        (0, format!("{raised}, waiter spins on read(), cross core")),
+        (
+            3,
+            "irq: region write 4 B, not posted (round trip, reference), same core".to_owned(),
+        ),
+        (3, format!("{raised}, waiter blocks in poll(), same core")),
+    ];
+    for (i, (s, (rt, name))) in st.iter().zip(rows).enumerate() {
+        let note = match i == rt {
+            true => String::new(),
+            false => format!(
+                "p50 {:.2}x the round trip's on the same cores",
+                s.p50 / st[rt].p50
+            ),
+        };
+        t.add(name, *s, None, note);
+    }
+}
+
 /// Section names, in run order: `cargo bench --bench roundtrip -- NAME...`
 /// runs only those.
-const SECTIONS: [&str; 11] = [
+const SECTIONS: [&str; 13] = [
     "roundtrip",
     "posted",
     "scaling",
@@ -1659,6 +1847,8 @@ const SECTIONS: [&str; 11] = [
     "polling",
     "dma-bandwidth",
     "migration",
+    "many-devices",
+    "irq-latency",
     "doorbell",
 ];
 
@@ -1732,6 +1922,16 @@ fn main() {
     }
     if run("migration") {
         migration(&mut t);
+    }
+    if run("many-devices") {
+        many_devices(&mut t);
+    }
+    if run("irq-latency") {
+        if cross {
+            irq_latency(&mut t, N_CROSS);
+        } else {
+            eprintln!("SKIPPED irq-latency: its rows need two CPUs");
+        }
     }
     if run("doorbell") {
         doorbell(&mut t, N_SAME);
