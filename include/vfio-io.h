@@ -45,8 +45,8 @@
 
 // `region_write(.., post = true)` returns without waiting for the device;
 // a later read or non-posted write still sees it. Clear where posted
-// writes wait (a vfio-user device with a mapped area, whose stores could
-// otherwise overtake them).
+// writes wait (a vfio-user device with a mapped area or doorbells, whose
+// stores or eventfd writes could otherwise overtake them).
 #define VFIO_IO_CAP_POSTED_WRITES (1ULL << 6)
 
 // The device supports `reset` (`VFIO_DEVICE_FLAGS_RESET`).

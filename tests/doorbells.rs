@@ -200,6 +200,16 @@ fn ioeventfd_bit_is_set_on_the_doorbell_device_and_clear_on_edu() {
         .unwrap();
     assert!(why.present);
     assert_eq!(why.source, Source::RegionInfo(BAR0));
+    // A doorbell rung after a posted write must not overtake it: posting stops.
+    assert!(!c.capabilities().contains(Capabilities::POSTED_WRITES));
+    let posted = c
+        .capability_record()
+        .deciding(Capabilities::POSTED_WRITES)
+        .unwrap();
+    assert_eq!(
+        (posted.present, &posted.source),
+        (false, &Source::RegionInfo(BAR0))
+    );
     drop(c);
     s.finish();
 

@@ -93,8 +93,8 @@ capability_table! {
     REGION_FDS = 1 << 5 on Backends::VFIO_USER;
     /// `region_write(.., post = true)` returns without waiting for the device;
     /// a later read or non-posted write still sees it. Clear where posted
-    /// writes wait (a vfio-user device with a mapped area, whose stores could
-    /// otherwise overtake them).
+    /// writes wait (a vfio-user device with a mapped area or doorbells, whose
+    /// stores or eventfd writes could otherwise overtake them).
     POSTED_WRITES = 1 << 6 on Backends::VFIO_USER;
     /// The device supports `reset` (`VFIO_DEVICE_FLAGS_RESET`).
     RESET = 1 << 7 on Backends::all();

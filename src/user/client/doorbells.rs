@@ -97,11 +97,18 @@ impl Client {
             }
         }
         match self.doorbells.first() {
-            Some(d) => rec.grant(
-                Capabilities::IOEVENTFD,
-                Source::RegionInfo(d.region),
-                "DEVICE_GET_REGION_IO_FDS offered an ioeventfd",
-            ),
+            Some(d) => {
+                rec.grant(
+                    Capabilities::IOEVENTFD,
+                    Source::RegionInfo(d.region),
+                    "DEVICE_GET_REGION_IO_FDS offered an ioeventfd",
+                );
+                rec.withhold(
+                    Capabilities::POSTED_WRITES,
+                    Source::RegionInfo(d.region),
+                    "doorbells ring through eventfds, so posted writes wait for their reply to stay in order",
+                );
+            }
             None => rec.withhold(
                 Capabilities::IOEVENTFD,
                 Source::DeviceInfo,

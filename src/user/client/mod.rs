@@ -362,7 +362,10 @@ impl DeviceIo for Client {
         // write, as PCI ordering requires). QEMU's vfio-user client stops
         // posting for the same reason. Waiting for the reply keeps them in
         // program order; the write is still accepted, only not posted.
-        let post = post && self.mapped.is_empty();
+        // A doorbell rung after a posted write could overtake it the same
+        // way: the server drains its eventfds before the message it reads
+        // next, which may be that write.
+        let post = post && self.mapped.is_empty() && self.doorbells.is_empty();
         for (i, chunk) in data.chunks(self.max_xfer).enumerate() {
             let a = RegionAccess {
                 offset: offset + (i * self.max_xfer) as u64,
