@@ -659,6 +659,7 @@ fn check_bit(dev: &KernelDevice, bit: Capabilities) {
             assert_eq!(r.is_ok(), has, "{name}: {r:?}");
         }
         b if b == Capabilities::WRITE_MULTI => assert!(!has, "no coalesced writes on the kernel"),
+        b if b == Capabilities::IOEVENTFD => assert!(!has, "no vfio-user doorbells on the kernel"),
         b if b == Capabilities::DMA_MESSAGES => {
             assert!(!has, "the kernel serves no DMA messages");
             let buf = DmaBuffer::new(4096).unwrap();
