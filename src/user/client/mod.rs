@@ -364,8 +364,9 @@ impl DeviceIo for Client {
         // program order; the write is still accepted, only not posted.
         // A doorbell rung after a posted write could overtake it the same
         // way: the server drains its eventfds before the message it reads
-        // next, which may be that write.
-        let post = post && self.mapped.is_empty() && self.doorbells.is_empty();
+        // next, which may be that write. Connect withholds POSTED_WRITES in
+        // both cases, so the bit is the one place that decides.
+        let post = post && self.caps.mask().contains(Capabilities::POSTED_WRITES);
         for (i, chunk) in data.chunks(self.max_xfer).enumerate() {
             let a = RegionAccess {
                 offset: offset + (i * self.max_xfer) as u64,
