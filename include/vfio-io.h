@@ -244,8 +244,12 @@ typedef struct vfio_io_server_device {
 // The callbacks of a served device, called on the thread in
 // `vfio_io_server_run`, one at a time, with the `opaque` given to
 // `vfio_io_server_create`.
+//
+// The migration fields came after `reset`: a program compiled before them
+// passes the shorter `size`, which is accepted as if they were NULL and 0.
 typedef struct vfio_io_server_ops {
-  // sizeof(struct vfio_io_server_ops) as the caller was compiled.
+  // sizeof(struct vfio_io_server_ops) as the caller was compiled: the
+  // whole struct, or its size up to and including `reset`.
   uint32_t size;
   // Reads `count` bytes at `offset` of region `index` into `buf` (range
   // and READ flag already checked). Returns `count`, or -errno, which
@@ -264,6 +268,48 @@ typedef struct vfio_io_server_ops {
   // Resets the device: 0 or -errno. NULL: the device offers no reset.
   // The emulated configuration space is reset before it is called.
   int (*reset)(void *opaque);
+  // Migration: stops the device (RUNNING -> STOP). Work in flight
+  // completes, or is kept in the state `migration_save` writes, and no
+  // new work starts until `migration_resume`. Returns 0 or -errno; on
+  // failure the device stays RUNNING. `vfio_io_server_irq_trigger` and
+  // the DMA calls work inside it.
+  //
+  // The four migration callbacks are all given or all NULL. All NULL:
+  // the device does not migrate and a client sees no
+  // `VFIO_IO_CAP_MIGRATION`. Given: the library runs the migration
+  // state machine and moves the stream; with emulated configuration
+  // space the stream carries that too, so the callbacks save only the
+  // device's own state (including what it keeps in region fds).
+  int (*migration_stop)(void *opaque);
+  // Migration: starts a stopped device again (STOP -> RUNNING), on the
+  // source after a cancelled migration or on the destination after a
+  // load. Interrupts the loaded state holds pending are raised here,
+  // with `vfio_io_server_irq_trigger`, so that this client sees them.
+  // Returns 0 or -errno; on failure the device stays stopped.
+  int (*migration_resume)(void *opaque);
+  // Migration: writes the stopped device's state, a byte stream of the
+  // device's own format, into `buf` (`len` writable bytes, owned by the
+  // library) and returns the state's length. A state longer than `len`
+  // returns its length without needing to write anything; the library
+  // calls again with a buffer that long (snprintf's convention), so the
+  // state may have any length up to `migration_max_state_len`. Returns
+  // the length, or -errno. The device is stopped and must not change
+  // between the calls; no interrupt or DMA is possible here (-EBUSY).
+  ssize_t (*migration_save)(void *opaque, void *buf, size_t len);
+  // Migration: replaces the stopped device's state with the `len`
+  // bytes at `buf` (only read, valid during the call), a state
+  // `migration_save` wrote, perhaps in another process. All or nothing:
+  // returns 0 once loaded, or -EINVAL for a stream that is truncated,
+  // corrupted or of another device or version, leaving the device's
+  // state as it was (the client may then send a whole stream again).
+  // No interrupt or DMA is possible here (-EBUSY): raise pending ones
+  // in `migration_resume`.
+  int (*migration_load)(void *opaque, const void *buf, size_t len);
+  // Migration: the longest state `migration_save` writes and
+  // `migration_load` accepts, in bytes; more than 0 when the callbacks
+  // are given. The library refuses a longer incoming stream before it
+  // reaches `migration_load`, and a longer saved state (EIO).
+  size_t migration_max_state_len;
 } vfio_io_server_ops;
 
 #ifdef __cplusplus
@@ -475,7 +521,8 @@ ssize_t vfio_io_migration_write(struct vfio_io_device *dev, const void *buf, siz
 // from `dev` unless it lists region 7. On success `*out` receives a new
 // server, owned by the caller, freed with `vfio_io_server_destroy`; on
 // failure `*out` is left alone. Returns 0 or -errno: -EINVAL for a NULL
-// argument or an inconsistent description (what is wrong goes to the log
+// argument, an `ops->size` of neither version, migration callbacks given
+// in part, or an inconsistent description (what is wrong goes to the log
 // handler at error level), -EBADF for a region fd that is not open,
 // -EADDRINUSE when `socket_path` exists.
 int vfio_io_server_create(const char *socket_path,

@@ -97,6 +97,7 @@ fn ops() -> vfio_io_server_ops {
         region_read: Some(read_cb),
         region_write: Some(write_cb),
         reset: Some(failing_reset),
+        ..vfio_io_server_ops::default()
     }
 }
 

@@ -17,6 +17,7 @@ mod dirty;
 mod log;
 mod migration;
 mod server;
+mod server_migration;
 
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::os::fd::IntoRawFd;

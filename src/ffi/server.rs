@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, TryLockError};
 
+use super::server_migration::MigrationCallbacks;
 use super::{fd_is_open, guard, path_arg, ret};
 use crate::device::pci_irq;
 use crate::error::{Error, Result};
@@ -80,10 +81,14 @@ pub struct vfio_io_server_device {
 /// The callbacks of a served device, called on the thread in
 /// `vfio_io_server_run`, one at a time, with the `opaque` given to
 /// `vfio_io_server_create`.
+///
+/// The migration fields came after `reset`: a program compiled before them
+/// passes the shorter `size`, which is accepted as if they were NULL and 0.
 #[repr(C)]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct vfio_io_server_ops {
-    /// sizeof(struct vfio_io_server_ops) as the caller was compiled.
+    /// sizeof(struct vfio_io_server_ops) as the caller was compiled: the
+    /// whole struct, or its size up to and including `reset`.
     pub size: u32,
     /// Reads `count` bytes at `offset` of region `index` into `buf` (range
     /// and READ flag already checked). Returns `count`, or -errno, which
@@ -114,6 +119,51 @@ pub struct vfio_io_server_ops {
     /// Resets the device: 0 or -errno. NULL: the device offers no reset.
     /// The emulated configuration space is reset before it is called.
     pub reset: Option<unsafe extern "C" fn(opaque: *mut c_void) -> c_int>,
+    /// Migration: stops the device (RUNNING -> STOP). Work in flight
+    /// completes, or is kept in the state `migration_save` writes, and no
+    /// new work starts until `migration_resume`. Returns 0 or -errno; on
+    /// failure the device stays RUNNING. `vfio_io_server_irq_trigger` and
+    /// the DMA calls work inside it.
+    ///
+    /// The four migration callbacks are all given or all NULL. All NULL:
+    /// the device does not migrate and a client sees no
+    /// `VFIO_IO_CAP_MIGRATION`. Given: the library runs the migration
+    /// state machine and moves the stream; with emulated configuration
+    /// space the stream carries that too, so the callbacks save only the
+    /// device's own state (including what it keeps in region fds).
+    pub migration_stop: Option<unsafe extern "C" fn(opaque: *mut c_void) -> c_int>,
+    /// Migration: starts a stopped device again (STOP -> RUNNING), on the
+    /// source after a cancelled migration or on the destination after a
+    /// load. Interrupts the loaded state holds pending are raised here,
+    /// with `vfio_io_server_irq_trigger`, so that this client sees them.
+    /// Returns 0 or -errno; on failure the device stays stopped.
+    pub migration_resume: Option<unsafe extern "C" fn(opaque: *mut c_void) -> c_int>,
+    /// Migration: writes the stopped device's state, a byte stream of the
+    /// device's own format, into `buf` (`len` writable bytes, owned by the
+    /// library) and returns the state's length. A state longer than `len`
+    /// returns its length without needing to write anything; the library
+    /// calls again with a buffer that long (snprintf's convention), so the
+    /// state may have any length up to `migration_max_state_len`. Returns
+    /// the length, or -errno. The device is stopped and must not change
+    /// between the calls; no interrupt or DMA is possible here (-EBUSY).
+    pub migration_save: Option<
+        unsafe extern "C" fn(opaque: *mut c_void, buf: *mut c_void, len: usize) -> libc::ssize_t,
+    >,
+    /// Migration: replaces the stopped device's state with the `len`
+    /// bytes at `buf` (only read, valid during the call), a state
+    /// `migration_save` wrote, perhaps in another process. All or nothing:
+    /// returns 0 once loaded, or -EINVAL for a stream that is truncated,
+    /// corrupted or of another device or version, leaving the device's
+    /// state as it was (the client may then send a whole stream again).
+    /// No interrupt or DMA is possible here (-EBUSY): raise pending ones
+    /// in `migration_resume`.
+    pub migration_load:
+        Option<unsafe extern "C" fn(opaque: *mut c_void, buf: *const c_void, len: usize) -> c_int>,
+    /// Migration: the longest state `migration_save` writes and
+    /// `migration_load` accepts, in bytes; more than 0 when the callbacks
+    /// are given. The library refuses a longer incoming stream before it
+    /// reaches `migration_load`, and a longer saved state (EIO).
+    pub migration_max_state_len: usize,
 }
 
 /// A served device. Opaque to C: made by `vfio_io_server_create`, freed by
@@ -154,7 +204,7 @@ impl Drop for Restore {
 
 /// Runs `f` (a C callback) with `ctx` reachable from the entry points
 /// called on this thread for server `id`.
-fn lend_context<R>(id: u64, ctx: &mut dyn DeviceContext, f: impl FnOnce() -> R) -> R {
+pub(super) fn lend_context<R>(id: u64, ctx: &mut dyn DeviceContext, f: impl FnOnce() -> R) -> R {
     let p: *mut (dyn DeviceContext + '_) = ctx;
     // SAFETY: only the trait object's lifetime bound is erased. The pointer
     // leaves CURRENT when `_restore` drops, before this function returns and
@@ -181,7 +231,7 @@ fn with_lent_context(id: u64, f: impl FnOnce(&mut dyn DeviceContext) -> c_int) -
 }
 
 /// A callback's return value: `count` is success, -errno the reply's errno.
-fn callback_result(what: &'static str, r: libc::ssize_t, count: usize) -> Result<()> {
+pub(super) fn callback_result(what: &'static str, r: libc::ssize_t, count: usize) -> Result<()> {
     match r {
         r if r >= 0 && r as usize == count => Ok(()),
         r if (-4095..0).contains(&r) => Err(Error::Errno {
@@ -265,7 +315,7 @@ impl RegionHandler for Callbacks {
 }
 
 /// Logs why `vfio_io_server_create` refuses its arguments.
-fn refuse(detail: &str) -> Error {
+pub(super) fn refuse(detail: &str) -> Error {
     log::error!(target: "vfio_io::server", "vfio_io_server_create: {detail}");
     Error::InvalidArgument("vfio_io_server_create argument")
 }
@@ -330,6 +380,62 @@ fn dup_fd(fd: c_int) -> Result<Option<OwnedFd>> {
         .map_err(|e| Error::io("dup region fd", e))
 }
 
+/// `struct vfio_io_server_ops` as programs compiled before the migration
+/// fields know it: its size is the shorter `ops->size` accepted.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct OpsBeforeMigration {
+    size: u32,
+    region_read:
+        Option<unsafe extern "C" fn(*mut c_void, u32, u64, *mut c_void, u32) -> libc::ssize_t>,
+    region_write:
+        Option<unsafe extern "C" fn(*mut c_void, u32, u64, *const c_void, u32) -> libc::ssize_t>,
+    reset: Option<unsafe extern "C" fn(*mut c_void) -> c_int>,
+}
+
+// The shorter struct is the current one cut before the migration fields.
+const _: () = assert!(
+    std::mem::size_of::<OpsBeforeMigration>()
+        == std::mem::offset_of!(vfio_io_server_ops, migration_stop)
+);
+
+/// The caller's ops, of either size; the fields a shorter struct lacks
+/// are NULL and 0.
+///
+/// # Safety
+/// `ops` must be NULL or point to a struct of at least `ops->size` bytes
+/// (the struct's `size` field comes first in every version).
+unsafe fn read_ops(ops: *const vfio_io_server_ops) -> Result<vfio_io_server_ops> {
+    if ops.is_null() {
+        return Err(refuse("NULL ops"));
+    }
+    // SAFETY: non-NULL; `size` is the first field of every version.
+    let size = unsafe { ops.cast::<u32>().read() } as usize;
+    if size == std::mem::size_of::<vfio_io_server_ops>() {
+        // SAFETY: the caller's struct is the current one, per its size.
+        return Ok(unsafe { ops.read() });
+    }
+    if size != std::mem::size_of::<OpsBeforeMigration>() {
+        return Err(refuse(
+            "ops->size is not sizeof(struct vfio_io_server_ops), now or before its migration fields",
+        ));
+    }
+    // SAFETY: the caller's struct is the shorter one, per its size, whose
+    // layout is the current struct's up to `reset`.
+    let old = unsafe { ops.cast::<OpsBeforeMigration>().read() };
+    Ok(vfio_io_server_ops {
+        size: old.size,
+        region_read: old.region_read,
+        region_write: old.region_write,
+        reset: old.reset,
+        migration_stop: None,
+        migration_resume: None,
+        migration_save: None,
+        migration_load: None,
+        migration_max_state_len: 0,
+    })
+}
+
 /// # Safety
 /// See `vfio_io_server_create`.
 unsafe fn create(
@@ -344,10 +450,7 @@ unsafe fn create(
     // SAFETY: the caller passes NULL or a valid struct.
     let dev = unsafe { dev.as_ref() }.ok_or_else(|| refuse("NULL device description"))?;
     // SAFETY: as above.
-    let ops = *unsafe { ops.as_ref() }.ok_or_else(|| refuse("NULL ops"))?;
-    if ops.size as usize != std::mem::size_of::<vfio_io_server_ops>() {
-        return Err(refuse("ops->size is not sizeof(struct vfio_io_server_ops)"));
-    }
+    let ops = unsafe { read_ops(ops) }?;
     // SAFETY: `dev` is valid per the contract.
     let mut desc = unsafe { description(dev) }?;
     for r in desc.regions.iter().filter(|r| r.fd.is_none()) {
@@ -369,7 +472,11 @@ unsafe fn create(
         opaque: opaque as usize,
         id,
     };
-    let model = DescribedDevice::new(desc, callbacks)?;
+    let migration = MigrationCallbacks::from_ops(&ops, opaque, id)?;
+    let mut model = DescribedDevice::new(desc, callbacks)?;
+    if let Some(m) = migration {
+        model = model.with_migration(Box::new(m));
+    }
     let server = Server::bind(path, model, ServerConfig::default())?;
     Ok(Box::new(vfio_io_server {
         magic: SERVER_MAGIC,
@@ -389,7 +496,8 @@ unsafe fn create(
 /// from `dev` unless it lists region 7. On success `*out` receives a new
 /// server, owned by the caller, freed with `vfio_io_server_destroy`; on
 /// failure `*out` is left alone. Returns 0 or -errno: -EINVAL for a NULL
-/// argument or an inconsistent description (what is wrong goes to the log
+/// argument, an `ops->size` of neither version, migration callbacks given
+/// in part, or an inconsistent description (what is wrong goes to the log
 /// handler at error level), -EBADF for a region fd that is not open,
 /// -EADDRINUSE when `socket_path` exists.
 #[no_mangle]

@@ -1,0 +1,73 @@
+/* A device written in C served through vfio_io_server_* on a thread of the
+ * test program, and a log handler that counts error lines, for the C tests
+ * of the server API. Uses CHECK (check.h).
+ * Header-only; each test program is one translation unit. */
+#ifndef VFIO_IO_SERVED_THREAD_H
+#define VFIO_IO_SERVED_THREAD_H
+
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <vfio-io.h>
+
+#include "check.h"
+
+/* Error lines the library logged so far. */
+static int log_errors;
+
+/* The log handler: prints each line, counts the errors. */
+static void count_log(int level, const char *msg, void *opaque)
+{
+    (void)opaque;
+    if (level <= VFIO_IO_LOG_ERROR)
+        log_errors++;
+    fprintf(stderr, "log %d: %s\n", level, msg);
+}
+
+/* A server listening on <dir>/<name>, run on its own thread. */
+struct served {
+    char sock[128];
+    pthread_t thread;
+    vfio_io_server *srv;
+};
+
+/* Creates the server of `desc` and `ops` with `opaque` on <dir>/<name>.
+ * Returns vfio_io_server_create's result. */
+static inline int served_create(struct served *s, const char *dir, const char *name,
+                                const struct vfio_io_server_device *desc,
+                                const struct vfio_io_server_ops *ops, void *opaque)
+{
+    snprintf(s->sock, sizeof(s->sock), "%s/%s", dir, name);
+    int r = vfio_io_server_create(s->sock, desc, ops, opaque, &s->srv);
+    CHECK(r == 0, "vfio_io_server_create %s: %d (%s)", name, r, strerror(-r));
+    return r;
+}
+
+static void *served_run(void *srv)
+{
+    return (void *)(intptr_t)vfio_io_server_run(srv);
+}
+
+/* Starts serving on a new thread: 0, or -errno with the server destroyed. */
+static inline int served_start(struct served *s)
+{
+    int r = pthread_create(&s->thread, NULL, served_run, s->srv);
+    CHECK(r == 0, "server thread for %s", s->sock);
+    if (r != 0)
+        vfio_io_server_destroy(s->srv);
+    return -r;
+}
+
+/* Stops the server, joins its thread (run must have returned 0) and frees it. */
+static inline void served_stop(struct served *s)
+{
+    vfio_io_server_stop(s->srv);
+    void *ret = NULL;
+    pthread_join(s->thread, &ret);
+    CHECK((intptr_t)ret == 0, "vfio_io_server_run returned %ld", (long)(intptr_t)ret);
+    vfio_io_server_destroy(s->srv);
+}
+
+#endif
