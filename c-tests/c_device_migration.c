@@ -150,19 +150,6 @@ static int mig_load(void *opaque, const void *buf, size_t len)
     return 0;
 }
 
-static uint32_t rd(vfio_io_device *dev, uint32_t index, off_t off)
-{
-    uint32_t v = 0xffffffff;
-    int r = vfio_io_device_ops(dev)->region_read(dev, index, off, 4, &v);
-    CHECK(r == 4, "region %u read at %#lx returned %d", index, (long)off, r);
-    return v;
-}
-
-static int wr(vfio_io_device *dev, uint32_t index, off_t off, uint32_t v)
-{
-    return vfio_io_device_ops(dev)->region_write(dev, index, off, 4, &v, false);
-}
-
 static uint32_t mig_state_of(vfio_io_device *dev)
 {
     uint32_t s = 0xffffffff;
@@ -237,7 +224,7 @@ static void create_checks(const char *dir, const struct vfio_io_server_device *d
         if (r == 0) {
             CHECK(!(vfio_io_device_capabilities(dev) & VFIO_IO_CAP_MIGRATION),
                   "%s: MIGRATION is clear", what[i]);
-            CHECK(rd(dev, 0, 0x00) == DEV_ID, "%s: the region callbacks serve", what[i]);
+            CHECK(region_rd32(dev, 0, 0x00) == DEV_ID, "%s: the region callbacks serve", what[i]);
             uint32_t st;
             CHECK(vfio_io_migration_get_state(dev, &st) == -ENOTTY, "%s: no migration state", what[i]);
             vfio_io_device_close(dev);
@@ -293,13 +280,13 @@ static void migrate(vfio_io_device *src, vfio_io_device *dst, struct mig_device 
     for (int i = 0; i < BUF_SIZE; i++)
         mem[i] = (uint8_t)(i * 13 + 5);
     CHECK(vfio_io_dma_map(src, IOVA, BUF_SIZE, mem, mfd, 0, VFIO_IO_DMA_READ) == 0, "DMA map");
-    CHECK(wr(src, 0, 0x04, 0x11112222) == 4 && wr(src, 0, 0x08, 0x33334444) == 4, "A and B");
-    CHECK(wr(src, 0, 0x10, (uint32_t)IOVA) == 4 && wr(src, 0, 0x14, 0) == 4, "DMA_ADDR");
-    CHECK(wr(src, 0, 0x18, 1) == 4, "FETCH");
-    CHECK(wr(src, 0, 0x00, 1) == -EROFS, "ID is read-only");
-    CHECK(rd(src, 0, 0x0c) == 1, "one fetch");
-    CHECK(wr(src, VFIO_PCI_CONFIG_REGION_INDEX, 0x10, 0xfebf0000) == 4, "BAR0 address");
-    CHECK(wr(src, VFIO_PCI_CONFIG_REGION_INDEX, 0x04, 0x6) == 4, "COMMAND: memory, bus master");
+    CHECK(region_wr32(src, 0, 0x04, 0x11112222) == 4 && region_wr32(src, 0, 0x08, 0x33334444) == 4, "A and B");
+    CHECK(region_wr32(src, 0, 0x10, (uint32_t)IOVA) == 4 && region_wr32(src, 0, 0x14, 0) == 4, "DMA_ADDR");
+    CHECK(region_wr32(src, 0, 0x18, 1) == 4, "FETCH");
+    CHECK(region_wr32(src, 0, 0x00, 1) == -EROFS, "ID is read-only");
+    CHECK(region_rd32(src, 0, 0x0c) == 1, "one fetch");
+    CHECK(region_wr32(src, VFIO_PCI_CONFIG_REGION_INDEX, 0x10, 0xfebf0000) == 4, "BAR0 address");
+    CHECK(region_wr32(src, VFIO_PCI_CONFIG_REGION_INDEX, 0x04, 0x6) == 4, "COMMAND: memory, bus master");
 
     int32_t efd = eventfd(0, EFD_CLOEXEC);
     CHECK(set_irq_eventfds(src, VFIO_PCI_MSI_IRQ_INDEX, 0, &efd, 1) == 0, "attach the MSI eventfd");
@@ -310,8 +297,8 @@ static void migrate(vfio_io_device *src, vfio_io_device *dst, struct mig_device 
     CHECK(s->stop_irq == 1, "irq_trigger inside migration_stop returned %d", s->stop_irq);
     CHECK(eventfd_signalled(efd, 30000), "migration_stop's MSI reached the eventfd");
     close(efd);
-    CHECK(rd(src, 0, 0x1c) == 1, "the device knows it is stopped");
-    CHECK(wr(src, 0, 0x18, 1) == -EBUSY, "no new work while stopped");
+    CHECK(region_rd32(src, 0, 0x1c) == 1, "the device knows it is stopped");
+    CHECK(region_wr32(src, 0, 0x18, 1) == -EBUSY, "no new work while stopped");
 
     r = vfio_io_migration_set_state(src, VFIO_DEVICE_STATE_STOP_COPY);
     CHECK(r == 0, "source to STOP_COPY: %d", r);
@@ -324,7 +311,7 @@ static void migrate(vfio_io_device *src, vfio_io_device *dst, struct mig_device 
         return;
 
     /* The destination keeps its state through refused streams. */
-    CHECK(wr(dst, 0, 0x04, 0xdead) == 4, "destination A before");
+    CHECK(region_wr32(dst, 0, 0x04, 0xdead) == 4, "destination A before");
     r = vfio_io_migration_set_state(dst, VFIO_DEVICE_STATE_RESUMING);
     CHECK(r == 0, "destination to RESUMING: %d", r);
     uint8_t *magic = memmem(stream, len, STATE_MAGIC, 4);
@@ -343,8 +330,8 @@ static void migrate(vfio_io_device *src, vfio_io_device *dst, struct mig_device 
     r = vfio_io_migration_set_state(dst, VFIO_DEVICE_STATE_STOP);
     CHECK(r == -EINVAL, "a truncated stream: %d", r);
     CHECK(t->load_calls == 1, "the library refused it before migration_load: %d", t->load_calls);
-    CHECK(rd(dst, 0, 0x04) == 0xdead, "the destination kept its A");
-    CHECK((rd(dst, VFIO_PCI_CONFIG_REGION_INDEX, 0x04) & 0xffff) == 0, "the destination kept its COMMAND");
+    CHECK(region_rd32(dst, 0, 0x04) == 0xdead, "the destination kept its A");
+    CHECK((region_rd32(dst, VFIO_PCI_CONFIG_REGION_INDEX, 0x04) & 0xffff) == 0, "the destination kept its COMMAND");
 
     write_stream(dst, stream, len);
     free(stream);
@@ -354,25 +341,25 @@ static void migrate(vfio_io_device *src, vfio_io_device *dst, struct mig_device 
           t->load_calls, t->resumes);
 
     /* Register by register. */
-    CHECK(rd(dst, 0, 0x04) == 0x11112222, "A arrived");
-    CHECK(rd(dst, 0, 0x08) == 0x33334444, "B arrived");
-    CHECK(rd(dst, 0, 0x0c) == 1, "FETCHES arrived");
-    CHECK(rd(dst, 0, 0x10) == (uint32_t)IOVA && rd(dst, 0, 0x14) == 0, "DMA_ADDR arrived");
-    CHECK(rd(dst, 0, 0x1c) == 0, "the destination runs");
+    CHECK(region_rd32(dst, 0, 0x04) == 0x11112222, "A arrived");
+    CHECK(region_rd32(dst, 0, 0x08) == 0x33334444, "B arrived");
+    CHECK(region_rd32(dst, 0, 0x0c) == 1, "FETCHES arrived");
+    CHECK(region_rd32(dst, 0, 0x10) == (uint32_t)IOVA && region_rd32(dst, 0, 0x14) == 0, "DMA_ADDR arrived");
+    CHECK(region_rd32(dst, 0, 0x1c) == 0, "the destination runs");
     int same = 1;
     for (int off = 0; off < BUF_SIZE; off += 4) {
-        uint32_t v = rd(dst, 0, BUF_OFF + off);
+        uint32_t v = region_rd32(dst, 0, BUF_OFF + off);
         same &= memcmp(&v, mem + off, 4) == 0;
     }
     CHECK(same, "the DMA-fetched buffer arrived");
-    CHECK((rd(dst, VFIO_PCI_CONFIG_REGION_INDEX, 0x04) & 0xffff) == 0x6, "COMMAND arrived");
-    CHECK(rd(dst, VFIO_PCI_CONFIG_REGION_INDEX, 0x10) == 0xfebf0000, "BAR0 address arrived");
-    CHECK(rd(dst, VFIO_PCI_CONFIG_REGION_INDEX, 0x00) == 0xc0de1234, "IDs unchanged");
+    CHECK((region_rd32(dst, VFIO_PCI_CONFIG_REGION_INDEX, 0x04) & 0xffff) == 0x6, "COMMAND arrived");
+    CHECK(region_rd32(dst, VFIO_PCI_CONFIG_REGION_INDEX, 0x10) == 0xfebf0000, "BAR0 address arrived");
+    CHECK(region_rd32(dst, VFIO_PCI_CONFIG_REGION_INDEX, 0x00) == 0xc0de1234, "IDs unchanged");
 
     r = vfio_io_migration_set_state(src, VFIO_DEVICE_STATE_RUNNING);
     CHECK(r == 0, "source back to RUNNING: %d", r);
-    CHECK(s->resumes == 1 && rd(src, 0, 0x1c) == 0, "the source resumed");
-    CHECK(wr(src, 0, 0x18, 1) == 4 && rd(src, 0, 0x0c) == 2, "the source works again");
+    CHECK(s->resumes == 1 && region_rd32(src, 0, 0x1c) == 0, "the source resumed");
+    CHECK(region_wr32(src, 0, 0x18, 1) == 4 && region_rd32(src, 0, 0x0c) == 2, "the source works again");
     vfio_io_dma_unmap(src, IOVA, BUF_SIZE);
     munmap(mem, BUF_SIZE);
     close(mfd);
@@ -380,12 +367,9 @@ static void migrate(vfio_io_device *src, vfio_io_device *dst, struct mig_device 
 
 int main(void)
 {
-    vfio_io_set_log_handler(count_log, NULL, VFIO_IO_LOG_WARNING);
     char dir[] = "/tmp/vfio-io-cmig-XXXXXX";
-    if (!mkdtemp(dir)) {
-        perror("mkdtemp");
+    if (served_begin(dir) != 0)
         return 2;
-    }
     struct vfio_io_server_region bar0 = {
         VFIO_PCI_BAR0_REGION_INDEX, VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE,
         BAR0_SIZE, -1, 0,

@@ -1,6 +1,6 @@
 /* A device written in C served through vfio_io_server_* on a thread of the
- * test program, and a log handler that counts error lines, for the C tests
- * of the server API. Uses CHECK (check.h).
+ * test program, a log handler that counts error lines, and 32-bit register
+ * access through the client's ops table, for the C tests of the server API. Uses CHECK (check.h).
  * Header-only; each test program is one translation unit. */
 #ifndef VFIO_IO_SERVED_THREAD_H
 #define VFIO_IO_SERVED_THREAD_H
@@ -8,7 +8,9 @@
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/types.h>
 
 #include <vfio-io.h>
 
@@ -24,6 +26,18 @@ static void count_log(int level, const char *msg, void *opaque)
     if (level <= VFIO_IO_LOG_ERROR)
         log_errors++;
     fprintf(stderr, "log %d: %s\n", level, msg);
+}
+
+/* Installs count_log and makes the folder for the sockets from `templ`
+ * (a mkdtemp template, rewritten in place): 0, or -1 with the reason printed. */
+static inline int served_begin(char *templ)
+{
+    vfio_io_set_log_handler(count_log, NULL, VFIO_IO_LOG_WARNING);
+    if (!mkdtemp(templ)) {
+        perror("mkdtemp");
+        return -1;
+    }
+    return 0;
 }
 
 /* A server listening on <dir>/<name>, run on its own thread. */
@@ -68,6 +82,22 @@ static inline void served_stop(struct served *s)
     pthread_join(s->thread, &ret);
     CHECK((intptr_t)ret == 0, "vfio_io_server_run returned %ld", (long)(intptr_t)ret);
     vfio_io_server_destroy(s->srv);
+}
+
+/* Region `index`'s 32 bits at `off`, read through the ops table (a failed
+ * read is a CHECK failure and gives 0xffffffff). */
+static inline uint32_t region_rd32(vfio_io_device *dev, uint32_t index, off_t off)
+{
+    uint32_t v = 0xffffffff;
+    int r = vfio_io_device_ops(dev)->region_read(dev, index, off, 4, &v);
+    CHECK(r == 4, "region %u read at %#lx returned %d", index, (long)off, r);
+    return v;
+}
+
+/* Writes `v` to region `index` at `off`: the ops table's result (4 or -errno). */
+static inline int region_wr32(vfio_io_device *dev, uint32_t index, off_t off, uint32_t v)
+{
+    return vfio_io_device_ops(dev)->region_write(dev, index, off, 4, &v, false);
 }
 
 #endif
