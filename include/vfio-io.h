@@ -237,7 +237,13 @@ typedef struct vfio_io_server_device {
   // Vectors of each IRQ index: INTX, MSI, MSIX, ERR, REQ. INTX, ERR and
   // REQ at most 1, MSI at most 1 with emulated configuration space (32
   // otherwise), MSIX at most 2048. An INTx vector sets the interrupt pin
-  // to INTA#; an MSI vector adds an MSI capability.
+  // to INTA#; an MSI vector adds an MSI capability. MSIX vectors with
+  // emulated configuration space add an MSI-X capability whose table
+  // (at offset 0) and PBA (after it) the library serves in a BAR of its
+  // own: the first of BARs 0..5 no region takes (create fails with
+  // -EINVAL when none is free), a power of two of at least 4 KiB,
+  // trapped; callbacks never see it. Vectors fire as the client's
+  // SET_IRQS on `VFIO_PCI_MSIX_IRQ_INDEX` says, as on kernel vfio-pci.
   uint32_t irq_count[5];
 } vfio_io_server_device;
 

@@ -6,7 +6,8 @@
 //! it emulates PCI configuration space (region 7) from the description
 //! unless the device supplies that region, and it answers accesses to a
 //! region offered with an fd from its own mapping of that fd, so the
-//! handler sees only trapped registers. A device given migration hooks
+//! handler sees only trapped registers. With MSI-X vectors it adds the
+//! MSI-X capability and serves its table and PBA in a BAR of its own. A device given migration hooks
 //! ([`DescribedDevice::with_migration`]) migrates with its emulated
 //! configuration space carried in the stream next to the hooks' own state.
 
@@ -20,6 +21,7 @@ use crate::device::{
 };
 use crate::error::{Error, Result};
 use crate::memory::Mapping;
+use crate::models::msix::{MsixBar, CAP_ID_MSIX};
 use crate::models::pci::{BarKind, PciConfig, CONFIG_SPACE_SIZE};
 use crate::user::server::{DeviceContext, DeviceModel, Doorbell, Migratable};
 
@@ -119,6 +121,8 @@ pub struct DescribedDevice<H: RegionHandler> {
     doorbells: Vec<Doorbell>,
     /// Emulated configuration space, unless the device supplies region 7.
     config: Option<PciConfig>,
+    /// The MSI-X table and PBA, with MSI-X vectors and emulated config space.
+    msix: Option<MsixBar>,
     handler: H,
     /// The device's own migration hooks; `None`: it does not migrate.
     migration: Option<Box<dyn Migratable + Send>>,
@@ -128,9 +132,9 @@ pub struct DescribedDevice<H: RegionHandler> {
 const STATE_MAGIC: [u8; 4] = *b"VIOD";
 /// The version of the stream layout this model writes and reads.
 const STATE_VERSION: u16 = 1;
-/// Bytes of the stream's header: magic, version, reserved, length of the
-/// configuration space part, length of the device's own part.
-const STATE_HEADER_LEN: usize = 4 + 2 + 2 + 4 + 8;
+/// Bytes of the stream's header: magic, version, reserved, lengths of the
+/// configuration space part, the MSI-X table part and the device's own part.
+const STATE_HEADER_LEN: usize = 4 + 2 + 2 + 4 + 4 + 8;
 
 /// Logs what is wrong with a description and returns the error for it.
 fn invalid(detail: String) -> Error {
@@ -198,8 +202,9 @@ fn map_region(i: u32, fd: &OwnedFd, r: &RegionDesc) -> Result<Mapping> {
 }
 
 /// The configuration space the description implies: IDs, a BAR per
-/// region 0..=5 sized from it, INTA# with an INTx vector, MSI with one.
-fn emulated_config(desc: &DeviceDesc) -> Result<PciConfig> {
+/// region 0..=5 sized from it, INTA# with an INTx vector, MSI with one,
+/// MSI-X with its table and PBA in the first BAR no region uses.
+fn emulated_config(desc: &DeviceDesc) -> Result<(PciConfig, Option<MsixBar>)> {
     if desc.class_code > 0xff_ffff {
         return Err(invalid(format!(
             "class_code {:#x} is wider than 24 bits",
@@ -241,7 +246,38 @@ fn emulated_config(desc: &DeviceDesc) -> Result<PciConfig> {
     if msi == 1 {
         config = config.with_msi()?;
     }
-    Ok(config)
+    let msix = desc.irq_count[pci_irq::MSIX as usize];
+    if msix == 0 {
+        return Ok((config, None));
+    }
+    let bir = (0..6u8).find(|&i| config.bar(usize::from(i)).is_none() && !bar_upper_half(desc, i));
+    let Some(bir) = bir else {
+        return Err(invalid(format!(
+            "{msix} MSI-X vectors: their table needs a BAR, but regions 0-5 take all six \
+             (leave one free, or supply region 7)"
+        )));
+    };
+    let table = MsixBar::new(bir, msix)?;
+    config = config.with_bar(
+        usize::from(bir),
+        BarKind::Memory32 {
+            prefetchable: false,
+        },
+        table.bar_size(),
+    )?;
+    let (body, wmask) = table.capability();
+    config.add_capability(CAP_ID_MSIX, &body, &wmask)?;
+    Ok((config, Some(table)))
+}
+
+/// Whether BAR index `i` is the upper half of a 64-bit BAR the description
+/// declares at `i - 1`.
+fn bar_upper_half(desc: &DeviceDesc, i: u8) -> bool {
+    i > 0
+        && desc
+            .regions
+            .iter()
+            .any(|r| r.index + 1 == u32::from(i) && r.size > 1 << 31)
 }
 
 impl<H: RegionHandler> DescribedDevice<H> {
@@ -269,15 +305,18 @@ impl<H: RegionHandler> DescribedDevice<H> {
                 return Err(invalid(format!("region {} given twice", r.index)));
             }
         }
-        let config = match desc.regions.iter().find(|r| r.index == pci_region::CONFIG) {
+        let (config, msix) = match desc.regions.iter().find(|r| r.index == pci_region::CONFIG) {
             Some(r) if r.size < CONFIG_SPACE_SIZE as u64 => {
                 return Err(invalid(format!(
                     "region 7 (config space) of {} bytes, at least 256",
                     r.size
                 )))
             }
-            Some(_) => None,
-            None => Some(emulated_config(&desc)?),
+            Some(_) => (None, None),
+            None => {
+                let (config, msix) = emulated_config(&desc)?;
+                (Some(config), msix)
+            }
         };
         let DeviceDesc {
             regions,
@@ -307,6 +346,7 @@ impl<H: RegionHandler> DescribedDevice<H> {
             reset,
             doorbells,
             config,
+            msix,
             handler,
             migration: None,
         })
@@ -314,7 +354,7 @@ impl<H: RegionHandler> DescribedDevice<H> {
 
     /// Makes the device migrate through `hooks`: the server calls them on
     /// the migration arcs, and the stream carries the emulated
-    /// configuration space (when emulated) ahead of what `hooks` save.
+    /// configuration space and MSI-X table ahead of what `hooks` save.
     pub fn with_migration(mut self, hooks: Box<dyn Migratable + Send>) -> Self {
         self.migration = Some(hooks);
         self
@@ -330,6 +370,16 @@ impl<H: RegionHandler> DescribedDevice<H> {
     /// Bytes of the configuration space part of the stream.
     fn config_len(&self) -> usize {
         self.config.as_ref().map_or(0, |_| CONFIG_SPACE_SIZE)
+    }
+
+    /// Bytes of the MSI-X table part of the stream.
+    fn msix_len(&self) -> usize {
+        self.msix.as_ref().map_or(0, |m| m.table().len())
+    }
+
+    /// The MSI-X table and PBA when `index` is their BAR.
+    fn msix_at(&mut self, index: u32) -> Option<&mut MsixBar> {
+        self.msix.as_mut().filter(|m| u32::from(m.bir()) == index)
     }
 
     fn region(&self, index: u32) -> Result<&Region> {
@@ -352,9 +402,12 @@ impl<H: RegionHandler> DeviceModel for DescribedDevice<H> {
     }
 
     fn region_info(&self, index: u32) -> Option<RegionInfo> {
+        let rw = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
         if index == pci_region::CONFIG && self.config.is_some() {
-            let rw = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
             return Some(RegionInfo::plain(index, rw, CONFIG_SPACE_SIZE as u64));
+        }
+        if let Some(m) = self.msix.as_ref().filter(|m| u32::from(m.bir()) == index) {
+            return Some(RegionInfo::plain(index, rw, m.bar_size()));
         }
         let r = match self.regions.get(index as usize)? {
             None => return Some(RegionInfo::plain(index, 0, 0)),
@@ -389,6 +442,10 @@ impl<H: RegionHandler> DeviceModel for DescribedDevice<H> {
                 return config.read(offset, data);
             }
         }
+        if let Some(m) = self.msix_at(index) {
+            m.read(offset, data);
+            return Ok(());
+        }
         match &self.region(index)?.map {
             // The server checked the range against the region's size.
             Some(m) => m.read(offset as usize, data),
@@ -408,6 +465,10 @@ impl<H: RegionHandler> DeviceModel for DescribedDevice<H> {
                 return config.write(offset, data);
             }
         }
+        if let Some(m) = self.msix_at(index) {
+            m.write(offset, data);
+            return Ok(());
+        }
         match &self.region(index)?.map {
             Some(m) => m.write(offset as usize, data),
             None => self.handler.write(ctx, index, offset, data),
@@ -420,6 +481,9 @@ impl<H: RegionHandler> DeviceModel for DescribedDevice<H> {
         }
         if let Some(config) = &mut self.config {
             config.reset();
+        }
+        if let Some(m) = &mut self.msix {
+            m.reset();
         }
         self.handler.reset(ctx)
     }
@@ -434,8 +498,8 @@ impl<H: RegionHandler> DeviceModel for DescribedDevice<H> {
     }
 }
 
-/// The stream: header, configuration space (when emulated), then the
-/// hooks' state. The configuration space is loaded through its writable
+/// The stream: header, configuration space and MSI-X table (when
+/// emulated), then the hooks' state. The configuration space is loaded through its writable
 /// masks, so a stream cannot change what the description fixed.
 impl<H: RegionHandler> Migratable for DescribedDevice<H> {
     fn stop(&mut self, ctx: &mut dyn DeviceContext) -> Result<()> {
@@ -452,17 +516,21 @@ impl<H: RegionHandler> Migratable for DescribedDevice<H> {
             .as_deref()
             .ok_or(Error::InvalidArgument("the device does not migrate"))?;
         let state = hooks.save()?;
-        let config_len = self.config_len();
-        let mut b = Vec::with_capacity(STATE_HEADER_LEN + config_len + state.len());
+        let (config_len, msix_len) = (self.config_len(), self.msix_len());
+        let mut b = Vec::with_capacity(STATE_HEADER_LEN + config_len + msix_len + state.len());
         b.extend_from_slice(&STATE_MAGIC);
         b.extend_from_slice(&STATE_VERSION.to_le_bytes());
         b.extend_from_slice(&0u16.to_le_bytes());
         b.extend_from_slice(&(config_len as u32).to_le_bytes());
+        b.extend_from_slice(&(msix_len as u32).to_le_bytes());
         b.extend_from_slice(&(state.len() as u64).to_le_bytes());
         if let Some(config) = &self.config {
             let mut bytes = [0u8; CONFIG_SPACE_SIZE];
             config.read(0, &mut bytes)?;
             b.extend_from_slice(&bytes);
+        }
+        if let Some(m) = &self.msix {
+            b.extend_from_slice(m.table());
         }
         b.extend_from_slice(&state);
         Ok(b)
@@ -481,26 +549,32 @@ impl<H: RegionHandler> Migratable for DescribedDevice<H> {
             return Err(bad("device state: unknown version"));
         }
         let config_len = u32::from_le_bytes(header[8..12].try_into().unwrap_or_default());
-        let state_len = u64::from_le_bytes(header[12..20].try_into().unwrap_or_default());
-        if config_len as usize != self.config_len() {
+        let msix_len = u32::from_le_bytes(header[12..16].try_into().unwrap_or_default());
+        let state_len = u64::from_le_bytes(header[16..24].try_into().unwrap_or_default());
+        if config_len as usize != self.config_len() || msix_len as usize != self.msix_len() {
             return Err(bad("device state: configuration space of another layout"));
         }
-        if body.len() as u64 != u64::from(config_len).saturating_add(state_len) {
+        let emulated = u64::from(config_len) + u64::from(msix_len);
+        if body.len() as u64 != emulated.saturating_add(state_len) {
             return Err(bad("device state: length differs from its header"));
         }
-        let (config_bytes, state) = body.split_at(config_len as usize);
-        // The hooks load all or nothing: the configuration space changes
-        // only once they have taken their part.
+        let (config_bytes, rest) = body.split_at(config_len as usize);
+        let (msix_bytes, state) = rest.split_at(msix_len as usize);
+        // The hooks load all or nothing: the emulated parts change only
+        // once they have taken theirs.
         self.hooks()?.load(state)?;
         if let Some(config) = &mut self.config {
             config.write(0, config_bytes)?;
+        }
+        if let Some(m) = &mut self.msix {
+            m.load_table(msix_bytes)?;
         }
         Ok(())
     }
 
     fn max_stream_len(&self) -> usize {
         let hooks = self.migration.as_deref().map_or(0, |m| m.max_stream_len());
-        (STATE_HEADER_LEN + self.config_len()).saturating_add(hooks)
+        (STATE_HEADER_LEN + self.config_len() + self.msix_len()).saturating_add(hooks)
     }
 }
 
@@ -659,7 +733,7 @@ mod tests {
         bad_version[4] ^= 1;
         let mut longer_state = stream.clone();
         longer_state.push(0);
-        longer_state[12] += 1;
+        longer_state[16] += 1;
         let no_config = migrating(b"source state");
         let mut no_config = DescribedDevice {
             config: None,
@@ -682,5 +756,121 @@ mod tests {
             no_config.load(&stream).is_err(),
             "config space the device lacks"
         );
+    }
+
+    /// A context for calls that must not reach the outside world.
+    struct NoContext;
+
+    impl DeviceContext for NoContext {
+        fn dma_read(&mut self, _: u64, _: &mut [u8]) -> Result<()> {
+            Err(Error::Unsupported("no DMA here"))
+        }
+        fn dma_write(&mut self, _: u64, _: &[u8]) -> Result<()> {
+            Err(Error::Unsupported("no DMA here"))
+        }
+        fn irq_enabled(&self, _: u32, _: u32) -> bool {
+            false
+        }
+        fn trigger_irq(&mut self, _: u32, _: u32) -> bool {
+            false
+        }
+        fn set_irq_level(&mut self, _: u32, _: u32, _: bool) {}
+    }
+
+    #[test]
+    fn msix_vectors_add_the_capability_and_its_bar() {
+        // BAR0 is the device's (32-bit), so the table goes to BAR1.
+        let mut d =
+            DescribedDevice::new(desc(vec![bar(0, 0x1000)], [0, 1, 70, 0, 0]), Nothing).unwrap();
+        let config = d.config.as_ref().unwrap();
+        let caps = config.capabilities();
+        let ids: Vec<u8> = caps.iter().map(|c| c.id).collect();
+        assert_eq!(ids, [crate::models::pci::CAP_ID_MSI, CAP_ID_MSIX]);
+        let mut cap = [0u8; 12];
+        config.read(u64::from(caps[1].offset), &mut cap).unwrap();
+        assert_eq!(u16::from_le_bytes([cap[2], cap[3]]), 69, "table size N - 1");
+        assert_eq!(
+            u32::from_le_bytes(cap[4..8].try_into().unwrap()),
+            1,
+            "table at 0 of BAR1"
+        );
+        assert_eq!(
+            u32::from_le_bytes(cap[8..12].try_into().unwrap()),
+            (70 * 16) | 1,
+            "PBA after it"
+        );
+        assert_eq!(config.bar(1).unwrap().size, 4096);
+        let info = d.region_info(1).unwrap();
+        assert_eq!(
+            (info.size, info.flags & VFIO_REGION_INFO_FLAG_MMAP),
+            (4096, 0)
+        );
+
+        // Enable and Function Mask are the control's writable bits.
+        let ctrl = u64::from(caps[1].offset) + 2;
+        d.region_write(&mut NoContext, 7, ctrl, &[0xff, 0xff])
+            .unwrap();
+        let mut back = [0u8; 2];
+        d.region_read(&mut NoContext, 7, ctrl, &mut back).unwrap();
+        assert_eq!(u16::from_le_bytes(back), 0xc000 | 69);
+
+        // The table is served by the model, never the handler (which reads zeros).
+        let entry = 5 * 16;
+        d.region_write(&mut NoContext, 1, entry, &0xfee0_1000u32.to_le_bytes())
+            .unwrap();
+        d.region_write(&mut NoContext, 1, entry + 12, &0u32.to_le_bytes())
+            .unwrap();
+        let mut word = [0u8; 4];
+        d.region_read(&mut NoContext, 1, entry, &mut word).unwrap();
+        assert_eq!(u32::from_le_bytes(word), 0xfee0_1000);
+        assert!(!d.msix.as_ref().unwrap().masked(5));
+        d.reset = true;
+        d.reset(&mut NoContext).unwrap();
+        assert!(
+            d.msix.as_ref().unwrap().masked(5),
+            "reset masks every vector"
+        );
+    }
+
+    #[test]
+    fn msix_takes_the_first_free_bar_or_is_refused() {
+        let wide = |i| RegionDesc {
+            size: 1 << 32,
+            ..bar(i, 0)
+        };
+        // BAR0 and BAR1 are one 64-bit BAR, BAR2 is taken: BAR3.
+        let d = DescribedDevice::new(desc(vec![wide(0), bar(2, 16)], [0, 0, 1, 0, 0]), Nothing)
+            .unwrap();
+        assert_eq!(d.msix.as_ref().unwrap().bir(), 3);
+        let full: Vec<_> = (0..6).map(|i| bar(i, 0x1000)).collect();
+        assert!(matches!(
+            DescribedDevice::new(desc(full, [0, 0, 1, 0, 0]), Nothing),
+            Err(Error::InvalidArgument(_))
+        ));
+        // The device's own config space: the device does MSI-X itself.
+        let own = DescribedDevice::new(desc(vec![bar(7, 256)], [0, 0, 8, 0, 0]), Nothing).unwrap();
+        assert!(own.msix.is_none());
+        assert_eq!(own.irq_info(pci_irq::MSIX).unwrap().count, 8);
+    }
+
+    #[test]
+    fn migration_carries_the_msix_table() {
+        let make = || {
+            DescribedDevice::new(desc(vec![bar(0, 0x1000)], [0, 0, 4, 0, 0]), Nothing)
+                .unwrap()
+                .with_migration(Box::new(Bytes(vec![7; 3])))
+        };
+        let mut src = make();
+        src.region_write(&mut NoContext, 1, 3 * 16 + 12, &[0])
+            .unwrap();
+        let stream = src.save().unwrap();
+        assert_eq!(
+            stream.len(),
+            STATE_HEADER_LEN + CONFIG_SPACE_SIZE + 4 * 16 + 3
+        );
+        let mut dst = make();
+        dst.load(&stream).unwrap();
+        let m = dst.msix.as_ref().unwrap();
+        assert!(!m.masked(3) && m.masked(2));
     }
 }
