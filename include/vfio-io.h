@@ -505,28 +505,45 @@ void vfio_io_server_stop(struct vfio_io_server *srv);
 void vfio_io_server_destroy(struct vfio_io_server *srv);
 
 // Raises vector `vector` of IRQ index `irq_index` (`VFIO_PCI_MSI_IRQ_INDEX`
-// ...) by signalling the eventfd the client attached to it. Callable only
-// from within a callback of this server, on its thread: elsewhere -EBUSY.
+// ...) by signalling the eventfd the client attached to it.
+//
+// Callable from any thread, concurrently. Inside a callback of this server
+// it acts at once on the session the callback serves. From any other
+// thread it is queued for the thread in `vfio_io_server_run`, which runs it
+// between client commands, and the caller waits for it: at most the
+// server's DMA timeout (5 s) for it to begin, so a callback that waits for
+// such a thread delays it, but cannot hang it, and gets -ETIMEDOUT back.
+//
 // Returns 1 when an eventfd was signalled, 0 when the client attached none
-// or masked the vector, -EINVAL for a NULL `srv` or a vector the device
-// does not have. `srv` must be NULL or a live server.
+// or masked the vector; -EINVAL for a NULL `srv` or a vector the device
+// does not have, -ENOTCONN when no client is being served (none connected,
+// or `run` not under way), -ETIMEDOUT as above. `srv` must be NULL or a
+// live server.
 int vfio_io_server_irq_trigger(struct vfio_io_server *srv, uint32_t irq_index, uint32_t vector);
 
 // Reads `len` bytes of client memory at DMA address `iova` into `buf`:
 // through the memory the client mapped with an fd, else by a DMA_READ
-// message the client answers. Callable only from within a callback of this
-// server, on its thread: elsewhere -EBUSY. Returns 0 or -errno: -EINVAL
-// for a NULL `srv` or `buf` (with `len` > 0), -EFAULT for a range the
-// client has not mapped readable, -ETIMEDOUT when the client does not
-// answer. `srv` must be NULL or a live server; `buf` holds `len` bytes.
+// message the client answers.
+//
+// Callable from any thread, concurrently, as `vfio_io_server_irq_trigger`:
+// inside a callback of this server at once, from another thread queued for
+// the serving thread (the bytes are copied into `buf` before it returns).
+//
+// Returns 0 or -errno: -EINVAL for a NULL `srv` or `buf` (with `len` > 0),
+// -EFAULT for a range the client has not mapped readable, -ETIMEDOUT when
+// the client does not answer or (from another thread) the serving thread
+// does not get to it within the DMA timeout, -ENOTCONN when no client is
+// being served. `srv` must be NULL or a live server; `buf` holds `len` bytes.
 int vfio_io_server_dma_read(struct vfio_io_server *srv, uint64_t iova, void *buf, size_t len);
 
 // Writes the `len` bytes of `buf` into client memory at DMA address
 // `iova`, as `vfio_io_server_dma_read` reads (mapped memory, else a
 // DMA_WRITE message); the write is logged for dirty-page tracking.
-// Callable only from within a callback of this server, on its thread:
-// elsewhere -EBUSY. Returns 0 or -errno (-EINVAL for a NULL `srv` or
-// `buf`, -EFAULT for a range not mapped writable). `buf` is only read.
+// Callable from any thread, concurrently, as `vfio_io_server_dma_read`
+// (from another thread `buf` is copied before the call is queued).
+// Returns 0 or -errno (-EINVAL for a NULL `srv` or `buf`, -EFAULT for a
+// range not mapped writable, -ETIMEDOUT, -ENOTCONN as for
+// `vfio_io_server_dma_read`). `buf` is only read.
 int vfio_io_server_dma_write(struct vfio_io_server *srv,
                              uint64_t iova,
                              const void *buf,

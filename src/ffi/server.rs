@@ -2,11 +2,11 @@
 //! struct and implemented by callbacks, served by the library's server on a
 //! thread the caller gives it (`vfio_io_server_run`).
 //!
-//! A callback may raise interrupts and do DMA through the server handle
-//! while it runs: the session's context is lent to the serving thread for
-//! the duration of each callback (see [`lend_context`]), and those entry
-//! points use it only there. From any other thread, or outside a callback,
-//! they return -EBUSY rather than race with the session.
+//! Interrupts and DMA may be asked for from any thread. Inside a callback
+//! the session's context is lent to the serving thread for the duration of
+//! the callback (see [`lend_context`]) and used directly; from any other
+//! thread the request goes through the server's [`ServerHandle`], which the
+//! serving thread runs between client commands.
 
 use std::cell::Cell;
 use std::ffi::{c_char, c_int, c_void};
@@ -19,7 +19,7 @@ use super::{fd_is_open, guard, path_arg, ret};
 use crate::device::pci_irq;
 use crate::error::{Error, Result};
 use crate::models::described::{DescribedDevice, DeviceDesc, RegionDesc, RegionHandler};
-use crate::user::server::{DeviceContext, Server, ServerConfig, ServerStopper};
+use crate::user::server::{DeviceContext, Server, ServerConfig, ServerHandle, ServerStopper};
 
 const SERVER_MAGIC: u64 = 0x7666_696f_2d73_7276;
 
@@ -124,6 +124,8 @@ pub struct vfio_io_server {
     id: u64,
     server: Mutex<Server<DescribedDevice<Callbacks>>>,
     stopper: ServerStopper,
+    /// Interrupts and DMA from threads other than the serving one.
+    handle: ServerHandle,
     irq_count: [u32; 5],
     path: PathBuf,
 }
@@ -165,19 +167,17 @@ fn lend_context<R>(id: u64, ctx: &mut dyn DeviceContext, f: impl FnOnce() -> R) 
 }
 
 /// Runs `f` with the context lent for server `id` on this thread, or
-/// returns -EBUSY when none is (another thread, or outside a callback).
-fn with_lent_context(id: u64, f: impl FnOnce(&mut dyn DeviceContext) -> c_int) -> c_int {
+/// `None` when none is (another thread, or outside a callback).
+fn with_lent_context<R>(id: u64, f: impl FnOnce(&mut dyn DeviceContext) -> R) -> Option<R> {
     let lent = CURRENT.with(|c| c.get());
-    let Some((owner, p)) = lent.filter(|(owner, _)| *owner == id) else {
-        return -libc::EBUSY;
-    };
+    let (owner, p) = lent.filter(|(owner, _)| *owner == id)?;
     // Taken out while in use, so that no second reference to it can exist.
     let _restore = Restore(CURRENT.with(|c| c.replace(None)));
     debug_assert_eq!(owner, id);
     // SAFETY: `p` was lent by `lend_context` on this thread, whose borrow is
     // live (the pointer is removed before it returns), and it is out of
     // CURRENT while this reference exists.
-    f(unsafe { &mut *p })
+    Some(f(unsafe { &mut *p }))
 }
 
 /// A callback's return value: `count` is success, -errno the reply's errno.
@@ -370,11 +370,19 @@ unsafe fn create(
         id,
     };
     let model = DescribedDevice::new(desc, callbacks)?;
-    let server = Server::bind(path, model, ServerConfig::default())?;
+    let mut server = Server::bind(path, model, ServerConfig::default())?;
+    let handle = match server.handle() {
+        Ok(h) => h,
+        Err(e) => {
+            let _ = std::fs::remove_file(path);
+            return Err(e);
+        }
+    };
     Ok(Box::new(vfio_io_server {
         magic: SERVER_MAGIC,
         id,
         stopper: server.stopper(),
+        handle,
         server: Mutex::new(server),
         irq_count,
         path: PathBuf::from(path),
@@ -489,11 +497,20 @@ pub unsafe extern "C" fn vfio_io_server_destroy(srv: *mut vfio_io_server) {
 }
 
 /// Raises vector `vector` of IRQ index `irq_index` (`VFIO_PCI_MSI_IRQ_INDEX`
-/// ...) by signalling the eventfd the client attached to it. Callable only
-/// from within a callback of this server, on its thread: elsewhere -EBUSY.
+/// ...) by signalling the eventfd the client attached to it.
+///
+/// Callable from any thread, concurrently. Inside a callback of this server
+/// it acts at once on the session the callback serves. From any other
+/// thread it is queued for the thread in `vfio_io_server_run`, which runs it
+/// between client commands, and the caller waits for it: at most the
+/// server's DMA timeout (5 s) for it to begin, so a callback that waits for
+/// such a thread delays it, but cannot hang it, and gets -ETIMEDOUT back.
+///
 /// Returns 1 when an eventfd was signalled, 0 when the client attached none
-/// or masked the vector, -EINVAL for a NULL `srv` or a vector the device
-/// does not have. `srv` must be NULL or a live server.
+/// or masked the vector; -EINVAL for a NULL `srv` or a vector the device
+/// does not have, -ENOTCONN when no client is being served (none connected,
+/// or `run` not under way), -ETIMEDOUT as above. `srv` must be NULL or a
+/// live server.
 #[no_mangle]
 pub unsafe extern "C" fn vfio_io_server_irq_trigger(
     srv: *mut vfio_io_server,
@@ -507,37 +524,50 @@ pub unsafe extern "C" fn vfio_io_server_irq_trigger(
             if irq_index >= pci_irq::COUNT || vector >= count {
                 return -libc::EINVAL;
             }
-            with_lent_context(s.id, |ctx| c_int::from(ctx.trigger_irq(irq_index, vector)))
+            let fired = with_lent_context(s.id, |ctx| Ok(ctx.trigger_irq(irq_index, vector)))
+                .unwrap_or_else(|| s.handle.trigger_irq(irq_index, vector));
+            ret(fired.map(c_int::from))
         })
     }
 }
 
-/// Runs a DMA of `len` bytes with the context lent to this thread for
-/// `srv`: 0 at once for `len` 0, else 0 or -errno.
+/// Runs a DMA of `len` bytes: with the context lent to this thread for
+/// `srv` inside one of its callbacks, else through the server's handle.
+/// 0 at once for `len` 0, else 0 or -errno.
 ///
 /// # Safety
 /// `srv` must be NULL or a live server.
 unsafe fn with_dma(
     srv: *const vfio_io_server,
     len: usize,
-    op: impl FnOnce(&mut dyn DeviceContext) -> Result<()>,
+    direct: impl FnOnce(&mut dyn DeviceContext) -> Result<()>,
+    queued: impl FnOnce(&ServerHandle) -> Result<()>,
 ) -> c_int {
     // SAFETY: per this function's contract.
     unsafe {
         with_server(srv, |s| match len {
             0 => 0,
-            _ => with_lent_context(s.id, |ctx| ret(op(ctx).map(|()| 0))),
+            _ => {
+                let r = with_lent_context(s.id, direct).unwrap_or_else(|| queued(&s.handle));
+                ret(r.map(|()| 0))
+            }
         })
     }
 }
 
 /// Reads `len` bytes of client memory at DMA address `iova` into `buf`:
 /// through the memory the client mapped with an fd, else by a DMA_READ
-/// message the client answers. Callable only from within a callback of this
-/// server, on its thread: elsewhere -EBUSY. Returns 0 or -errno: -EINVAL
-/// for a NULL `srv` or `buf` (with `len` > 0), -EFAULT for a range the
-/// client has not mapped readable, -ETIMEDOUT when the client does not
-/// answer. `srv` must be NULL or a live server; `buf` holds `len` bytes.
+/// message the client answers.
+///
+/// Callable from any thread, concurrently, as `vfio_io_server_irq_trigger`:
+/// inside a callback of this server at once, from another thread queued for
+/// the serving thread (the bytes are copied into `buf` before it returns).
+///
+/// Returns 0 or -errno: -EINVAL for a NULL `srv` or `buf` (with `len` > 0),
+/// -EFAULT for a range the client has not mapped readable, -ETIMEDOUT when
+/// the client does not answer or (from another thread) the serving thread
+/// does not get to it within the DMA timeout, -ENOTCONN when no client is
+/// being served. `srv` must be NULL or a live server; `buf` holds `len` bytes.
 #[no_mangle]
 pub unsafe extern "C" fn vfio_io_server_dma_read(
     srv: *mut vfio_io_server,
@@ -548,21 +578,28 @@ pub unsafe extern "C" fn vfio_io_server_dma_read(
     if buf.is_null() && len > 0 {
         return -libc::EINVAL;
     }
+    let buf = buf.cast::<u8>();
     // SAFETY: per the contract `srv` is NULL or live, and a non-NULL `buf`
-    // holds `len` bytes; the slice is made only when `len` > 0.
+    // holds `len` bytes; the slice is made only when `len` > 0, by one of
+    // the two closures, never both.
     unsafe {
-        with_dma(srv, len, |ctx| {
-            ctx.dma_read(iova, std::slice::from_raw_parts_mut(buf.cast(), len))
-        })
+        with_dma(
+            srv,
+            len,
+            |ctx| ctx.dma_read(iova, std::slice::from_raw_parts_mut(buf, len)),
+            |h| h.dma_read(iova, std::slice::from_raw_parts_mut(buf, len)),
+        )
     }
 }
 
 /// Writes the `len` bytes of `buf` into client memory at DMA address
 /// `iova`, as `vfio_io_server_dma_read` reads (mapped memory, else a
 /// DMA_WRITE message); the write is logged for dirty-page tracking.
-/// Callable only from within a callback of this server, on its thread:
-/// elsewhere -EBUSY. Returns 0 or -errno (-EINVAL for a NULL `srv` or
-/// `buf`, -EFAULT for a range not mapped writable). `buf` is only read.
+/// Callable from any thread, concurrently, as `vfio_io_server_dma_read`
+/// (from another thread `buf` is copied before the call is queued).
+/// Returns 0 or -errno (-EINVAL for a NULL `srv` or `buf`, -EFAULT for a
+/// range not mapped writable, -ETIMEDOUT, -ENOTCONN as for
+/// `vfio_io_server_dma_read`). `buf` is only read.
 #[no_mangle]
 pub unsafe extern "C" fn vfio_io_server_dma_write(
     srv: *mut vfio_io_server,
@@ -573,10 +610,14 @@ pub unsafe extern "C" fn vfio_io_server_dma_write(
     if buf.is_null() && len > 0 {
         return -libc::EINVAL;
     }
+    let buf = buf.cast::<u8>();
     // SAFETY: as in vfio_io_server_dma_read; `buf` is only read.
     unsafe {
-        with_dma(srv, len, |ctx| {
-            ctx.dma_write(iova, std::slice::from_raw_parts(buf.cast(), len))
-        })
+        with_dma(
+            srv,
+            len,
+            |ctx| ctx.dma_write(iova, std::slice::from_raw_parts(buf, len)),
+            |h| h.dma_write(iova, std::slice::from_raw_parts(buf, len)),
+        )
     }
 }

@@ -11,6 +11,7 @@ mod irq;
 mod link;
 mod migration;
 mod model;
+mod remote;
 mod session;
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -25,6 +26,7 @@ use std::time::Duration;
 pub use dma::{ClientMemory, DmaRegion, DmaSpace};
 pub use irq::IrqState;
 pub use model::{DeviceContext, DeviceModel, Doorbell, Migratable};
+pub use remote::ServerHandle;
 
 use crate::error::{Error, Result};
 use crate::user::version::{VersionCaps, DEFAULT_MAX_DATA_XFER};
@@ -138,6 +140,8 @@ pub struct Server<M: DeviceModel> {
     stop: Arc<AtomicBool>,
     /// The current session's socket, shared with the stopper.
     active: Arc<Mutex<Option<Arc<OwnedFd>>>>,
+    /// Requests of other threads; made by the first [`Server::handle`].
+    remote: Option<Arc<remote::Mailbox>>,
 }
 
 impl<M: DeviceModel> Server<M> {
@@ -156,7 +160,22 @@ impl<M: DeviceModel> Server<M> {
             config,
             stop: Arc::new(AtomicBool::new(false)),
             active: Arc::new(Mutex::new(None)),
+            remote: None,
         }
+    }
+
+    /// A handle that raises interrupts and does DMA on this server's
+    /// current session from any thread (see [`ServerHandle`]). The first
+    /// call makes the server's mailbox, an eventfd its sessions then poll.
+    pub fn handle(&mut self) -> Result<ServerHandle> {
+        let mailbox = match &self.remote {
+            Some(m) => m.clone(),
+            None => self
+                .remote
+                .insert(Arc::new(remote::Mailbox::new()?))
+                .clone(),
+        };
+        Ok(ServerHandle::new(mailbox, self.config.dma_timeout))
     }
 
     /// A handle that stops this server.
@@ -196,7 +215,8 @@ impl<M: DeviceModel> Server<M> {
         if self.stop.load(Ordering::SeqCst) {
             let _ = nix::sys::socket::shutdown(sock.as_raw_fd(), Shutdown::Both);
         }
-        let end = session::Session::new(sock.as_fd(), &mut self.model, &self.config).run();
+        let remote = self.remote.clone();
+        let end = session::Session::new(sock.as_fd(), &mut self.model, &self.config, remote).run();
         self.set_active(None);
         self.model.client_disconnected();
         if self.stop.load(Ordering::SeqCst) {

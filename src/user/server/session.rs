@@ -8,12 +8,14 @@ use std::time::Instant;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
+use super::context::Ctx;
 use super::dma::DmaSpace;
 use super::doorbells::DoorbellFds;
 use super::irq::IrqState;
 use super::link::Link;
 use super::migration::MigrationSession;
 use super::model::DeviceModel;
+use super::remote::Mailbox;
 use super::{ServerConfig, SessionEnd};
 use crate::device::RegionInfo;
 use crate::error::{Error, Result};
@@ -59,6 +61,8 @@ pub(super) struct Session<'a, M: DeviceModel> {
     pub(super) migration: MigrationSession,
     /// The eventfds of the model's doorbells, made for this session.
     pub(super) doorbells: DoorbellFds,
+    /// Requests of other threads, when the server hands out handles.
+    remote: Option<Arc<Mailbox>>,
 }
 
 /// Runs model code; a panic in it becomes an `EIO` error for this command.
@@ -70,7 +74,12 @@ fn model_call<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
 }
 
 impl<'a, M: DeviceModel> Session<'a, M> {
-    pub(super) fn new(sock: BorrowedFd<'a>, model: &'a mut M, config: &'a ServerConfig) -> Self {
+    pub(super) fn new(
+        sock: BorrowedFd<'a>,
+        model: &'a mut M,
+        config: &'a ServerConfig,
+        remote: Option<Arc<Mailbox>>,
+    ) -> Self {
         let info = model.device_info();
         let regions: Vec<RegionInfo> = (0..info.num_regions.min(1024))
             .map(|i| model.region_info(i).unwrap_or_default())
@@ -91,6 +100,7 @@ impl<'a, M: DeviceModel> Session<'a, M> {
             out: Vec::new(),
             migration: MigrationSession::default(),
             doorbells,
+            remote,
         }
     }
 
@@ -102,6 +112,9 @@ impl<'a, M: DeviceModel> Session<'a, M> {
             Some(self.config.timeout),
         ) {
             return SessionEnd::Dropped(e);
+        }
+        if let Some(m) = &self.remote {
+            m.open();
         }
         let end = loop {
             match self.next_command() {
@@ -115,12 +128,19 @@ impl<'a, M: DeviceModel> Session<'a, M> {
                     if let Some(why) = self.link.broken.take() {
                         break SessionEnd::Dropped(Error::Protocol(why));
                     }
+                    self.serve_remote();
                 }
-                Ok(None) => self.ring_doorbells(),
+                Ok(None) => {
+                    self.ring_doorbells();
+                    self.serve_remote();
+                }
                 Err(Error::Disconnected) => break SessionEnd::Disconnected,
                 Err(e) => break SessionEnd::Dropped(e),
             }
         };
+        if let Some(m) = &self.remote {
+            m.close();
+        }
         if let Err(e) = model_call(|| self.migration_to_running()) {
             log::warn!(target: "vfio_io::server", "resuming the device after the session: {e}");
         }
@@ -154,7 +174,12 @@ impl<'a, M: DeviceModel> Session<'a, M> {
                     self.inbuf.extend_from_slice(m.payload);
                     return Ok(Some((m.header, m.fds)));
                 }
-                Err(Error::Timeout) if nonblock => std::hint::spin_loop(),
+                Err(Error::Timeout) if nonblock => {
+                    if self.remote.as_ref().is_some_and(|m| m.pending()) {
+                        return Ok(None);
+                    }
+                    std::hint::spin_loop()
+                }
                 Err(Error::Timeout) => return Ok(None),
                 Err(e) => return Err(e),
             }
@@ -162,14 +187,15 @@ impl<'a, M: DeviceModel> Session<'a, M> {
     }
 
     /// Waits until the socket is readable, serving unmask eventfds meanwhile;
-    /// a doorbell eventfd ends the wait too (the caller rings it). Without
-    /// either kind of eventfd, returns at once and lets recvmsg block.
+    /// a doorbell eventfd or the mailbox's ends the wait too (the caller
+    /// serves them). Without any such eventfd, returns at once and lets
+    /// recvmsg block.
     fn wait_readable(&mut self) -> Result<bool> {
         let fired: Vec<(u32, u32)>;
         let sock_ready: bool;
         {
             let watched = self.irqs.unmask_fds();
-            if watched.is_empty() && self.doorbells.is_empty() {
+            if watched.is_empty() && self.doorbells.is_empty() && self.remote.is_none() {
                 return Ok(true);
             }
             let mut pfds = Vec::with_capacity(watched.len() + 1);
@@ -184,6 +210,11 @@ impl<'a, M: DeviceModel> Session<'a, M> {
                     .fds()
                     .map(|fd| PollFd::new(fd, PollFlags::POLLIN)),
             );
+            // Readable when another thread queued a request: the wait ends,
+            // and the loop serves it.
+            if let Some(m) = &self.remote {
+                pfds.push(PollFd::new(m.fd(), PollFlags::POLLIN));
+            }
             let ms = self.config.timeout.as_millis().min(i32::MAX as u128) as i32;
             match poll(
                 &mut pfds,
@@ -214,6 +245,20 @@ impl<'a, M: DeviceModel> Session<'a, M> {
             self.irqs.unmask(i, v);
         }
         Ok(sock_ready)
+    }
+
+    /// Runs the requests other threads queued, if any, with the session's
+    /// context.
+    fn serve_remote(&mut self) {
+        let Some(m) = self.remote.as_ref().filter(|m| m.pending()) else {
+            return;
+        };
+        let mut ctx = Ctx {
+            link: &mut self.link,
+            dma: &mut self.dma,
+            irqs: &mut self.irqs,
+        };
+        m.serve(&mut ctx);
     }
 
     /// Delivers every signalled doorbell to the model as the writes it
