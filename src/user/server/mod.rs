@@ -14,7 +14,7 @@ mod model;
 mod remote;
 mod session;
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 
 use nix::sys::socket::Shutdown;
@@ -216,7 +216,8 @@ impl<M: DeviceModel> Server<M> {
             let _ = nix::sys::socket::shutdown(sock.as_raw_fd(), Shutdown::Both);
         }
         let remote = self.remote.clone();
-        let end = session::Session::new(sock.as_fd(), &mut self.model, &self.config, remote).run();
+        let mut state = session::SessionState::new(sock.clone(), &self.model, &self.config, remote);
+        let end = session::Session::new(&mut state, &mut self.model, &self.config).run();
         self.set_active(None);
         self.model.client_disconnected();
         if self.stop.load(Ordering::SeqCst) {
