@@ -1,96 +1,34 @@
-/* Interrupts and DMA from many threads at once: a device written in C,
- * served through vfio_io_server_* on one thread, while worker threads call
- * vfio_io_server_dma_read/_write and vfio_io_server_irq_trigger and the
- * library's client drives the device (its callbacks raise interrupts and do
- * DMA of their own meanwhile). Every byte of client memory and every
- * interrupt on the client's eventfd is checked, and no fd is left open.
- *
- * BAR0 (4 KiB, every access a callback):
- *   0x00 ID (read-only)   0x04 SCRATCH (read/write)
- *   0x08 DOORBELL: a write raises MSI vector 0 from the callback
- *   0x0c STAMP: a write of v DMA-writes 16 bytes of v's pattern at
- *        IOVA_STAMP from the callback; a read gives that DMA's result. */
+/* Interrupts and DMA from many threads at once: the device of
+ * bar0_device.h, served through vfio_io_server_run on one thread, while
+ * worker threads call vfio_io_server_dma_read/_write and
+ * vfio_io_server_irq_trigger and the library's client drives the device
+ * (its callbacks raise interrupts and do DMA of their own meanwhile). Every
+ * byte of client memory and every interrupt on the client's eventfd is
+ * checked, and no fd is left open. */
 #define _GNU_SOURCE
-#include <dirent.h>
-#include <errno.h>
 #include <poll.h>
 #include <pthread.h>
-#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
-#include <sys/eventfd.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
-#include <vfio-io.h>
+#include "bar0_device.h"
 
-#include "check.h"
-
-#define DEV_ID 0xc0de0002u
-#define BAR0_SIZE 0x1000
 #define IOVA_FD 0x100000ull   /* client memory shared with a memfd */
 #define IOVA_NOFD 0x200000ull /* client memory reached by DMA messages */
 #define MEM_SIZE 0x8000
-#define IOVA_STAMP (IOVA_FD + MEM_SIZE - 16) /* past every worker's slice */
+#define IOVA_STAMP (IOVA_FD + MEM_SIZE - STAMP_LEN) /* past every worker's slice */
 #define WORKERS 4
 #define ROUNDS 50
 #define IRQS_PER_ROUND 3
 #define SLICE 0x1000
 #define CLIENT_ROUNDS 200
 
-struct dev {
-    vfio_io_server *srv;
-    uint32_t scratch;
-    int doorbell_fired; /* what irq_trigger returned 1 for, in callbacks */
-    int stamp_result;
-};
-
 static uint8_t pattern(int who, int round, size_t k)
 {
     return (uint8_t)(who * 37 + round * 11 + (int)k);
-}
-
-static ssize_t dev_read(void *opaque, uint32_t index, uint64_t offset, void *buf, uint32_t count)
-{
-    struct dev *d = opaque;
-    uint32_t v;
-    if (index != VFIO_PCI_BAR0_REGION_INDEX || count != 4)
-        return -EINVAL;
-    switch (offset) {
-    case 0x00: v = DEV_ID; break;
-    case 0x04: v = d->scratch; break;
-    case 0x0c: v = (uint32_t)d->stamp_result; break;
-    default: return -EINVAL;
-    }
-    memcpy(buf, &v, 4);
-    return count;
-}
-
-static ssize_t dev_write(void *opaque, uint32_t index, uint64_t offset, const void *buf,
-                         uint32_t count)
-{
-    struct dev *d = opaque;
-    uint32_t v;
-    uint8_t stamp[16];
-    if (index != VFIO_PCI_BAR0_REGION_INDEX || count != 4)
-        return -EINVAL;
-    memcpy(&v, buf, 4);
-    switch (offset) {
-    case 0x04: d->scratch = v; break;
-    case 0x08:
-        d->doorbell_fired += vfio_io_server_irq_trigger(d->srv, VFIO_PCI_MSI_IRQ_INDEX, 0) == 1;
-        break;
-    case 0x0c:
-        for (size_t k = 0; k < sizeof(stamp); k++)
-            stamp[k] = pattern(WORKERS, (int)v, k);
-        d->stamp_result = vfio_io_server_dma_write(d->srv, IOVA_STAMP, stamp, sizeof(stamp));
-        break;
-    default: return -EROFS;
-    }
-    return count;
 }
 
 static void *serve(void *srv)
@@ -135,32 +73,6 @@ static void *work(void *arg)
     return NULL;
 }
 
-static int count_fds(void)
-{
-    DIR *d = opendir("/proc/self/fd");
-    int n = 0;
-    if (!d)
-        return -1;
-    while (readdir(d))
-        n++;
-    closedir(d);
-    return n;
-}
-
-static uint32_t rd32(vfio_io_device *dev, const vfio_io_ops *ops, off_t off)
-{
-    uint32_t v = 0xffffffff;
-    int r = ops->region_read(dev, VFIO_PCI_BAR0_REGION_INDEX, off, 4, &v);
-    CHECK(r == 4, "region_read at %#lx returned %d", (long)off, r);
-    return v;
-}
-
-static void wr32(vfio_io_device *dev, const vfio_io_ops *ops, off_t off, uint32_t v)
-{
-    int r = ops->region_write(dev, VFIO_PCI_BAR0_REGION_INDEX, off, 4, &v, false);
-    CHECK(r == 4, "region_write at %#lx returned %d", (long)off, r);
-}
-
 /* Drives the device from the client while the workers run: scratch round
  * trips, doorbells, DMA from the callback. Returns the doorbells rung. */
 static int drive(vfio_io_device *dev, const vfio_io_ops *ops, const uint8_t *shared)
@@ -175,8 +87,8 @@ static int drive(vfio_io_device *dev, const vfio_io_ops *ops, const uint8_t *sha
             wr32(dev, ops, 0x0c, (uint32_t)i);
             CHECK(rd32(dev, ops, 0x0c) == 0, "stamp DMA result in round %d", i);
             int same = 1;
-            for (size_t k = 0; k < 16; k++)
-                same &= shared[MEM_SIZE - 16 + k] == pattern(WORKERS, i, k);
+            for (size_t k = 0; k < STAMP_LEN; k++)
+                same &= shared[MEM_SIZE - STAMP_LEN + k] == stamp_byte((uint32_t)i, k);
             CHECK(same, "stamp of round %d in client memory", i);
         }
     }
@@ -185,33 +97,12 @@ static int drive(vfio_io_device *dev, const vfio_io_ops *ops, const uint8_t *sha
 
 int main(void)
 {
-    char dir[] = "/tmp/vfio-io-cthreads-XXXXXX";
-    if (!mkdtemp(dir)) {
-        perror("mkdtemp");
-        return 2;
-    }
-    char sock[64];
-    snprintf(sock, sizeof(sock), "%s/dev.sock", dir);
     int fds_before = count_fds();
 
-    struct vfio_io_server_region regions[] = {
-        { VFIO_PCI_BAR0_REGION_INDEX, VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE,
-          BAR0_SIZE, -1, 0 },
-    };
-    struct vfio_io_server_device desc = {
-        .size = sizeof(desc), .vendor_id = 0x1234, .device_id = 0xc0de,
-        .class_code = 0xff0000, .regions = regions, .num_regions = 1,
-        .irq_count = { 0, 1, 0, 0, 0 },
-    };
-    struct vfio_io_server_ops ops_s = { 0 };
-    ops_s.size = sizeof(ops_s);
-    ops_s.region_read = dev_read;
-    ops_s.region_write = dev_write;
-    struct dev d = { 0 };
-    int r = vfio_io_server_create(sock, &desc, &ops_s, &d, &d.srv);
-    CHECK(r == 0, "vfio_io_server_create: %d (%s)", r, strerror(-r));
-    if (r != 0)
+    struct bar0_device d = { .stamp_iova = IOVA_STAMP };
+    if (bar0_device_create(&d) != 0)
         return 1;
+    int r;
 
     /* No client yet: nothing to raise an interrupt in, or to DMA from. */
     uint8_t tmp[4] = { 0 };
@@ -224,7 +115,7 @@ int main(void)
     CHECK(vfio_io_server_dma_read(d.srv, IOVA_FD, NULL, 4) == -EINVAL, "NULL buf");
 
     vfio_io_device *dev = NULL;
-    r = vfio_io_user_connect(sock, &dev);
+    r = vfio_io_user_connect(d.sock, &dev);
     CHECK(r == 0, "vfio_io_user_connect: %d (%s)", r, strerror(-r));
     if (r != 0)
         goto stop;
@@ -241,13 +132,7 @@ int main(void)
 
     /* Connected, nothing attached yet: no eventfd to signal. */
     CHECK(vfio_io_server_irq_trigger(d.srv, VFIO_PCI_MSI_IRQ_INDEX, 0) == 0, "irq before set_irqs");
-    int efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    struct {
-        struct vfio_irq_set set;
-        int32_t fd;
-    } irq = { { sizeof(irq), VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
-                VFIO_PCI_MSI_IRQ_INDEX, 0, 1 }, efd };
-    CHECK(ops->set_irqs(dev, &irq.set) == 0, "attach the MSI eventfd");
+    int efd = attach_msi(dev, ops);
 
     struct worker workers[WORKERS];
     for (int t = 0; t < WORKERS; t++) {
@@ -301,9 +186,8 @@ stop:
     void *ret = NULL;
     pthread_join(server, &ret);
     CHECK((intptr_t)ret == 0, "vfio_io_server_run returned %ld", (long)(intptr_t)ret);
-    vfio_io_server_destroy(d.srv);
+    bar0_device_destroy(&d);
     CHECK(count_fds() == fds_before, "fds: %d before, %d after", fds_before, count_fds());
-    rmdir(dir);
     printf("%d passed, %d failed\n", passes, failures);
     return failures ? 1 : 0;
 }

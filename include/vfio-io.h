@@ -487,21 +487,56 @@ int vfio_io_server_create(const char *socket_path,
 // Serves clients one after another on the calling thread until
 // `vfio_io_server_stop`; the callbacks run on this thread. A client that
 // breaks the protocol is dropped (logged) and the next one served. Returns
-// 0 once stopped (at once if it was stopped before), -EBUSY if `run` is
-// already under way on another thread, -EINVAL for a NULL `srv`, or the
+// 0 once stopped (at once if it was stopped before), -EBUSY if `run` or
+// `vfio_io_server_dispatch` is already under way on another thread, -EINVAL for a NULL `srv`, or the
 // -errno of a failing accept. `srv` must be NULL or a live server.
 int vfio_io_server_run(struct vfio_io_server *srv);
+
+// The fd to poll for `vfio_io_server_dispatch`, for serving the device
+// from the caller's own event loop instead of `vfio_io_server_run`: it is
+// readable (level-triggered, `POLLIN`) while `dispatch` has work (a client
+// to accept, a command, an interrupt eventfd, a request of another thread).
+// It belongs to the server: the same fd for the server's whole life, closed
+// by `vfio_io_server_destroy`; do not close, read or write it, only poll
+// it (poll, select, or add it to an epoll set). Callable from any thread.
+// Returns the fd, or -EINVAL for a NULL `srv`. `srv` must be NULL or a
+// live server.
+int vfio_io_server_poll_fd(struct vfio_io_server *srv);
+
+// Does what is ready on the server, without waiting for input, and returns:
+// accepts a waiting client, or handles the commands already received (a
+// bounded number; the poll fd stays readable for the rest), the interrupt
+// eventfds that fired and the requests of other threads. The callbacks run
+// on the calling thread, within this call. Call it when
+// `vfio_io_server_poll_fd` is readable; a call with nothing ready returns 0
+// at once. A command whose callback does DMA by message waits for the
+// client's reply (at most the DMA timeout), as under `run`.
+//
+// One thread at a time, and not while `vfio_io_server_run` is under way,
+// nor from within a callback of this server: those get -EBUSY. While no
+// `dispatch` is under way, `vfio_io_server_irq_trigger` and the DMA calls
+// act at once on the session from any thread; during one, another thread's
+// call is handed to it (the poll fd wakes the loop), as under `run`.
+//
+// Returns 0 (also when the client left or was dropped for breaking the
+// protocol: the next call accepts the next client), -ESHUTDOWN after
+// `vfio_io_server_stop` (the session is ended), -EBUSY as above, -EINVAL
+// for a NULL `srv`, or another -errno of a failing accept or epoll call.
+// `srv` must be NULL or a live server.
+int vfio_io_server_dispatch(struct vfio_io_server *srv);
 
 // Makes `vfio_io_server_run` return soon, from any thread (or from a
 // callback): the current client is disconnected at once (a request whose
 // callback stops the server gets no reply) and no other is accepted, now
-// or by a later `run`. `srv` must be NULL (ignored) or a live server.
+// or by a later `run`; `vfio_io_server_dispatch` returns -ESHUTDOWN from
+// then on. `srv` must be NULL (ignored) or a live server.
 void vfio_io_server_stop(struct vfio_io_server *srv);
 
 // Frees a server: closes its socket and the library's duplicates of region
 // fds, and removes the socket file. `srv` must be NULL (ignored) or a live
-// server whose `vfio_io_server_run` is not under way (stop it and join its
-// thread first); it is invalid afterwards.
+// server whose `vfio_io_server_run` or `vfio_io_server_dispatch` is not
+// under way (stop it and join its thread first), nor any other call on it;
+// it is invalid afterwards, and so is its poll fd.
 void vfio_io_server_destroy(struct vfio_io_server *srv);
 
 // Raises vector `vector` of IRQ index `irq_index` (`VFIO_PCI_MSI_IRQ_INDEX`
@@ -509,10 +544,12 @@ void vfio_io_server_destroy(struct vfio_io_server *srv);
 //
 // Callable from any thread, concurrently. Inside a callback of this server
 // it acts at once on the session the callback serves. From any other
-// thread it is queued for the thread in `vfio_io_server_run`, which runs it
-// between client commands, and the caller waits for it: at most the
-// server's DMA timeout (5 s) for it to begin, so a callback that waits for
-// such a thread delays it, but cannot hang it, and gets -ETIMEDOUT back.
+// thread it is queued for the thread in `vfio_io_server_run` (or in
+// `vfio_io_server_dispatch`), which runs it between client commands, and
+// the caller waits for it: at most the server's DMA timeout (5 s) for it
+// to begin, so a callback that waits for such a thread delays it, but
+// cannot hang it, and gets -ETIMEDOUT back. When no thread is serving (a
+// device served by `dispatch`, between calls) the caller acts at once.
 //
 // Returns 1 when an eventfd was signalled, 0 when the client attached none
 // or masked the vector; -EINVAL for a NULL `srv` or a vector the device

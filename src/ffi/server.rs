@@ -1,6 +1,7 @@
 //! The C ABI of serving a device over vfio-user: a device described by a
 //! struct and implemented by callbacks, served by the library's server on a
-//! thread the caller gives it (`vfio_io_server_run`).
+//! thread the caller gives it (`vfio_io_server_run`), or from the caller's
+//! event loop (`vfio_io_server_poll_fd`, `vfio_io_server_dispatch`).
 //!
 //! Interrupts and DMA may be asked for from any thread. Inside a callback
 //! the session's context is lent to the serving thread for the duration of
@@ -10,9 +11,10 @@
 
 use std::cell::Cell;
 use std::ffi::{c_char, c_int, c_void};
+use std::os::fd::AsRawFd;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, TryLockError};
 
 use super::{fd_is_open, guard, path_arg, ret};
@@ -126,6 +128,10 @@ pub struct vfio_io_server {
     stopper: ServerStopper,
     /// Interrupts and DMA from threads other than the serving one.
     handle: ServerHandle,
+    /// The server's epoll fd (`vfio_io_server_poll_fd`), owned by `server`.
+    poll_fd: c_int,
+    /// Set while `vfio_io_server_run` serves: `dispatch` is refused then.
+    running: AtomicBool,
     irq_count: [u32; 5],
     path: PathBuf,
 }
@@ -371,7 +377,10 @@ unsafe fn create(
     };
     let model = DescribedDevice::new(desc, callbacks)?;
     let mut server = Server::bind(path, model, ServerConfig::default())?;
-    let handle = match server.handle() {
+    let handles = server
+        .handle()
+        .and_then(|h| Ok((h, server.poll_fd()?.as_raw_fd())));
+    let (handle, poll_fd) = match handles {
         Ok(h) => h,
         Err(e) => {
             let _ = std::fs::remove_file(path);
@@ -383,6 +392,8 @@ unsafe fn create(
         id,
         stopper: server.stopper(),
         handle,
+        poll_fd,
+        running: AtomicBool::new(false),
         server: Mutex::new(server),
         irq_count,
         path: PathBuf::from(path),
@@ -445,8 +456,8 @@ unsafe fn with_server(
 /// Serves clients one after another on the calling thread until
 /// `vfio_io_server_stop`; the callbacks run on this thread. A client that
 /// breaks the protocol is dropped (logged) and the next one served. Returns
-/// 0 once stopped (at once if it was stopped before), -EBUSY if `run` is
-/// already under way on another thread, -EINVAL for a NULL `srv`, or the
+/// 0 once stopped (at once if it was stopped before), -EBUSY if `run` or
+/// `vfio_io_server_dispatch` is already under way on another thread, -EINVAL for a NULL `srv`, or the
 /// -errno of a failing accept. `srv` must be NULL or a live server.
 #[no_mangle]
 pub unsafe extern "C" fn vfio_io_server_run(srv: *mut vfio_io_server) -> c_int {
@@ -458,7 +469,61 @@ pub unsafe extern "C" fn vfio_io_server_run(srv: *mut vfio_io_server) -> c_int {
                 Err(TryLockError::WouldBlock) => return -libc::EBUSY,
                 Err(TryLockError::Poisoned(p)) => p.into_inner(),
             };
-            ret(server.serve().map(|()| 0))
+            s.running.store(true, Ordering::SeqCst);
+            let r = ret(server.serve().map(|()| 0));
+            s.running.store(false, Ordering::SeqCst);
+            r
+        })
+    }
+}
+
+/// The fd to poll for `vfio_io_server_dispatch`, for serving the device
+/// from the caller's own event loop instead of `vfio_io_server_run`: it is
+/// readable (level-triggered, `POLLIN`) while `dispatch` has work (a client
+/// to accept, a command, an interrupt eventfd, a request of another thread).
+/// It belongs to the server: the same fd for the server's whole life, closed
+/// by `vfio_io_server_destroy`; do not close, read or write it, only poll
+/// it (poll, select, or add it to an epoll set). Callable from any thread.
+/// Returns the fd, or -EINVAL for a NULL `srv`. `srv` must be NULL or a
+/// live server.
+#[no_mangle]
+pub unsafe extern "C" fn vfio_io_server_poll_fd(srv: *mut vfio_io_server) -> c_int {
+    // SAFETY: per the contract.
+    unsafe { with_server(srv, |s| s.poll_fd) }
+}
+
+/// Does what is ready on the server, without waiting for input, and returns:
+/// accepts a waiting client, or handles the commands already received (a
+/// bounded number; the poll fd stays readable for the rest), the interrupt
+/// eventfds that fired and the requests of other threads. The callbacks run
+/// on the calling thread, within this call. Call it when
+/// `vfio_io_server_poll_fd` is readable; a call with nothing ready returns 0
+/// at once. A command whose callback does DMA by message waits for the
+/// client's reply (at most the DMA timeout), as under `run`.
+///
+/// One thread at a time, and not while `vfio_io_server_run` is under way,
+/// nor from within a callback of this server: those get -EBUSY. While no
+/// `dispatch` is under way, `vfio_io_server_irq_trigger` and the DMA calls
+/// act at once on the session from any thread; during one, another thread's
+/// call is handed to it (the poll fd wakes the loop), as under `run`.
+///
+/// Returns 0 (also when the client left or was dropped for breaking the
+/// protocol: the next call accepts the next client), -ESHUTDOWN after
+/// `vfio_io_server_stop` (the session is ended), -EBUSY as above, -EINVAL
+/// for a NULL `srv`, or another -errno of a failing accept or epoll call.
+/// `srv` must be NULL or a live server.
+#[no_mangle]
+pub unsafe extern "C" fn vfio_io_server_dispatch(srv: *mut vfio_io_server) -> c_int {
+    // SAFETY: per the contract.
+    unsafe {
+        with_server(srv, |s| {
+            let in_callback = CURRENT.with(|c| c.get()).is_some_and(|(id, _)| id == s.id);
+            if in_callback || s.running.load(Ordering::SeqCst) {
+                return -libc::EBUSY;
+            }
+            // Held briefly by another thread's interrupt or DMA, else free.
+            let mut server = s.server.lock().unwrap_or_else(|p| p.into_inner());
+            ret(server.dispatch().map(|()| 0))
         })
     }
 }
@@ -466,7 +531,8 @@ pub unsafe extern "C" fn vfio_io_server_run(srv: *mut vfio_io_server) -> c_int {
 /// Makes `vfio_io_server_run` return soon, from any thread (or from a
 /// callback): the current client is disconnected at once (a request whose
 /// callback stops the server gets no reply) and no other is accepted, now
-/// or by a later `run`. `srv` must be NULL (ignored) or a live server.
+/// or by a later `run`; `vfio_io_server_dispatch` returns -ESHUTDOWN from
+/// then on. `srv` must be NULL (ignored) or a live server.
 #[no_mangle]
 pub unsafe extern "C" fn vfio_io_server_stop(srv: *mut vfio_io_server) {
     // SAFETY: per the contract.
@@ -480,8 +546,9 @@ pub unsafe extern "C" fn vfio_io_server_stop(srv: *mut vfio_io_server) {
 
 /// Frees a server: closes its socket and the library's duplicates of region
 /// fds, and removes the socket file. `srv` must be NULL (ignored) or a live
-/// server whose `vfio_io_server_run` is not under way (stop it and join its
-/// thread first); it is invalid afterwards.
+/// server whose `vfio_io_server_run` or `vfio_io_server_dispatch` is not
+/// under way (stop it and join its thread first), nor any other call on it;
+/// it is invalid afterwards, and so is its poll fd.
 #[no_mangle]
 pub unsafe extern "C" fn vfio_io_server_destroy(srv: *mut vfio_io_server) {
     let _ = guard(|| {
@@ -501,10 +568,12 @@ pub unsafe extern "C" fn vfio_io_server_destroy(srv: *mut vfio_io_server) {
 ///
 /// Callable from any thread, concurrently. Inside a callback of this server
 /// it acts at once on the session the callback serves. From any other
-/// thread it is queued for the thread in `vfio_io_server_run`, which runs it
-/// between client commands, and the caller waits for it: at most the
-/// server's DMA timeout (5 s) for it to begin, so a callback that waits for
-/// such a thread delays it, but cannot hang it, and gets -ETIMEDOUT back.
+/// thread it is queued for the thread in `vfio_io_server_run` (or in
+/// `vfio_io_server_dispatch`), which runs it between client commands, and
+/// the caller waits for it: at most the server's DMA timeout (5 s) for it
+/// to begin, so a callback that waits for such a thread delays it, but
+/// cannot hang it, and gets -ETIMEDOUT back. When no thread is serving (a
+/// device served by `dispatch`, between calls) the caller acts at once.
 ///
 /// Returns 1 when an eventfd was signalled, 0 when the client attached none
 /// or masked the vector; -EINVAL for a NULL `srv` or a vector the device
@@ -524,15 +593,37 @@ pub unsafe extern "C" fn vfio_io_server_irq_trigger(
             if irq_index >= pci_irq::COUNT || vector >= count {
                 return -libc::EINVAL;
             }
-            let fired = with_lent_context(s.id, |ctx| Ok(ctx.trigger_irq(irq_index, vector)))
-                .unwrap_or_else(|| s.handle.trigger_irq(irq_index, vector));
+            let fired = on_session(
+                s,
+                |ctx| Ok(ctx.trigger_irq(irq_index, vector)),
+                |h| h.trigger_irq(irq_index, vector),
+            );
             ret(fired.map(c_int::from))
         })
     }
 }
 
-/// Runs a DMA of `len` bytes: with the context lent to this thread for
-/// `srv` inside one of its callbacks, else through the server's handle.
+/// Runs an interrupt or DMA request on the session of `s`: `direct` with
+/// the context lent to this thread inside a callback of `s`, or with the
+/// session's context when no thread serves it now (a session served by
+/// `dispatch`, between calls); else `queued` through the server's handle,
+/// for the thread serving it.
+fn on_session<R>(
+    s: &vfio_io_server,
+    mut direct: impl FnMut(&mut dyn DeviceContext) -> Result<R>,
+    queued: impl FnOnce(&ServerHandle) -> Result<R>,
+) -> Result<R> {
+    if let Some(r) = with_lent_context(s.id, &mut direct) {
+        return r;
+    }
+    match s.server.try_lock() {
+        Ok(mut server) => server.with_context(&mut direct)?,
+        Err(TryLockError::Poisoned(p)) => p.into_inner().with_context(&mut direct)?,
+        Err(TryLockError::WouldBlock) => queued(&s.handle),
+    }
+}
+
+/// Runs a DMA of `len` bytes on the session of `srv` (see [`on_session`]):
 /// 0 at once for `len` 0, else 0 or -errno.
 ///
 /// # Safety
@@ -540,17 +631,14 @@ pub unsafe extern "C" fn vfio_io_server_irq_trigger(
 unsafe fn with_dma(
     srv: *const vfio_io_server,
     len: usize,
-    direct: impl FnOnce(&mut dyn DeviceContext) -> Result<()>,
+    direct: impl FnMut(&mut dyn DeviceContext) -> Result<()>,
     queued: impl FnOnce(&ServerHandle) -> Result<()>,
 ) -> c_int {
     // SAFETY: per this function's contract.
     unsafe {
         with_server(srv, |s| match len {
             0 => 0,
-            _ => {
-                let r = with_lent_context(s.id, direct).unwrap_or_else(|| queued(&s.handle));
-                ret(r.map(|()| 0))
-            }
+            _ => ret(on_session(s, direct, queued).map(|()| 0)),
         })
     }
 }

@@ -92,6 +92,12 @@ impl Link {
         }
     }
 
+    /// Whether client input was read but not handled yet: commands held
+    /// back during a DMA request, or a whole message buffered.
+    pub(super) fn has_pending_input(&self) -> bool {
+        !self.queued.is_empty() || self.rx.has_message()
+    }
+
     /// Carries server-to-client requests on `sock` from now on, reading
     /// replies of up to `max_msg` bytes.
     pub(super) fn set_twin(&mut self, sock: OwnedFd, max_msg: usize) {

@@ -7,6 +7,7 @@ mod dirty;
 mod dma;
 mod dma_logging;
 mod doorbells;
+mod event_loop;
 mod irq;
 mod link;
 mod migration;
@@ -140,8 +141,13 @@ pub struct Server<M: DeviceModel> {
     stop: Arc<AtomicBool>,
     /// The current session's socket, shared with the stopper.
     active: Arc<Mutex<Option<Arc<OwnedFd>>>>,
-    /// Requests of other threads; made by the first [`Server::handle`].
+    /// Requests of other threads; made by the first [`Server::handle`]
+    /// or [`Server::poll_fd`].
     remote: Option<Arc<remote::Mailbox>>,
+    /// The session served through [`Server::dispatch`], between calls.
+    live: Option<session::SessionState>,
+    /// The epoll set behind [`Server::poll_fd`], once asked for.
+    poller: Option<event_loop::Poller>,
 }
 
 impl<M: DeviceModel> Server<M> {
@@ -161,7 +167,20 @@ impl<M: DeviceModel> Server<M> {
             stop: Arc::new(AtomicBool::new(false)),
             active: Arc::new(Mutex::new(None)),
             remote: None,
+            live: None,
+            poller: None,
         }
+    }
+
+    /// The server's mailbox, made on first use.
+    fn mailbox(&mut self) -> Result<Arc<remote::Mailbox>> {
+        Ok(match &self.remote {
+            Some(m) => m.clone(),
+            None => self
+                .remote
+                .insert(Arc::new(remote::Mailbox::new()?))
+                .clone(),
+        })
     }
 
     /// A handle that raises interrupts and does DMA on this server's
@@ -197,8 +216,19 @@ impl<M: DeviceModel> Server<M> {
         &self.model
     }
 
-    /// Accepts one client and serves it until it leaves.
+    /// Accepts one client and serves it until it leaves; a session begun
+    /// by [`Server::dispatch`] is served to its end first.
     pub fn serve_one(&mut self) -> Result<SessionEnd> {
+        if let Some(mut st) = self.live.take() {
+            let end =
+                session::Session::new(&mut st, &mut self.model, &self.config).serve_until_end();
+            self.live = Some(st);
+            self.end_live();
+            if self.stop.load(Ordering::SeqCst) {
+                return Ok(SessionEnd::Stopped);
+            }
+            return Ok(end);
+        }
         let (stream, _) = loop {
             if self.stop.load(Ordering::SeqCst) {
                 return Ok(SessionEnd::Stopped);

@@ -87,6 +87,12 @@ impl Mailbox {
         self.pending.load(Ordering::Acquire)
     }
 
+    /// Makes the session look at the mailbox soon, as if a request came.
+    pub(super) fn wake(&self) {
+        self.pending.store(true, Ordering::Release);
+        let _ = self.efd.write(1);
+    }
+
     /// A session starts: requests are accepted from now on.
     pub(super) fn open(&self) {
         lock(&self.queue).open = true;
@@ -141,8 +147,7 @@ impl Mailbox {
             }
             q.jobs.push_back(job.clone());
         }
-        self.pending.store(true, Ordering::Release);
-        let _ = self.efd.write(1);
+        self.wake();
         let deadline = Instant::now() + timeout;
         let mut result = lock(&job.result);
         loop {

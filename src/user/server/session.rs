@@ -136,13 +136,18 @@ impl<'a, M: DeviceModel> Session<'a, M> {
         if let Err(e) = self.start() {
             return SessionEnd::Dropped(e);
         }
-        let end = loop {
-            if let Step::End(end) = self.step(true) {
-                break end;
-            }
-        };
+        let end = self.serve_until_end();
         self.finish();
         end
+    }
+
+    /// Takes blocking steps until the session ends; `finish` it then.
+    pub(super) fn serve_until_end(&mut self) -> SessionEnd {
+        loop {
+            if let Step::End(end) = self.step(true) {
+                return end;
+            }
+        }
     }
 
     /// Prepares a new session's socket and opens the mailbox to it.
