@@ -512,8 +512,9 @@ int vfio_io_server_poll_fd(struct vfio_io_server *srv);
 // at once. A command whose callback does DMA by message waits for the
 // client's reply (at most the DMA timeout), as under `run`.
 //
-// One thread at a time, and not while `vfio_io_server_run` is under way,
-// nor from within a callback of this server: those get -EBUSY. While no
+// One call at a time: a call while another thread's `dispatch` or
+// `vfio_io_server_run` is under way, or from within a callback of this
+// server, gets -EBUSY. Which thread calls may change from call to call. While no
 // `dispatch` is under way, `vfio_io_server_irq_trigger` and the DMA calls
 // act at once on the session from any thread; during one, another thread's
 // call is handed to it (the poll fd wakes the loop), as under `run`.

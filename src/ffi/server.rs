@@ -132,6 +132,8 @@ pub struct vfio_io_server {
     poll_fd: c_int,
     /// Set while `vfio_io_server_run` serves: `dispatch` is refused then.
     running: AtomicBool,
+    /// Set while a `vfio_io_server_dispatch` is under way: a second one is refused.
+    dispatching: AtomicBool,
     irq_count: [u32; 5],
     path: PathBuf,
 }
@@ -394,6 +396,7 @@ unsafe fn create(
         handle,
         poll_fd,
         running: AtomicBool::new(false),
+        dispatching: AtomicBool::new(false),
         server: Mutex::new(server),
         irq_count,
         path: PathBuf::from(path),
@@ -492,6 +495,15 @@ pub unsafe extern "C" fn vfio_io_server_poll_fd(srv: *mut vfio_io_server) -> c_i
     unsafe { with_server(srv, |s| s.poll_fd) }
 }
 
+/// Clears a flag when dropped, also when unwinding.
+struct ClearOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for ClearOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
 /// Does what is ready on the server, without waiting for input, and returns:
 /// accepts a waiting client, or handles the commands already received (a
 /// bounded number; the poll fd stays readable for the rest), the interrupt
@@ -501,8 +513,9 @@ pub unsafe extern "C" fn vfio_io_server_poll_fd(srv: *mut vfio_io_server) -> c_i
 /// at once. A command whose callback does DMA by message waits for the
 /// client's reply (at most the DMA timeout), as under `run`.
 ///
-/// One thread at a time, and not while `vfio_io_server_run` is under way,
-/// nor from within a callback of this server: those get -EBUSY. While no
+/// One call at a time: a call while another thread's `dispatch` or
+/// `vfio_io_server_run` is under way, or from within a callback of this
+/// server, gets -EBUSY. Which thread calls may change from call to call. While no
 /// `dispatch` is under way, `vfio_io_server_irq_trigger` and the DMA calls
 /// act at once on the session from any thread; during one, another thread's
 /// call is handed to it (the poll fd wakes the loop), as under `run`.
@@ -518,9 +531,13 @@ pub unsafe extern "C" fn vfio_io_server_dispatch(srv: *mut vfio_io_server) -> c_
     unsafe {
         with_server(srv, |s| {
             let in_callback = CURRENT.with(|c| c.get()).is_some_and(|(id, _)| id == s.id);
-            if in_callback || s.running.load(Ordering::SeqCst) {
+            if in_callback
+                || s.running.load(Ordering::SeqCst)
+                || s.dispatching.swap(true, Ordering::SeqCst)
+            {
                 return -libc::EBUSY;
             }
+            let _done = ClearOnDrop(&s.dispatching);
             // Held briefly by another thread's interrupt or DMA, else free.
             let mut server = s.server.lock().unwrap_or_else(|p| p.into_inner());
             ret(server.dispatch().map(|()| 0))

@@ -185,7 +185,9 @@ impl<M: DeviceModel> Server<M> {
 
     /// A handle that raises interrupts and does DMA on this server's
     /// current session from any thread (see [`ServerHandle`]). The first
-    /// call makes the server's mailbox, an eventfd its sessions then poll.
+    /// call makes the server's mailbox, an eventfd its sessions then poll:
+    /// from then on a session waits in poll() before each receive, one more
+    /// system call per command (about 2 µs of a 13 µs round trip here).
     pub fn handle(&mut self) -> Result<ServerHandle> {
         let mailbox = match &self.remote {
             Some(m) => m.clone(),
