@@ -540,46 +540,101 @@ int vfio_io_server_create(const char *socket_path,
 // Serves clients one after another on the calling thread until
 // `vfio_io_server_stop`; the callbacks run on this thread. A client that
 // breaks the protocol is dropped (logged) and the next one served. Returns
-// 0 once stopped (at once if it was stopped before), -EBUSY if `run` is
-// already under way on another thread, -EINVAL for a NULL `srv`, or the
+// 0 once stopped (at once if it was stopped before), -EBUSY if `run` or
+// `vfio_io_server_dispatch` is already under way on another thread, -EINVAL for a NULL `srv`, or the
 // -errno of a failing accept. `srv` must be NULL or a live server.
 int vfio_io_server_run(struct vfio_io_server *srv);
+
+// The fd to poll for `vfio_io_server_dispatch`, for serving the device
+// from the caller's own event loop instead of `vfio_io_server_run`: it is
+// readable (level-triggered, `POLLIN`) while `dispatch` has work (a client
+// to accept, a command, an interrupt eventfd, a request of another thread).
+// It belongs to the server: the same fd for the server's whole life, closed
+// by `vfio_io_server_destroy`; do not close, read or write it, only poll
+// it (poll, select, or add it to an epoll set). Callable from any thread.
+// Returns the fd, or -EINVAL for a NULL `srv`. `srv` must be NULL or a
+// live server.
+int vfio_io_server_poll_fd(struct vfio_io_server *srv);
+
+// Does what is ready on the server, without waiting for input, and returns:
+// accepts a waiting client, or handles the commands already received (a
+// bounded number; the poll fd stays readable for the rest), the interrupt
+// eventfds that fired and the requests of other threads. The callbacks run
+// on the calling thread, within this call. Call it when
+// `vfio_io_server_poll_fd` is readable; a call with nothing ready returns 0
+// at once. A command whose callback does DMA by message waits for the
+// client's reply (at most the DMA timeout), as under `run`.
+//
+// One call at a time: a call while another thread's `dispatch` or
+// `vfio_io_server_run` is under way, or from within a callback of this
+// server, gets -EBUSY. Which thread calls may change from call to call. While no
+// `dispatch` is under way, `vfio_io_server_irq_trigger` and the DMA calls
+// act at once on the session from any thread; during one, another thread's
+// call is handed to it (the poll fd wakes the loop), as under `run`.
+//
+// Returns 0 (also when the client left or was dropped for breaking the
+// protocol: the next call accepts the next client), -ESHUTDOWN after
+// `vfio_io_server_stop` (the session is ended), -EBUSY as above, -EINVAL
+// for a NULL `srv`, or another -errno of a failing accept or epoll call.
+// `srv` must be NULL or a live server.
+int vfio_io_server_dispatch(struct vfio_io_server *srv);
 
 // Makes `vfio_io_server_run` return soon, from any thread (or from a
 // callback): the current client is disconnected at once (a request whose
 // callback stops the server gets no reply) and no other is accepted, now
-// or by a later `run`. `srv` must be NULL (ignored) or a live server.
+// or by a later `run`; `vfio_io_server_dispatch` returns -ESHUTDOWN from
+// then on. `srv` must be NULL (ignored) or a live server.
 void vfio_io_server_stop(struct vfio_io_server *srv);
 
 // Frees a server: closes its socket and the library's duplicates of region
 // fds, and removes the socket file. `srv` must be NULL (ignored) or a live
-// server whose `vfio_io_server_run` is not under way (stop it and join its
-// thread first); it is invalid afterwards.
+// server whose `vfio_io_server_run` or `vfio_io_server_dispatch` is not
+// under way (stop it and join its thread first), nor any other call on it;
+// it is invalid afterwards, and so is its poll fd.
 void vfio_io_server_destroy(struct vfio_io_server *srv);
 
 // Raises vector `vector` of IRQ index `irq_index` (`VFIO_PCI_MSI_IRQ_INDEX`
-// ...) by signalling the eventfd the client attached to it. Callable only
-// from within a callback of this server, on its thread: elsewhere -EBUSY.
+// ...) by signalling the eventfd the client attached to it.
+//
+// Callable from any thread, concurrently. Inside a callback of this server
+// it acts at once on the session the callback serves. From any other
+// thread it is queued for the thread in `vfio_io_server_run` (or in
+// `vfio_io_server_dispatch`), which runs it between client commands, and
+// the caller waits for it: at most the server's DMA timeout (5 s) for it
+// to begin, so a callback that waits for such a thread delays it, but
+// cannot hang it, and gets -ETIMEDOUT back. When no thread is serving (a
+// device served by `dispatch`, between calls) the caller acts at once.
+//
 // Returns 1 when an eventfd was signalled, 0 when the client attached none
-// or masked the vector, -EINVAL for a NULL `srv` or a vector the device
-// does not have. `srv` must be NULL or a live server.
+// or masked the vector; -EINVAL for a NULL `srv` or a vector the device
+// does not have, -ENOTCONN when no client is being served (none connected,
+// or `run` not under way), -ETIMEDOUT as above. `srv` must be NULL or a
+// live server.
 int vfio_io_server_irq_trigger(struct vfio_io_server *srv, uint32_t irq_index, uint32_t vector);
 
 // Reads `len` bytes of client memory at DMA address `iova` into `buf`:
 // through the memory the client mapped with an fd, else by a DMA_READ
-// message the client answers. Callable only from within a callback of this
-// server, on its thread: elsewhere -EBUSY. Returns 0 or -errno: -EINVAL
-// for a NULL `srv` or `buf` (with `len` > 0), -EFAULT for a range the
-// client has not mapped readable, -ETIMEDOUT when the client does not
-// answer. `srv` must be NULL or a live server; `buf` holds `len` bytes.
+// message the client answers.
+//
+// Callable from any thread, concurrently, as `vfio_io_server_irq_trigger`:
+// inside a callback of this server at once, from another thread queued for
+// the serving thread (the bytes are copied into `buf` before it returns).
+//
+// Returns 0 or -errno: -EINVAL for a NULL `srv` or `buf` (with `len` > 0),
+// -EFAULT for a range the client has not mapped readable, -ETIMEDOUT when
+// the client does not answer or (from another thread) the serving thread
+// does not get to it within the DMA timeout, -ENOTCONN when no client is
+// being served. `srv` must be NULL or a live server; `buf` holds `len` bytes.
 int vfio_io_server_dma_read(struct vfio_io_server *srv, uint64_t iova, void *buf, size_t len);
 
 // Writes the `len` bytes of `buf` into client memory at DMA address
 // `iova`, as `vfio_io_server_dma_read` reads (mapped memory, else a
 // DMA_WRITE message); the write is logged for dirty-page tracking.
-// Callable only from within a callback of this server, on its thread:
-// elsewhere -EBUSY. Returns 0 or -errno (-EINVAL for a NULL `srv` or
-// `buf`, -EFAULT for a range not mapped writable). `buf` is only read.
+// Callable from any thread, concurrently, as `vfio_io_server_dma_read`
+// (from another thread `buf` is copied before the call is queued).
+// Returns 0 or -errno (-EINVAL for a NULL `srv` or `buf`, -EFAULT for a
+// range not mapped writable, -ETIMEDOUT, -ENOTCONN as for
+// `vfio_io_server_dma_read`). `buf` is only read.
 int vfio_io_server_dma_write(struct vfio_io_server *srv,
                              uint64_t iova,
                              const void *buf,

@@ -38,8 +38,9 @@ pub use self::migration::{
 };
 pub use self::server::{
     vfio_io_server, vfio_io_server_create, vfio_io_server_destroy, vfio_io_server_device,
-    vfio_io_server_dma_read, vfio_io_server_dma_write, vfio_io_server_irq_trigger,
-    vfio_io_server_ops, vfio_io_server_region, vfio_io_server_run, vfio_io_server_stop,
+    vfio_io_server_dispatch, vfio_io_server_dma_read, vfio_io_server_dma_write,
+    vfio_io_server_irq_trigger, vfio_io_server_ops, vfio_io_server_poll_fd, vfio_io_server_region,
+    vfio_io_server_run, vfio_io_server_stop,
 };
 use crate::caps::Capabilities;
 use crate::device::{DeviceIo, DmaMap, IrqAction, IrqData, IrqSet};

@@ -1,18 +1,20 @@
 //! The C ABI of serving a device over vfio-user: a device described by a
 //! struct and implemented by callbacks, served by the library's server on a
-//! thread the caller gives it (`vfio_io_server_run`).
+//! thread the caller gives it (`vfio_io_server_run`), or from the caller's
+//! event loop (`vfio_io_server_poll_fd`, `vfio_io_server_dispatch`).
 //!
-//! A callback may raise interrupts and do DMA through the server handle
-//! while it runs: the session's context is lent to the serving thread for
-//! the duration of each callback (see [`lend_context`]), and those entry
-//! points use it only there. From any other thread, or outside a callback,
-//! they return -EBUSY rather than race with the session.
+//! Interrupts and DMA may be asked for from any thread. Inside a callback
+//! the session's context is lent to the serving thread for the duration of
+//! the callback (see [`lend_context`]) and used directly; from any other
+//! thread the request goes through the server's [`ServerHandle`], which the
+//! serving thread runs between client commands.
 
 use std::cell::Cell;
 use std::ffi::{c_char, c_int, c_void};
+use std::os::fd::AsRawFd;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, TryLockError};
 
 use super::server_migration::MigrationCallbacks;
@@ -20,7 +22,7 @@ use super::{fd_is_open, guard, path_arg, ret};
 use crate::device::pci_irq;
 use crate::error::{Error, Result};
 use crate::models::described::{DescribedDevice, DeviceDesc, RegionDesc, RegionHandler};
-use crate::user::server::{DeviceContext, Server, ServerConfig, ServerStopper};
+use crate::user::server::{DeviceContext, Server, ServerConfig, ServerHandle, ServerStopper};
 
 const SERVER_MAGIC: u64 = 0x7666_696f_2d73_7276;
 
@@ -180,6 +182,14 @@ pub struct vfio_io_server {
     id: u64,
     server: Mutex<Server<DescribedDevice<Callbacks>>>,
     stopper: ServerStopper,
+    /// Interrupts and DMA from threads other than the serving one.
+    handle: ServerHandle,
+    /// The server's epoll fd (`vfio_io_server_poll_fd`), owned by `server`.
+    poll_fd: c_int,
+    /// Set while `vfio_io_server_run` serves: `dispatch` is refused then.
+    running: AtomicBool,
+    /// Set while a `vfio_io_server_dispatch` is under way: a second one is refused.
+    dispatching: AtomicBool,
     irq_count: [u32; 5],
     path: PathBuf,
 }
@@ -192,10 +202,12 @@ struct Callbacks {
     id: u64,
 }
 
-type LentContext = (u64, *mut (dyn DeviceContext + 'static));
+/// A server's id and the context lent with its running callback: `None`
+/// for a callback that runs without one (migration save and load).
+type LentContext = (u64, Option<*mut (dyn DeviceContext + 'static)>);
 
 thread_local! {
-    /// The context of the callback running on this thread, with its server's id.
+    /// The callback running on this thread: its server's id and context.
     static CURRENT: Cell<Option<LentContext>> = const { Cell::new(None) };
 }
 
@@ -216,16 +228,32 @@ pub(super) fn lend_context<R>(id: u64, ctx: &mut dyn DeviceContext, f: impl FnOn
     // leaves CURRENT when `_restore` drops, before this function returns and
     // so while `ctx`'s borrow is still live; it is never used after.
     let p: *mut (dyn DeviceContext + 'static) = unsafe { std::mem::transmute(p) };
-    let _restore = Restore(CURRENT.with(|c| c.replace(Some((id, p)))));
+    let _restore = Restore(CURRENT.with(|c| c.replace(Some((id, Some(p))))));
     f()
 }
 
-/// Runs `f` with the context lent for server `id` on this thread, or
-/// returns -EBUSY when none is (another thread, or outside a callback).
-fn with_lent_context(id: u64, f: impl FnOnce(&mut dyn DeviceContext) -> c_int) -> c_int {
+/// Runs `f` (a C callback that gets no context) marked as a callback of
+/// server `id`: interrupts and DMA from it are -EBUSY at once rather than
+/// queued for the session this very thread is running.
+pub(super) fn in_callback_without_context<R>(id: u64, f: impl FnOnce() -> R) -> R {
+    let _restore = Restore(CURRENT.with(|c| c.replace(Some((id, None)))));
+    f()
+}
+
+/// Runs `f` with the context lent for server `id` on this thread; `None`
+/// when no callback of that server runs here (another thread, or outside a
+/// callback); -EBUSY in a callback that has no context.
+fn with_lent_context<R>(
+    id: u64,
+    f: impl FnOnce(&mut dyn DeviceContext) -> Result<R>,
+) -> Option<Result<R>> {
     let lent = CURRENT.with(|c| c.get());
-    let Some((owner, p)) = lent.filter(|(owner, _)| *owner == id) else {
-        return -libc::EBUSY;
+    let (owner, p) = lent.filter(|(owner, _)| *owner == id)?;
+    let Some(p) = p else {
+        return Some(Err(Error::Errno {
+            op: "interrupt or DMA from a migration save or load callback",
+            errno: libc::EBUSY,
+        }));
     };
     // Taken out while in use, so that no second reference to it can exist.
     let _restore = Restore(CURRENT.with(|c| c.replace(None)));
@@ -233,7 +261,7 @@ fn with_lent_context(id: u64, f: impl FnOnce(&mut dyn DeviceContext) -> c_int) -
     // SAFETY: `p` was lent by `lend_context` on this thread, whose borrow is
     // live (the pointer is removed before it returns), and it is out of
     // CURRENT while this reference exists.
-    f(unsafe { &mut *p })
+    Some(f(unsafe { &mut *p }))
 }
 
 /// A callback's return value: `count` is success, -errno the reply's errno.
@@ -483,11 +511,25 @@ unsafe fn create(
     if let Some(m) = migration {
         model = model.with_migration(Box::new(m));
     }
-    let server = Server::bind(path, model, ServerConfig::default())?;
+    let mut server = Server::bind(path, model, ServerConfig::default())?;
+    let handles = server
+        .handle()
+        .and_then(|h| Ok((h, server.poll_fd()?.as_raw_fd())));
+    let (handle, poll_fd) = match handles {
+        Ok(h) => h,
+        Err(e) => {
+            let _ = std::fs::remove_file(path);
+            return Err(e);
+        }
+    };
     Ok(Box::new(vfio_io_server {
         magic: SERVER_MAGIC,
         id,
         stopper: server.stopper(),
+        handle,
+        poll_fd,
+        running: AtomicBool::new(false),
+        dispatching: AtomicBool::new(false),
         server: Mutex::new(server),
         irq_count,
         path: PathBuf::from(path),
@@ -551,8 +593,8 @@ unsafe fn with_server(
 /// Serves clients one after another on the calling thread until
 /// `vfio_io_server_stop`; the callbacks run on this thread. A client that
 /// breaks the protocol is dropped (logged) and the next one served. Returns
-/// 0 once stopped (at once if it was stopped before), -EBUSY if `run` is
-/// already under way on another thread, -EINVAL for a NULL `srv`, or the
+/// 0 once stopped (at once if it was stopped before), -EBUSY if `run` or
+/// `vfio_io_server_dispatch` is already under way on another thread, -EINVAL for a NULL `srv`, or the
 /// -errno of a failing accept. `srv` must be NULL or a live server.
 #[no_mangle]
 pub unsafe extern "C" fn vfio_io_server_run(srv: *mut vfio_io_server) -> c_int {
@@ -564,7 +606,75 @@ pub unsafe extern "C" fn vfio_io_server_run(srv: *mut vfio_io_server) -> c_int {
                 Err(TryLockError::WouldBlock) => return -libc::EBUSY,
                 Err(TryLockError::Poisoned(p)) => p.into_inner(),
             };
-            ret(server.serve().map(|()| 0))
+            s.running.store(true, Ordering::SeqCst);
+            let r = ret(server.serve().map(|()| 0));
+            s.running.store(false, Ordering::SeqCst);
+            r
+        })
+    }
+}
+
+/// The fd to poll for `vfio_io_server_dispatch`, for serving the device
+/// from the caller's own event loop instead of `vfio_io_server_run`: it is
+/// readable (level-triggered, `POLLIN`) while `dispatch` has work (a client
+/// to accept, a command, an interrupt eventfd, a request of another thread).
+/// It belongs to the server: the same fd for the server's whole life, closed
+/// by `vfio_io_server_destroy`; do not close, read or write it, only poll
+/// it (poll, select, or add it to an epoll set). Callable from any thread.
+/// Returns the fd, or -EINVAL for a NULL `srv`. `srv` must be NULL or a
+/// live server.
+#[no_mangle]
+pub unsafe extern "C" fn vfio_io_server_poll_fd(srv: *mut vfio_io_server) -> c_int {
+    // SAFETY: per the contract.
+    unsafe { with_server(srv, |s| s.poll_fd) }
+}
+
+/// Clears a flag when dropped, also when unwinding.
+struct ClearOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for ClearOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Does what is ready on the server, without waiting for input, and returns:
+/// accepts a waiting client, or handles the commands already received (a
+/// bounded number; the poll fd stays readable for the rest), the interrupt
+/// eventfds that fired and the requests of other threads. The callbacks run
+/// on the calling thread, within this call. Call it when
+/// `vfio_io_server_poll_fd` is readable; a call with nothing ready returns 0
+/// at once. A command whose callback does DMA by message waits for the
+/// client's reply (at most the DMA timeout), as under `run`.
+///
+/// One call at a time: a call while another thread's `dispatch` or
+/// `vfio_io_server_run` is under way, or from within a callback of this
+/// server, gets -EBUSY. Which thread calls may change from call to call. While no
+/// `dispatch` is under way, `vfio_io_server_irq_trigger` and the DMA calls
+/// act at once on the session from any thread; during one, another thread's
+/// call is handed to it (the poll fd wakes the loop), as under `run`.
+///
+/// Returns 0 (also when the client left or was dropped for breaking the
+/// protocol: the next call accepts the next client), -ESHUTDOWN after
+/// `vfio_io_server_stop` (the session is ended), -EBUSY as above, -EINVAL
+/// for a NULL `srv`, or another -errno of a failing accept or epoll call.
+/// `srv` must be NULL or a live server.
+#[no_mangle]
+pub unsafe extern "C" fn vfio_io_server_dispatch(srv: *mut vfio_io_server) -> c_int {
+    // SAFETY: per the contract.
+    unsafe {
+        with_server(srv, |s| {
+            let in_callback = CURRENT.with(|c| c.get()).is_some_and(|(id, _)| id == s.id);
+            if in_callback
+                || s.running.load(Ordering::SeqCst)
+                || s.dispatching.swap(true, Ordering::SeqCst)
+            {
+                return -libc::EBUSY;
+            }
+            let _done = ClearOnDrop(&s.dispatching);
+            // Held briefly by another thread's interrupt or DMA, else free.
+            let mut server = s.server.lock().unwrap_or_else(|p| p.into_inner());
+            ret(server.dispatch().map(|()| 0))
         })
     }
 }
@@ -572,7 +682,8 @@ pub unsafe extern "C" fn vfio_io_server_run(srv: *mut vfio_io_server) -> c_int {
 /// Makes `vfio_io_server_run` return soon, from any thread (or from a
 /// callback): the current client is disconnected at once (a request whose
 /// callback stops the server gets no reply) and no other is accepted, now
-/// or by a later `run`. `srv` must be NULL (ignored) or a live server.
+/// or by a later `run`; `vfio_io_server_dispatch` returns -ESHUTDOWN from
+/// then on. `srv` must be NULL (ignored) or a live server.
 #[no_mangle]
 pub unsafe extern "C" fn vfio_io_server_stop(srv: *mut vfio_io_server) {
     // SAFETY: per the contract.
@@ -586,8 +697,9 @@ pub unsafe extern "C" fn vfio_io_server_stop(srv: *mut vfio_io_server) {
 
 /// Frees a server: closes its socket and the library's duplicates of region
 /// fds, and removes the socket file. `srv` must be NULL (ignored) or a live
-/// server whose `vfio_io_server_run` is not under way (stop it and join its
-/// thread first); it is invalid afterwards.
+/// server whose `vfio_io_server_run` or `vfio_io_server_dispatch` is not
+/// under way (stop it and join its thread first), nor any other call on it;
+/// it is invalid afterwards, and so is its poll fd.
 #[no_mangle]
 pub unsafe extern "C" fn vfio_io_server_destroy(srv: *mut vfio_io_server) {
     let _ = guard(|| {
@@ -603,11 +715,22 @@ pub unsafe extern "C" fn vfio_io_server_destroy(srv: *mut vfio_io_server) {
 }
 
 /// Raises vector `vector` of IRQ index `irq_index` (`VFIO_PCI_MSI_IRQ_INDEX`
-/// ...) by signalling the eventfd the client attached to it. Callable only
-/// from within a callback of this server, on its thread: elsewhere -EBUSY.
+/// ...) by signalling the eventfd the client attached to it.
+///
+/// Callable from any thread, concurrently. Inside a callback of this server
+/// it acts at once on the session the callback serves. From any other
+/// thread it is queued for the thread in `vfio_io_server_run` (or in
+/// `vfio_io_server_dispatch`), which runs it between client commands, and
+/// the caller waits for it: at most the server's DMA timeout (5 s) for it
+/// to begin, so a callback that waits for such a thread delays it, but
+/// cannot hang it, and gets -ETIMEDOUT back. When no thread is serving (a
+/// device served by `dispatch`, between calls) the caller acts at once.
+///
 /// Returns 1 when an eventfd was signalled, 0 when the client attached none
-/// or masked the vector, -EINVAL for a NULL `srv` or a vector the device
-/// does not have. `srv` must be NULL or a live server.
+/// or masked the vector; -EINVAL for a NULL `srv` or a vector the device
+/// does not have, -ENOTCONN when no client is being served (none connected,
+/// or `run` not under way), -ETIMEDOUT as above. `srv` must be NULL or a
+/// live server.
 #[no_mangle]
 pub unsafe extern "C" fn vfio_io_server_irq_trigger(
     srv: *mut vfio_io_server,
@@ -621,37 +744,69 @@ pub unsafe extern "C" fn vfio_io_server_irq_trigger(
             if irq_index >= pci_irq::COUNT || vector >= count {
                 return -libc::EINVAL;
             }
-            with_lent_context(s.id, |ctx| c_int::from(ctx.trigger_irq(irq_index, vector)))
+            let fired = on_session(
+                s,
+                |ctx| Ok(ctx.trigger_irq(irq_index, vector)),
+                |h| h.trigger_irq(irq_index, vector),
+            );
+            ret(fired.map(c_int::from))
         })
     }
 }
 
-/// Runs a DMA of `len` bytes with the context lent to this thread for
-/// `srv`: 0 at once for `len` 0, else 0 or -errno.
+/// Runs an interrupt or DMA request on the session of `s`: `direct` with
+/// the context lent to this thread inside a callback of `s`, or with the
+/// session's context when no thread serves it now (a session served by
+/// `dispatch`, between calls); else `queued` through the server's handle,
+/// for the thread serving it.
+fn on_session<R>(
+    s: &vfio_io_server,
+    mut direct: impl FnMut(&mut dyn DeviceContext) -> Result<R>,
+    queued: impl FnOnce(&ServerHandle) -> Result<R>,
+) -> Result<R> {
+    if let Some(r) = with_lent_context(s.id, &mut direct) {
+        return r;
+    }
+    match s.server.try_lock() {
+        Ok(mut server) => server.with_context(&mut direct)?,
+        Err(TryLockError::Poisoned(p)) => p.into_inner().with_context(&mut direct)?,
+        Err(TryLockError::WouldBlock) => queued(&s.handle),
+    }
+}
+
+/// Runs a DMA of `len` bytes on the session of `srv` (see [`on_session`]):
+/// 0 at once for `len` 0, else 0 or -errno.
 ///
 /// # Safety
 /// `srv` must be NULL or a live server.
 unsafe fn with_dma(
     srv: *const vfio_io_server,
     len: usize,
-    op: impl FnOnce(&mut dyn DeviceContext) -> Result<()>,
+    direct: impl FnMut(&mut dyn DeviceContext) -> Result<()>,
+    queued: impl FnOnce(&ServerHandle) -> Result<()>,
 ) -> c_int {
     // SAFETY: per this function's contract.
     unsafe {
         with_server(srv, |s| match len {
             0 => 0,
-            _ => with_lent_context(s.id, |ctx| ret(op(ctx).map(|()| 0))),
+            _ => ret(on_session(s, direct, queued).map(|()| 0)),
         })
     }
 }
 
 /// Reads `len` bytes of client memory at DMA address `iova` into `buf`:
 /// through the memory the client mapped with an fd, else by a DMA_READ
-/// message the client answers. Callable only from within a callback of this
-/// server, on its thread: elsewhere -EBUSY. Returns 0 or -errno: -EINVAL
-/// for a NULL `srv` or `buf` (with `len` > 0), -EFAULT for a range the
-/// client has not mapped readable, -ETIMEDOUT when the client does not
-/// answer. `srv` must be NULL or a live server; `buf` holds `len` bytes.
+/// message the client answers.
+///
+/// Callable from any thread, concurrently, as `vfio_io_server_irq_trigger`:
+/// inside a callback of this server at once, from another thread queued for
+/// the serving thread (the bytes are copied into `buf` before it returns).
+///
+/// Returns 0 or -errno: -EINVAL for a NULL `srv` or `buf` (with `len` > 0),
+/// -EFAULT for a range the client has not mapped readable, -ETIMEDOUT when
+/// the client does not answer or (from another thread) the serving thread
+/// does not get to it within the DMA timeout, -ENOTCONN when no client is
+/// being served. `srv` must be NULL or a live server; `buf` holds `len` bytes.
 #[no_mangle]
 pub unsafe extern "C" fn vfio_io_server_dma_read(
     srv: *mut vfio_io_server,
@@ -662,21 +817,28 @@ pub unsafe extern "C" fn vfio_io_server_dma_read(
     if buf.is_null() && len > 0 {
         return -libc::EINVAL;
     }
+    let buf = buf.cast::<u8>();
     // SAFETY: per the contract `srv` is NULL or live, and a non-NULL `buf`
-    // holds `len` bytes; the slice is made only when `len` > 0.
+    // holds `len` bytes; the slice is made only when `len` > 0, by one of
+    // the two closures, never both.
     unsafe {
-        with_dma(srv, len, |ctx| {
-            ctx.dma_read(iova, std::slice::from_raw_parts_mut(buf.cast(), len))
-        })
+        with_dma(
+            srv,
+            len,
+            |ctx| ctx.dma_read(iova, std::slice::from_raw_parts_mut(buf, len)),
+            |h| h.dma_read(iova, std::slice::from_raw_parts_mut(buf, len)),
+        )
     }
 }
 
 /// Writes the `len` bytes of `buf` into client memory at DMA address
 /// `iova`, as `vfio_io_server_dma_read` reads (mapped memory, else a
 /// DMA_WRITE message); the write is logged for dirty-page tracking.
-/// Callable only from within a callback of this server, on its thread:
-/// elsewhere -EBUSY. Returns 0 or -errno (-EINVAL for a NULL `srv` or
-/// `buf`, -EFAULT for a range not mapped writable). `buf` is only read.
+/// Callable from any thread, concurrently, as `vfio_io_server_dma_read`
+/// (from another thread `buf` is copied before the call is queued).
+/// Returns 0 or -errno (-EINVAL for a NULL `srv` or `buf`, -EFAULT for a
+/// range not mapped writable, -ETIMEDOUT, -ENOTCONN as for
+/// `vfio_io_server_dma_read`). `buf` is only read.
 #[no_mangle]
 pub unsafe extern "C" fn vfio_io_server_dma_write(
     srv: *mut vfio_io_server,
@@ -687,10 +849,14 @@ pub unsafe extern "C" fn vfio_io_server_dma_write(
     if buf.is_null() && len > 0 {
         return -libc::EINVAL;
     }
+    let buf = buf.cast::<u8>();
     // SAFETY: as in vfio_io_server_dma_read; `buf` is only read.
     unsafe {
-        with_dma(srv, len, |ctx| {
-            ctx.dma_write(iova, std::slice::from_raw_parts(buf.cast(), len))
-        })
+        with_dma(
+            srv,
+            len,
+            |ctx| ctx.dma_write(iova, std::slice::from_raw_parts(buf, len)),
+            |h| h.dma_write(iova, std::slice::from_raw_parts(buf, len)),
+        )
     }
 }

@@ -6,7 +6,9 @@
 
 use std::ffi::{c_int, c_void};
 
-use super::server::{callback_result, lend_context, refuse, vfio_io_server_ops};
+use super::server::{
+    callback_result, in_callback_without_context, lend_context, refuse, vfio_io_server_ops,
+};
 use crate::error::{Error, Result};
 use crate::user::server::{DeviceContext, Migratable};
 
@@ -94,13 +96,13 @@ impl MigrationCallbacks {
     fn save_into(&self, buf: &mut [u8]) -> Result<usize> {
         let what = "device migration_save callback";
         // SAFETY: as in `step`; `buf` is valid for `buf.len()` bytes.
-        let r = unsafe {
+        let r = in_callback_without_context(self.id, || unsafe {
             (self.save)(
                 self.opaque as *mut c_void,
                 buf.as_mut_ptr().cast(),
                 buf.len(),
             )
-        };
+        });
         match usize::try_from(r) {
             Ok(n) if n <= self.max_state_len => Ok(n),
             Ok(n) => {
@@ -145,13 +147,13 @@ impl Migratable for MigrationCallbacks {
 
     fn load(&mut self, stream: &[u8]) -> Result<()> {
         // SAFETY: as in `step`; `stream` is valid for its length and only read.
-        let r = unsafe {
+        let r = in_callback_without_context(self.id, || unsafe {
             (self.load)(
                 self.opaque as *mut c_void,
                 stream.as_ptr().cast(),
                 stream.len(),
             )
-        };
+        });
         callback_result(
             "device migration_load callback",
             (r as libc::ssize_t).min(0),

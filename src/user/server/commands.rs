@@ -8,7 +8,7 @@ use std::os::unix::net::UnixStream;
 use super::context::Ctx;
 use super::dma_logging;
 use super::model::DeviceModel;
-use super::session::{ReplyFd, Session};
+use super::session::{ReplyFd, Session, SessionState};
 use super::ServerConfig;
 use crate::bytes::u32_at;
 use crate::device::{
@@ -72,19 +72,19 @@ impl<'a, M: DeviceModel> Session<'a, M> {
 
     /// The model with the context it sees, and the reply payload: split
     /// borrows of the session, for handlers that call into the model.
-    pub(super) fn model_ctx(&mut self) -> (&mut M, Ctx<'_, 'a>, &mut Vec<u8>) {
+    pub(super) fn model_ctx(&mut self) -> (&mut M, Ctx<'_>, &mut Vec<u8>) {
         let ctx = Ctx {
-            link: &mut self.link,
-            dma: &mut self.dma,
-            irqs: &mut self.irqs,
+            link: &mut self.st.link,
+            dma: &mut self.st.dma,
+            irqs: &mut self.st.irqs,
         };
-        (&mut *self.model, ctx, &mut self.out)
+        (&mut *self.model, ctx, &mut self.st.out)
     }
 
     /// VERSION: agrees on capabilities, and hands out the twin socket when
     /// both sides want one.
     fn version(&mut self, p: &[u8]) -> Result<ReplyFd> {
-        if self.negotiated.is_some() {
+        if self.st.negotiated.is_some() {
             return Err(Error::Protocol("second VERSION".into()));
         }
         let (major, _minor, json) = proto::decode_version(p)?;
@@ -95,7 +95,7 @@ impl<'a, M: DeviceModel> Session<'a, M> {
         }
         let theirs = VersionCaps::parse(json)?;
         let mut reply = VersionCaps::accept(&self.config.version_caps(), &theirs);
-        self.link.peer_max_xfer = theirs.max_data_xfer_size as usize;
+        self.st.link.peer_max_xfer = theirs.max_data_xfer_size as usize;
         let mut fd = ReplyFd::None;
         if reply.twin_socket {
             let (ours, client) = UnixStream::pair().map_err(|e| Error::io("socketpair", e))?;
@@ -106,16 +106,16 @@ impl<'a, M: DeviceModel> Session<'a, M> {
                 Some(self.config.timeout),
             )?;
             let max = theirs.max_data_xfer_size as usize + 64;
-            self.link.set_twin(ours, max);
+            self.st.link.set_twin(ours, max);
             reply.twin_fd_index = Some(0);
             fd = ReplyFd::Owned(client.into());
         }
-        self.out.extend_from_slice(&proto::encode_version(
+        self.st.out.extend_from_slice(&proto::encode_version(
             version::MAJOR,
             version::MINOR,
             &reply.to_json(),
         ));
-        self.negotiated = Some(reply);
+        self.st.negotiated = Some(reply);
         Ok(fd)
     }
 
@@ -126,18 +126,18 @@ impl<'a, M: DeviceModel> Session<'a, M> {
         if fds.len() > 1 {
             return Err(Error::InvalidArgument("DMA_MAP with more than one fd"));
         }
-        self.dma.map(&m, fds.pop())
+        self.st.dma.map(&m, fds.pop())
     }
 
     /// DMA_UNMAP: the reply echoes the request with its own argsz.
     fn dma_unmap(&mut self, p: &[u8]) -> Result<()> {
         let m = DmaUnmapMsg::decode(p)?;
-        self.dma.unmap(m.address, m.size)?;
+        self.st.dma.unmap(m.address, m.size)?;
         let echo = DmaUnmapMsg {
             argsz: DmaUnmapMsg::SIZE as u32,
             ..m
         };
-        self.out.extend_from_slice(&echo.encode());
+        self.st.out.extend_from_slice(&echo.encode());
         Ok(())
     }
 
@@ -147,7 +147,8 @@ impl<'a, M: DeviceModel> Session<'a, M> {
             return Err(Error::InvalidArgument("DEVICE_GET_INFO too short"));
         }
         let info = self.model.device_info();
-        self.out
+        self.st
+            .out
             .extend_from_slice(&proto::encode_device_info(16, &info));
         Ok(())
     }
@@ -162,7 +163,7 @@ impl<'a, M: DeviceModel> Session<'a, M> {
             .ok_or(Error::InvalidArgument("region index"))?;
         let bytes = proto::encode_region_info(&info, argsz as usize);
         let full = bytes.len() > proto::REGION_INFO_SIZE || argsz as usize >= bytes.len();
-        self.out.extend_from_slice(&bytes);
+        self.st.out.extend_from_slice(&bytes);
         if info.flags & VFIO_REGION_INFO_FLAG_MMAP != 0 && full {
             if let Some(fd) = info.fd {
                 return Ok(ReplyFd::Shared(fd));
@@ -176,11 +177,11 @@ impl<'a, M: DeviceModel> Session<'a, M> {
     /// the client's max_msg_fds (otherwise argsz tells what it needs).
     fn region_io_fds(&mut self, p: &[u8]) -> Result<ReplyFd> {
         let (argsz, index) = proto::decode_io_fds_request(p)?;
-        if index as usize >= self.regions.len() {
+        if index as usize >= self.st.regions.len() {
             return Err(Error::InvalidArgument("region index"));
         }
-        let (subs, fds) = self.doorbells.sub_regions(index);
-        let peer_max = self.negotiated.as_ref().map_or(0, |n| n.max_msg_fds);
+        let (subs, fds) = self.st.doorbells.sub_regions(index);
+        let peer_max = self.st.negotiated.as_ref().map_or(0, |n| n.max_msg_fds);
         if fds.len() > peer_max as usize {
             return Err(Error::Errno {
                 op: "REGION_IO_FDS: more eventfds than the client's max_msg_fds",
@@ -189,7 +190,7 @@ impl<'a, M: DeviceModel> Session<'a, M> {
         }
         let body = proto::encode_io_fds(argsz, index, &subs);
         let complete = body.len() > proto::RegionIoFds::SIZE || subs.is_empty();
-        self.out.extend_from_slice(&body);
+        self.st.out.extend_from_slice(&body);
         Ok(if complete {
             ReplyFd::Lent(fds)
         } else {
@@ -204,7 +205,8 @@ impl<'a, M: DeviceModel> Session<'a, M> {
             .model
             .irq_info(index)
             .ok_or(Error::InvalidArgument("IRQ index"))?;
-        self.out
+        self.st
+            .out
             .extend_from_slice(&proto::encode_irq_info(16, &info));
         Ok(())
     }
@@ -222,16 +224,18 @@ impl<'a, M: DeviceModel> Session<'a, M> {
         let (index, start, count) = (m.index, m.start, m.count);
         match m.flags & VFIO_IRQ_SET_DATA_TYPE_MASK {
             VFIO_IRQ_SET_DATA_NONE if fds.is_empty() => {
-                self.irqs.set(index, action, start, count, None, None)
+                self.st.irqs.set(index, action, start, count, None, None)
             }
             VFIO_IRQ_SET_DATA_BOOL if fds.is_empty() => {
                 let b = p
                     .get(proto::IRQ_SET_SIZE..proto::IRQ_SET_SIZE + count as usize)
                     .ok_or(Error::InvalidArgument("SET_IRQS bool data short"))?;
-                self.irqs.set(index, action, start, count, Some(b), None)
+                self.st.irqs.set(index, action, start, count, Some(b), None)
             }
             VFIO_IRQ_SET_DATA_EVENTFD => {
-                self.irqs.set(index, action, start, count, None, Some(fds))
+                self.st
+                    .irqs
+                    .set(index, action, start, count, None, Some(fds))
             }
             _ => Err(Error::InvalidArgument("SET_IRQS data type")),
         }
@@ -241,7 +245,14 @@ impl<'a, M: DeviceModel> Session<'a, M> {
     fn region_read(&mut self, p: &[u8]) -> Result<()> {
         let a = RegionAccess::decode(p)?;
         let count = a.count as usize;
-        check_region(&self.regions, self.config, a.region, a.offset, count, false)?;
+        check_region(
+            &self.st.regions,
+            self.config,
+            a.region,
+            a.offset,
+            count,
+            false,
+        )?;
         let (model, mut ctx, out) = self.model_ctx();
         out.extend_from_slice(&a.encode());
         out.resize(RegionAccess::SIZE + count, 0);
@@ -258,7 +269,7 @@ impl<'a, M: DeviceModel> Session<'a, M> {
             ));
         }
         check_region(
-            &self.regions,
+            &self.st.regions,
             self.config,
             a.region,
             a.offset,
@@ -274,22 +285,26 @@ impl<'a, M: DeviceModel> Session<'a, M> {
     /// REGION_WRITE_MULTI, when negotiated: the writes in order, each checked
     /// as a REGION_WRITE; the reply is the count of writes.
     fn region_write_multi(&mut self, p: &[u8]) -> Result<()> {
-        if !self.negotiated.as_ref().is_some_and(|n| n.write_multiple) {
+        if !self
+            .st
+            .negotiated
+            .as_ref()
+            .is_some_and(|n| n.write_multiple)
+        {
             return Err(Error::InvalidArgument("REGION_WRITE_MULTI not negotiated"));
         }
         let writes = proto::decode_write_multi(p)?;
         // Each write is checked just before it is made, as a run of
         // REGION_WRITEs would be: the borrows are split by hand for that.
-        let Session {
+        let Session { st, model, config } = self;
+        let SessionState {
             link,
-            model,
             dma,
             irqs,
             regions,
-            config,
             out,
             ..
-        } = self;
+        } = &mut **st;
         let mut ctx = Ctx { link, dma, irqs };
         for w in &writes {
             let n = w.count as usize;
@@ -313,9 +328,10 @@ impl<'a, M: DeviceModel> Session<'a, M> {
             Some(migration) => migration?,
             None => self.model.device_feature(flags, data)?,
         };
-        self.out
+        self.st
+            .out
             .extend_from_slice(&proto::encode_feature((8 + reply.len()) as u32, flags));
-        self.out.extend_from_slice(&reply);
+        self.st.out.extend_from_slice(&reply);
         Ok(())
     }
 }

@@ -10,13 +10,13 @@ use super::model::DeviceContext;
 use crate::error::Result;
 
 /// What a model sees of the session while it handles one request.
-pub(super) struct Ctx<'s, 'a> {
-    pub(super) link: &'s mut Link<'a>,
+pub(super) struct Ctx<'s> {
+    pub(super) link: &'s mut Link,
     pub(super) dma: &'s mut DmaSpace,
     pub(super) irqs: &'s mut IrqState,
 }
 
-impl DeviceContext for Ctx<'_, '_> {
+impl DeviceContext for Ctx<'_> {
     fn dma_read(&mut self, iova: u64, buf: &mut [u8]) -> Result<()> {
         match self.dma.target(iova, buf.len(), false)? {
             DmaTarget::Mapped(m, off) => m.read(off, buf),

@@ -51,7 +51,9 @@ impl<M: DeviceModel> Session<'_, M> {
                     "DMA logging probed for an operation it lacks",
                 ));
             }
-            self.out.extend_from_slice(&proto::encode_feature(8, flags));
+            self.st
+                .out
+                .extend_from_slice(&proto::encode_feature(8, flags));
             return Ok(());
         }
         if ops != takes {
@@ -61,13 +63,13 @@ impl<M: DeviceModel> Session<'_, M> {
             VFIO_DEVICE_FEATURE_DMA_LOGGING_START => {
                 let (page_size, ranges) =
                     proto::decode_dma_logging_start(data).map_err(bad_data)?;
-                self.dma.dirty_log().start(page_size, &ranges)?;
+                self.st.dma.dirty_log().start(page_size, &ranges)?;
                 // The reply is the request: the log runs at the page size asked.
-                self.out.extend_from_slice(p);
+                self.st.out.extend_from_slice(p);
             }
             VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP => {
-                self.dma.dirty_log().stop();
-                self.out.extend_from_slice(p);
+                self.st.dma.dirty_log().stop();
+                self.st.out.extend_from_slice(p);
             }
             _ => self.dma_logging_report(flags, data)?,
         }
@@ -81,7 +83,7 @@ impl<M: DeviceModel> Session<'_, M> {
     fn dma_logging_report(&mut self, flags: u32, data: &[u8]) -> Result<()> {
         let r = DmaLoggingReport::decode(data).map_err(bad_data)?;
         let words = bitmap_words(r.length, r.page_size)?;
-        let limit = (self.config.max_data_xfer_size as usize).min(self.link.peer_max_xfer);
+        let limit = (self.config.max_data_xfer_size as usize).min(self.st.link.peer_max_xfer);
         if words * 8 > limit {
             return Err(Error::Errno {
                 op: "dirty bitmap larger than one message carries",
@@ -89,16 +91,18 @@ impl<M: DeviceModel> Session<'_, M> {
             });
         }
         let mut bitmap = vec![0u64; words];
-        self.dma
+        self.st
+            .dma
             .dirty_log()
             .report(r.iova, r.length, r.page_size, &mut bitmap)?;
         let len = 8 + DmaLoggingReport::SIZE + words * 8;
-        self.out.reserve(len);
-        self.out
+        self.st.out.reserve(len);
+        self.st
+            .out
             .extend_from_slice(&proto::encode_feature(len as u32, flags));
-        self.out.extend_from_slice(&r.encode());
+        self.st.out.extend_from_slice(&r.encode());
         for w in bitmap {
-            self.out.extend_from_slice(&w.to_ne_bytes());
+            self.st.out.extend_from_slice(&w.to_ne_bytes());
         }
         Ok(())
     }

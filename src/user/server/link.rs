@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -23,9 +24,9 @@ pub(super) struct Queued {
 }
 
 /// The sockets of a session and the commands queued on them.
-pub(super) struct Link<'a> {
+pub(super) struct Link {
     /// The main socket: client commands in, replies out.
-    pub(super) sock: BorrowedFd<'a>,
+    pub(super) sock: Arc<OwnedFd>,
     pub(super) rx: Receiver,
     /// The twin socket, when negotiated: server-to-client requests go there.
     twin_sock: Option<OwnedFd>,
@@ -70,10 +71,10 @@ fn wait_readable_for(sock: BorrowedFd<'_>, left: Duration) -> Result<bool> {
     }
 }
 
-impl<'a> Link<'a> {
+impl Link {
     /// A link on the main socket `sock`, before VERSION: no twin socket yet,
     /// and DMA messages bounded by the protocol's default transfer size.
-    pub(super) fn new(sock: BorrowedFd<'a>, config: &ServerConfig) -> Self {
+    pub(super) fn new(sock: Arc<OwnedFd>, config: &ServerConfig) -> Self {
         let max_msg = config.max_data_xfer_size as usize + 32 * 1024;
         Link {
             sock,
@@ -89,6 +90,12 @@ impl<'a> Link<'a> {
             peer_max_xfer: version::DEFAULT_MAX_DATA_XFER as usize,
             broken: None,
         }
+    }
+
+    /// Whether client input was read but not handled yet: commands held
+    /// back during a DMA request, or a whole message buffered.
+    pub(super) fn has_pending_input(&self) -> bool {
+        !self.queued.is_empty() || self.rx.has_message()
     }
 
     /// Carries server-to-client requests on `sock` from now on, reading
@@ -111,7 +118,7 @@ impl<'a> Link<'a> {
         all.extend_from_slice(parts);
         let sock = match &self.twin_sock {
             Some(s) => s.as_fd(),
-            None => self.sock,
+            None => self.sock.as_fd(),
         };
         if let Err(e) = send_msg(sock, &all, &[]) {
             // A send cut short, even by a timeout, leaves part of a message
@@ -168,7 +175,7 @@ impl<'a> Link<'a> {
         loop {
             let (sock, rx) = match &self.twin_sock {
                 Some(s) => (s.as_fd(), &mut self.twin_rx),
-                None => (self.sock, &mut self.rx),
+                None => (self.sock.as_fd(), &mut self.rx),
             };
             let spinning = spin_until.is_some_and(|t| Instant::now() < t);
             if !spinning && !rx.has_message() {

@@ -6,7 +6,7 @@
 
 use super::context::Ctx;
 use super::model::{DeviceModel, Migratable};
-use super::session::Session;
+use super::session::{Session, SessionState};
 use crate::error::{Error, Result};
 use crate::migration::{requested_state, MigrationState, MIGRATION_STOP_COPY};
 use crate::user::proto::{MigDataMsg, MigDataSize, MigStateMsg, MigrationFeature};
@@ -82,7 +82,7 @@ impl<M: DeviceModel> Session<'_, M> {
             .to_vec()),
             (VFIO_DEVICE_FEATURE_MIG_DATA_SIZE, _) => self.data_size(),
             (_, VFIO_DEVICE_FEATURE_GET) => Ok(MigStateMsg {
-                device_state: self.migration.state as u32,
+                device_state: self.st.migration.state as u32,
                 data_fd: u32::MAX,
             }
             .encode()
@@ -102,8 +102,8 @@ impl<M: DeviceModel> Session<'_, M> {
     /// GET MIG_DATA_SIZE: in STOP_COPY the bytes left to read, elsewhere the
     /// length a save would have now.
     fn data_size(&mut self) -> Result<Vec<u8>> {
-        let len = if self.migration.state == MigrationState::StopCopy {
-            self.migration.saved.len() - self.migration.read
+        let len = if self.st.migration.state == MigrationState::StopCopy {
+            self.st.migration.saved.len() - self.st.migration.read
         } else {
             hooks(&mut *self.model)?.save()?.len()
         };
@@ -119,7 +119,7 @@ impl<M: DeviceModel> Session<'_, M> {
     /// hook fails keeps the state it had.
     fn change_state(&mut self, to: MigrationState) -> Result<()> {
         use MigrationState::{Resuming, Running, Stop, StopCopy};
-        let from = self.migration.state;
+        let from = self.st.migration.state;
         if !to.is_stop_copy_state() {
             return Err(Error::InvalidArgument("migration state the device lacks"));
         }
@@ -129,14 +129,14 @@ impl<M: DeviceModel> Session<'_, M> {
         if !from.is_direct_arc(to) {
             return Err(Error::InvalidArgument("no direct arc to that state"));
         }
-        let Session {
+        let Session { st, model, .. } = self;
+        let SessionState {
             link,
-            model,
             dma,
             irqs,
             migration: m,
             ..
-        } = self;
+        } = &mut **st;
         let mut ctx = Ctx { link, dma, irqs };
         let dev = hooks(&mut **model)?;
         match (from, to) {
@@ -163,7 +163,7 @@ impl<M: DeviceModel> Session<'_, M> {
     /// (down to empty) at its end.
     pub(super) fn mig_data_read(&mut self, p: &[u8]) -> Result<()> {
         let req = MigDataMsg::decode(p)?;
-        let m = &mut self.migration;
+        let m = &mut self.st.migration;
         if m.state != MigrationState::StopCopy {
             return Err(Error::InvalidArgument("MIG_DATA_READ outside STOP_COPY"));
         }
@@ -181,8 +181,8 @@ impl<M: DeviceModel> Session<'_, M> {
             argsz: (MigDataMsg::SIZE + n) as u32,
             size: n as u32,
         };
-        self.out.extend_from_slice(&head.encode());
-        self.out.extend_from_slice(&m.saved[m.read..m.read + n]);
+        self.st.out.extend_from_slice(&head.encode());
+        self.st.out.extend_from_slice(&m.saved[m.read..m.read + n]);
         m.read += n;
         Ok(())
     }
@@ -192,7 +192,7 @@ impl<M: DeviceModel> Session<'_, M> {
     pub(super) fn mig_data_write(&mut self, p: &[u8]) -> Result<()> {
         let req = MigDataMsg::decode(p)?;
         let data = &p[MigDataMsg::SIZE..];
-        if self.migration.state != MigrationState::Resuming {
+        if self.st.migration.state != MigrationState::Resuming {
             return Err(Error::InvalidArgument("MIG_DATA_WRITE outside RESUMING"));
         }
         if data.len() != req.size as usize {
@@ -201,7 +201,7 @@ impl<M: DeviceModel> Session<'_, M> {
             ));
         }
         let max = hooks(&mut *self.model)?.max_stream_len();
-        let m = &mut self.migration;
+        let m = &mut self.st.migration;
         if m.incoming.len().saturating_add(data.len()) > max {
             return Err(Error::InvalidArgument(
                 "migration stream longer than the device loads",
@@ -214,14 +214,14 @@ impl<M: DeviceModel> Session<'_, M> {
     /// After a device reset, or when the session ends: the device runs
     /// again and any stream in flight is dropped.
     pub(super) fn migration_to_running(&mut self) -> Result<()> {
-        let was = std::mem::take(&mut self.migration).state;
+        let was = std::mem::take(&mut self.st.migration).state;
         if was == MigrationState::Running {
             return Ok(());
         }
         let mut ctx = Ctx {
-            link: &mut self.link,
-            dma: &mut self.dma,
-            irqs: &mut self.irqs,
+            link: &mut self.st.link,
+            dma: &mut self.st.dma,
+            irqs: &mut self.st.irqs,
         };
         hooks(&mut *self.model)?.resume(&mut ctx)
     }

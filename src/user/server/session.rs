@@ -1,19 +1,21 @@
 //! One client session: the command loop that receives a command, hands it to
 //! its handler (in `commands`) and sends the reply, and the session's state.
 
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Instant;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
+use super::context::Ctx;
 use super::dma::DmaSpace;
 use super::doorbells::DoorbellFds;
 use super::irq::IrqState;
 use super::link::Link;
 use super::migration::MigrationSession;
 use super::model::DeviceModel;
+use super::remote::Mailbox;
 use super::{ServerConfig, SessionEnd};
 use crate::device::RegionInfo;
 use crate::error::{Error, Result};
@@ -41,11 +43,11 @@ impl ReplyFd {
     }
 }
 
-/// A session's state; the command handlers are in `commands`.
-pub(super) struct Session<'a, M: DeviceModel> {
-    pub(super) link: Link<'a>,
-    pub(super) model: &'a mut M,
-    pub(super) config: &'a ServerConfig,
+/// A session's state, owned from the accept to the end of the session; the
+/// model and the configuration are lent to each step (see [`Session`]), so
+/// a session can be served in steps from an event loop as well as by `run`.
+pub(super) struct SessionState {
+    pub(super) link: Link,
     pub(super) dma: DmaSpace,
     pub(super) irqs: IrqState,
     /// Region info read from the model once, when the session starts.
@@ -59,6 +61,57 @@ pub(super) struct Session<'a, M: DeviceModel> {
     pub(super) migration: MigrationSession,
     /// The eventfds of the model's doorbells, made for this session.
     pub(super) doorbells: DoorbellFds,
+    /// Requests of other threads, when the server hands out handles.
+    pub(super) remote: Option<Arc<Mailbox>>,
+}
+
+impl SessionState {
+    /// The state of a new session on `sock` for `model`.
+    pub(super) fn new<M: DeviceModel>(
+        sock: Arc<OwnedFd>,
+        model: &M,
+        config: &ServerConfig,
+        remote: Option<Arc<Mailbox>>,
+    ) -> Self {
+        let info = model.device_info();
+        let regions: Vec<RegionInfo> = (0..info.num_regions.min(1024))
+            .map(|i| model.region_info(i).unwrap_or_default())
+            .collect();
+        let irq_infos: Vec<_> = (0..info.num_irqs.min(64))
+            .filter_map(|i| model.irq_info(i))
+            .collect();
+        let doorbells = DoorbellFds::new(model.doorbells(), &regions);
+        SessionState {
+            link: Link::new(sock, config),
+            dma: DmaSpace::new(config.max_dma_maps as usize),
+            irqs: IrqState::new(&irq_infos),
+            regions,
+            negotiated: None,
+            inbuf: Vec::new(),
+            out: Vec::new(),
+            migration: MigrationSession::default(),
+            doorbells,
+            remote,
+        }
+    }
+}
+
+/// A session at work: its state, with the model and the configuration lent
+/// for one step or for a whole `run`. The command handlers are in `commands`.
+pub(super) struct Session<'a, M: DeviceModel> {
+    pub(super) st: &'a mut SessionState,
+    pub(super) model: &'a mut M,
+    pub(super) config: &'a ServerConfig,
+}
+
+/// What one step of a session did.
+pub(super) enum Step {
+    /// A client command was handled.
+    Handled,
+    /// No command was ready (eventfds may have been served).
+    Idle,
+    /// The session is over; `finish` it.
+    End(SessionEnd),
 }
 
 /// Runs model code; a panic in it becomes an `EIO` error for this command.
@@ -70,73 +123,107 @@ fn model_call<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
 }
 
 impl<'a, M: DeviceModel> Session<'a, M> {
-    pub(super) fn new(sock: BorrowedFd<'a>, model: &'a mut M, config: &'a ServerConfig) -> Self {
-        let info = model.device_info();
-        let regions: Vec<RegionInfo> = (0..info.num_regions.min(1024))
-            .map(|i| model.region_info(i).unwrap_or_default())
-            .collect();
-        let irq_infos: Vec<_> = (0..info.num_irqs.min(64))
-            .filter_map(|i| model.irq_info(i))
-            .collect();
-        let doorbells = DoorbellFds::new(model.doorbells(), &regions);
-        Session {
-            link: Link::new(sock, config),
-            model,
-            config,
-            dma: DmaSpace::new(config.max_dma_maps as usize),
-            irqs: IrqState::new(&irq_infos),
-            regions,
-            negotiated: None,
-            inbuf: Vec::new(),
-            out: Vec::new(),
-            migration: MigrationSession::default(),
-            doorbells,
-        }
+    pub(super) fn new(
+        st: &'a mut SessionState,
+        model: &'a mut M,
+        config: &'a ServerConfig,
+    ) -> Self {
+        Session { st, model, config }
     }
 
     /// Serves until the client leaves or breaks the protocol.
     pub(super) fn run(mut self) -> SessionEnd {
-        if let Err(e) = set_timeouts(
-            self.link.sock,
-            Some(self.config.timeout),
-            Some(self.config.timeout),
-        ) {
+        if let Err(e) = self.start() {
             return SessionEnd::Dropped(e);
         }
-        let end = loop {
-            match self.next_command() {
-                Ok(Some((hdr, fds))) => {
-                    // Doorbells rung before this message was sent reach the
-                    // model before it does.
-                    self.ring_doorbells();
-                    if let Err(e) = self.dispatch(hdr, fds) {
-                        break SessionEnd::Dropped(e);
-                    }
-                    if let Some(why) = self.link.broken.take() {
-                        break SessionEnd::Dropped(Error::Protocol(why));
-                    }
-                }
-                Ok(None) => self.ring_doorbells(),
-                Err(Error::Disconnected) => break SessionEnd::Disconnected,
-                Err(e) => break SessionEnd::Dropped(e),
+        let end = self.serve_until_end();
+        self.finish();
+        end
+    }
+
+    /// Takes blocking steps until the session ends; `finish` it then.
+    pub(super) fn serve_until_end(&mut self) -> SessionEnd {
+        loop {
+            if let Step::End(end) = self.step(true) {
+                return end;
             }
-        };
+        }
+    }
+
+    /// Prepares a new session's socket and opens the mailbox to it.
+    pub(super) fn start(&mut self) -> Result<()> {
+        let t = Some(self.config.timeout);
+        set_timeouts(self.st.link.sock.as_fd(), t, t)?;
+        if let Some(m) = &self.st.remote {
+            m.open();
+        }
+        Ok(())
+    }
+
+    /// Handles the next client command, waiting for it when `block`, and
+    /// serves the eventfds (unmask, doorbell, mailbox) that fired meanwhile.
+    /// Without `block` it never waits for input: a command not (fully)
+    /// there yet stays buffered for a later step.
+    pub(super) fn step(&mut self, block: bool) -> Step {
+        match self.next_command(block) {
+            Ok(Some((hdr, fds))) => {
+                // Doorbells rung before this message was sent reach the
+                // model before it does.
+                self.ring_doorbells();
+                if let Err(e) = self.dispatch(hdr, fds) {
+                    return Step::End(SessionEnd::Dropped(e));
+                }
+                if let Some(why) = self.st.link.broken.take() {
+                    return Step::End(SessionEnd::Dropped(Error::Protocol(why)));
+                }
+                self.serve_remote();
+                Step::Handled
+            }
+            Ok(None) => {
+                self.ring_doorbells();
+                self.serve_remote();
+                Step::Idle
+            }
+            Err(Error::Disconnected) => Step::End(SessionEnd::Disconnected),
+            Err(e) => Step::End(SessionEnd::Dropped(e)),
+        }
+    }
+
+    /// Ends the session: requests of other threads fail, the device runs
+    /// again, the client's memory and interrupts are let go.
+    pub(super) fn finish(&mut self) {
+        if let Some(m) = &self.st.remote {
+            m.close();
+        }
         if let Err(e) = model_call(|| self.migration_to_running()) {
             log::warn!(target: "vfio_io::server", "resuming the device after the session: {e}");
         }
-        self.dma.clear();
-        self.irqs.clear();
-        end
+        self.st.dma.clear();
+        self.st.irqs.clear();
     }
 
     /// The next client command into `inbuf`; `None` when only an unmask eventfd
     /// fired or the receive timed out. With a spin budget, non-blocking
     /// receives come first (a partial message stays buffered between them);
     /// once the budget is spent, the ordinary wait and blocking receive.
-    fn next_command(&mut self) -> Result<Option<(Header, Vec<OwnedFd>)>> {
-        if let Some(q) = self.link.queued.pop_front() {
-            self.inbuf = q.payload;
+    fn next_command(&mut self, block: bool) -> Result<Option<(Header, Vec<OwnedFd>)>> {
+        if let Some(q) = self.st.link.queued.pop_front() {
+            self.st.inbuf = q.payload;
             return Ok(Some((q.header, q.fds)));
+        }
+        if !block {
+            if !self.st.link.rx.has_message() && !self.wait_readable(0)? {
+                return Ok(None);
+            }
+            return match self.st.link.rx.recv(self.st.link.sock.as_fd(), true) {
+                Ok(m) => {
+                    self.st.inbuf.clear();
+                    self.st.inbuf.extend_from_slice(m.payload);
+                    Ok(Some((m.header, m.fds)))
+                }
+                Err(Error::Timeout) => Ok(None),
+                Err(e) => Err(e),
+            };
         }
         let spin_until = self
             .config
@@ -145,46 +232,58 @@ impl<'a, M: DeviceModel> Session<'a, M> {
             .map(|d| Instant::now() + d);
         loop {
             let nonblock = spin_until.is_some_and(|t| Instant::now() < t);
-            if !nonblock && !self.link.rx.has_message() && !self.wait_readable()? {
+            let ms = self.config.timeout.as_millis().min(i32::MAX as u128) as i32;
+            if !nonblock && !self.st.link.rx.has_message() && !self.wait_readable(ms)? {
                 return Ok(None);
             }
-            match self.link.rx.recv(self.link.sock, nonblock) {
+            match self.st.link.rx.recv(self.st.link.sock.as_fd(), nonblock) {
                 Ok(m) => {
-                    self.inbuf.clear();
-                    self.inbuf.extend_from_slice(m.payload);
+                    self.st.inbuf.clear();
+                    self.st.inbuf.extend_from_slice(m.payload);
                     return Ok(Some((m.header, m.fds)));
                 }
-                Err(Error::Timeout) if nonblock => std::hint::spin_loop(),
+                Err(Error::Timeout) if nonblock => {
+                    if self.st.remote.as_ref().is_some_and(|m| m.pending()) {
+                        return Ok(None);
+                    }
+                    std::hint::spin_loop()
+                }
                 Err(Error::Timeout) => return Ok(None),
                 Err(e) => return Err(e),
             }
         }
     }
 
-    /// Waits until the socket is readable, serving unmask eventfds meanwhile;
-    /// a doorbell eventfd ends the wait too (the caller rings it). Without
-    /// either kind of eventfd, returns at once and lets recvmsg block.
-    fn wait_readable(&mut self) -> Result<bool> {
+    /// Waits up to `ms` until the socket is readable, serving unmask
+    /// eventfds meanwhile; a doorbell eventfd or the mailbox's ends the wait
+    /// too (the caller serves them). Without any such eventfd, returns at
+    /// once and lets recvmsg block.
+    fn wait_readable(&mut self, ms: i32) -> Result<bool> {
         let fired: Vec<(u32, u32)>;
         let sock_ready: bool;
         {
-            let watched = self.irqs.unmask_fds();
-            if watched.is_empty() && self.doorbells.is_empty() {
+            let watched = self.st.irqs.unmask_fds();
+            if watched.is_empty() && self.st.doorbells.is_empty() && self.st.remote.is_none() {
                 return Ok(true);
             }
             let mut pfds = Vec::with_capacity(watched.len() + 1);
-            pfds.push(PollFd::new(self.link.sock, PollFlags::POLLIN));
+            pfds.push(PollFd::new(self.st.link.sock.as_fd(), PollFlags::POLLIN));
             pfds.extend(
                 watched
                     .iter()
                     .map(|(_, _, fd)| PollFd::new(*fd, PollFlags::POLLIN)),
             );
             pfds.extend(
-                self.doorbells
+                self.st
+                    .doorbells
                     .fds()
                     .map(|fd| PollFd::new(fd, PollFlags::POLLIN)),
             );
-            let ms = self.config.timeout.as_millis().min(i32::MAX as u128) as i32;
+            // Readable when another thread queued a request: the wait ends,
+            // and the loop serves it.
+            if let Some(m) = &self.st.remote {
+                pfds.push(PollFd::new(m.fd(), PollFlags::POLLIN));
+            }
             match poll(
                 &mut pfds,
                 PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
@@ -211,15 +310,29 @@ impl<'a, M: DeviceModel> Session<'a, M> {
                 .collect();
         }
         for (i, v) in fired {
-            self.irqs.unmask(i, v);
+            self.st.irqs.unmask(i, v);
         }
         Ok(sock_ready)
+    }
+
+    /// Runs the requests other threads queued, if any, with the session's
+    /// context.
+    fn serve_remote(&mut self) {
+        let Some(m) = self.st.remote.as_ref().filter(|m| m.pending()) else {
+            return;
+        };
+        let mut ctx = Ctx {
+            link: &mut self.st.link,
+            dma: &mut self.st.dma,
+            irqs: &mut self.st.irqs,
+        };
+        m.serve(&mut ctx);
     }
 
     /// Delivers every signalled doorbell to the model as the writes it
     /// stands for. A failed write is logged: no client waits for it.
     fn ring_doorbells(&mut self) {
-        for w in self.doorbells.drain() {
+        for w in self.st.doorbells.drain() {
             let b = w.bell;
             let data = &w.data[..b.size as usize];
             let (model, mut ctx, _) = self.model_ctx();
@@ -240,16 +353,16 @@ impl<'a, M: DeviceModel> Session<'a, M> {
         if hdr.is_reply() {
             // A reply to nothing we wait for (late, or never asked): ignored,
             // its fds closed.
-            self.link.discard_reply(&hdr);
+            self.st.link.discard_reply(&hdr);
             return Ok(());
         }
         if self.config.trace {
             log::info!(target: "vfio_io::server", "{} id={} size={} flags={:#x} fds={}",
                 cmd::name(hdr.command), hdr.id, hdr.size, hdr.flags, fds.len());
         }
-        let payload = std::mem::take(&mut self.inbuf);
-        self.out.clear();
-        let result = if self.negotiated.is_none() && hdr.command != cmd::VERSION {
+        let payload = std::mem::take(&mut self.st.inbuf);
+        self.st.out.clear();
+        let result = if self.st.negotiated.is_none() && hdr.command != cmd::VERSION {
             Err(Error::Protocol(format!(
                 "{} before VERSION",
                 cmd::name(hdr.command)
@@ -257,7 +370,7 @@ impl<'a, M: DeviceModel> Session<'a, M> {
         } else {
             model_call(|| self.handle(&hdr, &payload, fds))
         };
-        self.inbuf = payload;
+        self.st.inbuf = payload;
         if !hdr.no_reply() {
             self.send_reply(&hdr, &result)?;
         }
@@ -277,12 +390,12 @@ impl<'a, M: DeviceModel> Session<'a, M> {
         match result {
             Ok(fd) => {
                 let raw = fd.raw();
-                let h = Header::reply(req, self.out.len()).encode();
-                send_msg(self.link.sock, &[&h, &self.out], &raw)
+                let h = Header::reply(req, self.st.out.len()).encode();
+                send_msg(self.st.link.sock.as_fd(), &[&h, &self.st.out], &raw)
             }
             Err(e) => {
                 let h = Header::error_reply(req, e.errno()).encode();
-                send_msg(self.link.sock, &[&h], &[])
+                send_msg(self.st.link.sock.as_fd(), &[&h], &[])
             }
         }
     }
