@@ -1,25 +1,21 @@
-/* sample_device_server SOCKET: serves the device of sample_device.c (with
- * a 64 KiB memfd as BAR2) to vfio-user clients, one after another, until
- * SIGTERM or SIGINT; then stops, removes the socket and exits 0.
+/* sample_device_server SOCKET: serves the device of sample_device.c (BAR0
+ * only) to vfio-user clients, one after another, until SIGTERM or SIGINT;
+ * then stops, removes the socket and exits 0.
  *
  * Both signals are blocked in every thread and taken by sigwait on a thread
  * of their own, which calls vfio_io_server_stop: the stop then happens
  * outside a signal handler, where any call is allowed. */
-#define _GNU_SOURCE
+#define _POSIX_C_SOURCE 200809L /* sigwait, pthread_kill */
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <unistd.h>
 
 #include <vfio-io.h>
 
 #include "sample_device.h"
-
-#define BAR2_SIZE 0x10000
 
 static void log_line(int level, const char *msg, void *opaque)
 {
@@ -61,14 +57,8 @@ int main(int argc, char **argv)
         return 1;
     }
 
-    int bar2 = memfd_create("sample-device-bar2", MFD_CLOEXEC);
-    if (bar2 < 0 || ftruncate(bar2, BAR2_SIZE) != 0) {
-        perror("sample_device_server: BAR2 memfd");
-        return 1;
-    }
     struct sample_device d;
-    r = sample_device_create(&d, argv[1], bar2, BAR2_SIZE);
-    close(bar2); /* the library keeps its own duplicate */
+    r = sample_device_create(&d, argv[1], -1, 0);
     if (r != 0) {
         fprintf(stderr, "sample_device_server: vfio_io_server_create(%s): %s\n", argv[1],
                 strerror(-r));
