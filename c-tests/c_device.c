@@ -1,15 +1,7 @@
-/* A device written in C, served through vfio_io_server_* on a thread of
- * this program and driven by the library's client through the ops table.
- *
- * BAR0 (4 KiB, every access a callback):
- *   0x00 ID (read-only)         0x04 SCRATCH (read/write)
- *   0x08 DOORBELL: a write raises MSI vector 0; 0x0c reads what
- *        vfio_io_server_irq_trigger returned
- *   0x10 DMA_SRC (64 bit)       0x18 DMA_DST (64 bit)
- *   0x20 DMA_LEN                0x24 DMA_GO: a write copies DMA_LEN bytes
- *        from DMA_SRC to DMA_DST; 0x28 reads the copy's result (0 or -errno)
- * BAR2 (64 KiB): a memfd offered for mmap; the library serves it.
- * No vfio-io binary is needed. */
+/* The C device of sample_device.c, served through vfio_io_server_* on a
+ * thread of this program and driven by the library's client through the
+ * ops table; BAR2 is a 64 KiB memfd the library serves. No vfio-io binary
+ * is needed. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <poll.h>
@@ -26,22 +18,14 @@
 #include <vfio-io.h>
 
 #include "check.h"
+#include "sample_device.h"
 
-#define DEV_ID 0xc0de0001u
-#define BAR0_SIZE 0x1000
+#define DEV_ID SAMPLE_ID
+#define BAR0_SIZE SAMPLE_BAR0_SIZE
 #define BAR2_SIZE 0x10000
 #define IOVA_FD 0x100000ull   /* client memory shared with a memfd */
 #define IOVA_NOFD 0x200000ull /* client memory reached by DMA messages */
 #define MEM_SIZE 0x4000
-
-struct c_device {
-    vfio_io_server *srv;
-    uint32_t scratch, irq_result;
-    uint64_t dma_src, dma_dst;
-    uint32_t dma_len;
-    int32_t dma_result;
-    int resets;
-};
 
 static int log_errors;
 
@@ -51,64 +35,6 @@ static void count_log(int level, const char *msg, void *opaque)
     if (level <= VFIO_IO_LOG_ERROR)
         log_errors++;
     fprintf(stderr, "log %d: %s\n", level, msg);
-}
-
-static int dma_copy(struct c_device *d)
-{
-    uint8_t buf[MEM_SIZE];
-    if (d->dma_len > sizeof(buf))
-        return -EINVAL;
-    int r = vfio_io_server_dma_read(d->srv, d->dma_src, buf, d->dma_len);
-    if (r == 0)
-        r = vfio_io_server_dma_write(d->srv, d->dma_dst, buf, d->dma_len);
-    return r;
-}
-
-static ssize_t dev_read(void *opaque, uint32_t index, uint64_t offset, void *buf, uint32_t count)
-{
-    struct c_device *d = opaque;
-    uint32_t v;
-    if (index != VFIO_PCI_BAR0_REGION_INDEX || count != 4)
-        return -EINVAL;
-    switch (offset) {
-    case 0x00: v = DEV_ID; break;
-    case 0x04: v = d->scratch; break;
-    case 0x0c: v = d->irq_result; break;
-    case 0x28: v = (uint32_t)d->dma_result; break;
-    default: return -EINVAL;
-    }
-    memcpy(buf, &v, 4);
-    return count;
-}
-
-static ssize_t dev_write(void *opaque, uint32_t index, uint64_t offset, const void *buf,
-                         uint32_t count)
-{
-    struct c_device *d = opaque;
-    uint32_t v;
-    if (index != VFIO_PCI_BAR0_REGION_INDEX || count != 4)
-        return -EINVAL;
-    memcpy(&v, buf, 4);
-    switch (offset) {
-    case 0x04: d->scratch = v; break;
-    case 0x08: d->irq_result = (uint32_t)vfio_io_server_irq_trigger(d->srv, VFIO_PCI_MSI_IRQ_INDEX, 0); break;
-    case 0x10: d->dma_src = (d->dma_src & ~0xffffffffull) | v; break;
-    case 0x14: d->dma_src = (d->dma_src & 0xffffffffull) | (uint64_t)v << 32; break;
-    case 0x18: d->dma_dst = (d->dma_dst & ~0xffffffffull) | v; break;
-    case 0x1c: d->dma_dst = (d->dma_dst & 0xffffffffull) | (uint64_t)v << 32; break;
-    case 0x20: d->dma_len = v; break;
-    case 0x24: d->dma_result = dma_copy(d); break;
-    default: return -EROFS;
-    }
-    return count;
-}
-
-static int dev_reset(void *opaque)
-{
-    struct c_device *d = opaque;
-    d->scratch = 0;
-    d->resets++;
-    return 0;
 }
 
 static void *serve(void *srv)
@@ -199,23 +125,13 @@ int main(void)
 
     int bar2 = memfd_create("c-device-bar2", MFD_CLOEXEC);
     CHECK(bar2 >= 0 && ftruncate(bar2, BAR2_SIZE) == 0, "BAR2 memfd: %s", strerror(errno));
-    struct vfio_io_server_region regions[] = {
-        { VFIO_PCI_BAR0_REGION_INDEX, VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE,
-          BAR0_SIZE, -1, 0 },
-        { VFIO_PCI_BAR2_REGION_INDEX,
-          VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE | VFIO_REGION_INFO_FLAG_MMAP,
-          BAR2_SIZE, bar2, 0 },
-    };
-    struct vfio_io_server_device desc = {
-        .size = sizeof(desc), .vendor_id = 0x1234, .device_id = 0xc0de,
-        .subsystem_vendor_id = 0x1af4, .subsystem_id = 0x0001, .class_code = 0xff0000,
-        .regions = regions, .num_regions = 2, .irq_count = { 0, 1, 0, 0, 0 },
-    };
-    struct vfio_io_server_ops ops_s = { sizeof(ops_s), dev_read, dev_write, dev_reset };
-    misuse(sock, desc, &ops_s);
+    struct vfio_io_server_region regions[2];
+    struct vfio_io_server_device desc;
+    sample_device_describe(&desc, regions, bar2, BAR2_SIZE);
+    misuse(sock, desc, &sample_device_ops);
 
-    struct c_device d = { 0 };
-    int r = vfio_io_server_create(sock, &desc, &ops_s, &d, &d.srv);
+    struct sample_device d;
+    int r = sample_device_create(&d, sock, bar2, BAR2_SIZE);
     CHECK(r == 0, "vfio_io_server_create: %d (%s)", r, strerror(-r));
     if (r != 0)
         return 1;

@@ -104,6 +104,19 @@ pub fn encode_region_info(info: &RegionInfo, room: usize) -> Vec<u8> {
     out
 }
 
+/// Encodes `info` as a vfio-user DEVICE_GET_REGION_INFO reply: as
+/// [`encode_region_info`], except that a reply too short for the chain still
+/// points `cap_offset` past the fixed part. The spec leaves it open; QEMU's
+/// client refuses a CAPS reply whose `cap_offset` is below 32 before it
+/// retries with the `argsz` asked for, so the kernel's 0 would fail it.
+pub fn encode_region_info_reply(info: &RegionInfo, room: usize) -> Vec<u8> {
+    let mut out = encode_region_info(info, room);
+    if u32_at(&out, 4).unwrap_or(0) & crate::device::VFIO_REGION_INFO_FLAG_CAPS != 0 {
+        put_u32(&mut out, 12, REGION_INFO_SIZE as u32);
+    }
+    out
+}
+
 /// Decodes `struct vfio_region_info` and walks its capability chain, refusing
 /// offsets outside `b`, overlapping or backward links (which is how loops
 /// show), and over-long chains. Returns the info and the argsz the peer said it

@@ -21,11 +21,10 @@ use vfio_io::error::Error;
 use vfio_io::models::edu::Edu;
 use vfio_io::user::client::{Client, ClientConfig};
 use vfio_io::user::proto::{
-    self, cmd, DmaAccess, DmaMapMsg, DmaUnmapMsg, Header, IoFdSubRegion, IrqSetMsg, RegionAccess,
-    DMA_MAP_READ, DMA_MAP_WRITE, FLAG_NO_REPLY,
+    self, cmd, DmaAccess, DmaUnmapMsg, Header, IoFdSubRegion, IrqSetMsg, RegionAccess,
+    FLAG_NO_REPLY,
 };
 use vfio_io::user::server::ServerConfig;
-use vfio_io::user::wire::send_msg;
 
 #[path = "support/open_fds.rs"]
 mod open_fds;
@@ -36,7 +35,7 @@ mod served;
 #[path = "support/watchdog.rs"]
 mod watchdog;
 use open_fds::OpenFds;
-use raw_peer::{Peer, PEER_TIMEOUT};
+use raw_peer::{assert_dropped, dma_map_msg, region_read_msg, Peer, PEER_TIMEOUT};
 use served::{Served, TempDir};
 use watchdog::Watchdog;
 
@@ -804,49 +803,7 @@ fn against_our_server(body: impl FnOnce(&mut Peer, &Served)) {
 
 /// A well-behaved client is served after whatever came before.
 fn assert_serves(s: &Served) {
-    let c = Client::connect(
-        &s.path,
-        ClientConfig {
-            timeout: Duration::from_secs(2),
-            ..ClientConfig::default()
-        },
-    )
-    .expect("a well-behaved client is served");
-    let mut b = [0u8; 4];
-    c.region_read(0, 0, &mut b).unwrap();
-    assert_eq!(u32::from_ne_bytes(b), EDU_ID);
-}
-
-/// The raw client is dropped by the server, with at most an error reply first.
-fn assert_dropped(p: &mut Peer, errno: Option<i32>) {
-    let seen = p.expect_closed();
-    match errno {
-        None => assert!(seen.is_empty(), "unexpected replies {seen:?}"),
-        Some(e) => {
-            assert_eq!(seen.len(), 1, "{seen:?}");
-            assert_eq!(seen[0].error_errno(), Some(e));
-        }
-    }
-}
-
-fn region_read_msg(offset: u64, count: u32) -> [u8; RegionAccess::SIZE] {
-    RegionAccess {
-        offset,
-        region: 0,
-        count,
-    }
-    .encode()
-}
-
-fn dma_map_msg(address: u64, size: u64) -> [u8; DmaMapMsg::SIZE] {
-    DmaMapMsg {
-        argsz: DmaMapMsg::SIZE as u32,
-        flags: DMA_MAP_READ | DMA_MAP_WRITE,
-        offset: 0,
-        address,
-        size,
-    }
-    .encode()
+    raw_peer::assert_serves_id(&s.path, Duration::from_secs(2), EDU_ID);
 }
 
 #[test]
@@ -894,9 +851,7 @@ fn client_size_smaller_than_header_is_dropped() {
 #[test]
 fn client_size_larger_than_maximum_is_dropped() {
     against_our_server(|p, _| {
-        let mut h = Header::command(9, cmd::REGION_WRITE, 0);
-        h.size = 64 << 20;
-        p.bytes(&h.encode());
+        p.send_oversized_header();
         assert_dropped(p, None);
     });
 }
@@ -904,18 +859,14 @@ fn client_size_larger_than_maximum_is_dropped() {
 #[test]
 fn client_disconnects_mid_message() {
     against_our_server(|p, _| {
-        let h = Header::command(9, cmd::REGION_WRITE, RegionAccess::SIZE + 1024);
-        p.bytes(&h.encode());
-        p.bytes(&region_read_msg(0, 1024));
+        p.send_half_message(0);
     });
 }
 
 #[test]
 fn client_unknown_message_type_is_dropped() {
     against_our_server(|p, _| {
-        let mut h = Header::command(9, cmd::DEVICE_RESET, 0);
-        h.flags = 0x7;
-        p.bytes(&h.encode());
+        p.send_unknown_type();
         assert_dropped(p, None);
     });
 }
@@ -924,8 +875,7 @@ fn client_unknown_message_type_is_dropped() {
 fn client_stray_reply_with_fd_is_ignored() {
     against_our_server(|p, _| {
         let efd = eventfd();
-        let h = Header::reply(&Header::command(77, cmd::DMA_READ, 0), 0);
-        send_msg(p.s.as_fd(), &[&h.encode()], &[efd.as_raw_fd()]).unwrap();
+        p.send_stray_reply_with_fd(efd.as_raw_fd());
         drop(efd);
         assert_eq!(p.read32(0), EDU_ID, "the session goes on");
     });
@@ -1197,16 +1147,7 @@ fn client_floods_commands_while_the_server_waits_for_dma() {
     against_our_server(|p, _| {
         let (id, _) = start_message_dma(p);
         // More commands than the server queues while it waits (max_queued 256).
-        let mut flood = Vec::new();
-        for i in 0..server_config().max_queued as u16 + 10 {
-            flood.extend_from_slice(&Header::command(500 + i, cmd::REGION_READ, 16).encode());
-            flood.extend_from_slice(&region_read_msg(0, 4));
-        }
-        // The server may hang up before it has all of it.
-        match send_msg(p.s.as_fd(), &[&flood], &[]) {
-            Ok(()) | Err(Error::Disconnected) => {}
-            Err(e) => panic!("flood: {e:?}"),
-        }
+        p.flood_reads(server_config().max_queued as u16 + 10);
         // The flood ends the session: the REGION_WRITE still gets its reply
         // (edu completes a failed DMA), the queued commands none.
         let seen = p.expect_closed();

@@ -535,13 +535,14 @@ mod vectors {
     #[test]
     fn region_info_reply_too_large_for_argsz_says_what_it_needs() {
         // Asked with argsz 32: the fixed part only, argsz the full size, and
-        // no capability offset into bytes that are not there.
+        // cap_offset past the fixed part (QEMU's client refuses a CAPS reply
+        // with a smaller one before it asks again).
         #[rustfmt::skip]
         let golden: [u8; 32] = [
             0x68, 0x00, 0x00, 0x00, // 0  argsz 104 needed
             0x0f, 0x00, 0x00, 0x00, // 4  flags: READ, WRITE, MMAP, CAPS
             0x02, 0x00, 0x00, 0x00, // 8  index 2
-            0x00, 0x00, 0x00, 0x00, // 12 cap_offset 0: the chain is not included
+            0x20, 0x00, 0x00, 0x00, // 12 cap_offset 32, beyond these bytes
             0x00, 0x00, 0x10, 0x00, 0x00, 0x00, 0x00, 0x00, // 16 size 1 MiB
             0x00, 0x00, 0x00, 0x40, 0x00, 0x00, 0x00, 0x00, // 24 offset 0x4000_0000
         ];
@@ -549,7 +550,19 @@ mod vectors {
         assert_eq!(argsz, 104, "the client learns the size to ask for");
         assert!(info.caps.is_empty());
         assert_eq!((info.index, info.size), (2, 0x10_0000));
-        assert_bytes(&proto::encode_region_info(&region_with_caps(), 32), &golden);
+        assert_bytes(
+            &proto::encode_region_info_reply(&region_with_caps(), 32),
+            &golden,
+        );
+        // A server that answers as the kernel does (cap_offset 0) is read alike.
+        let mut kernel_style = golden;
+        kernel_style[12] = 0;
+        assert_eq!(proto::decode_region_info(&kernel_style).unwrap().1, 104);
+        assert_eq!(
+            proto::encode_region_info(&region_with_caps(), 32)[12..16],
+            [0; 4],
+            "the kernel's layout keeps 0"
+        );
     }
 
     #[test]

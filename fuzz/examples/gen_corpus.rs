@@ -650,9 +650,102 @@ fn migration_seeds() {
     write("migration", "server_wrong_order", &wrong);
 }
 
+/// Seeds of the c_server target: mode 1 (VERSION first), then steps; the
+/// registers are c-tests/sample_device.h's.
+fn c_server_seeds() {
+    const WITH_FDS: u8 = 0x10;
+    const SEALED: u8 = 1;
+    const DATA_EVENTFD: u32 = 0x4;
+    const ACTION_TRIGGER: u32 = 0x20;
+    let reg_read = |reg: u64| {
+        server_msg(
+            cmd::REGION_READ,
+            0,
+            0,
+            &region_access(pci_region::BAR0, reg, &[], 4),
+        )
+    };
+    let reg_write = |reg: u64, v: u32| {
+        let p = region_access(pci_region::BAR0, reg, &v.to_ne_bytes(), 4);
+        server_msg(cmd::REGION_WRITE, 0, 0, &p)
+    };
+    // DMA_SRC, DMA_DST (64 bit each), DMA_LEN, DMA_GO, then DMA_RESULT.
+    let dma = |src: u64, dst: u64, len: u32| {
+        [
+            reg_write(0x10, src as u32),
+            reg_write(0x14, (src >> 32) as u32),
+            reg_write(0x18, dst as u32),
+            reg_write(0x1c, (dst >> 32) as u32),
+            reg_write(0x20, len),
+            reg_write(0x24, 1),
+            reg_read(0x28),
+        ]
+        .concat()
+    };
+    let map = |address: u64, size: u64| {
+        proto::DmaMapMsg {
+            argsz: proto::DmaMapMsg::SIZE as u32,
+            flags: proto::DMA_MAP_READ | proto::DMA_MAP_WRITE,
+            offset: 0,
+            address,
+            size,
+        }
+        .encode()
+    };
+    let seeds: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "id_scratch",
+            [reg_read(0), reg_write(0x04, 0x5a5a_a5a5), reg_read(0x04)].concat(),
+        ),
+        (
+            "doorbell_msi",
+            [
+                server_msg(
+                    cmd::DEVICE_SET_IRQS,
+                    WITH_FDS,
+                    0,
+                    &set_irqs(pci_irq::MSI, DATA_EVENTFD | ACTION_TRIGGER, 1),
+                ),
+                reg_write(0x08, 1),
+                reg_read(0x0c),
+            ]
+            .concat(),
+        ),
+        (
+            "dma_sealed_memfd",
+            [
+                server_msg(cmd::DMA_MAP, WITH_FDS, SEALED, &map(0x10_0000, 0x10000)),
+                dma(0x10_0000, 0x10_1000, 256),
+            ]
+            .concat(),
+        ),
+        (
+            "dma_messages",
+            [
+                server_msg(cmd::DMA_MAP, 0, 0, &map(0x20_0000, 0x4000)),
+                dma(0x20_0000, 0x20_0080, 256),
+            ]
+            .concat(),
+        ),
+        (
+            "reset",
+            [
+                reg_write(0x04, 7),
+                server_msg(cmd::DEVICE_RESET, 0, 0, &[]),
+                reg_read(0x04),
+            ]
+            .concat(),
+        ),
+    ];
+    for (name, steps) in seeds {
+        write("c_server", name, &[&[1u8][..], &steps].concat());
+    }
+}
+
 fn main() {
     decode_seeds();
     server_seeds();
+    c_server_seeds();
     client_seeds();
     migration_seeds();
 }

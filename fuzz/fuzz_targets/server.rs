@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use vfio_io::models::edu::Edu;
-use vfio_io::user::proto::{cmd, DmaAccess, Header, FLAG_ERROR, FLAG_NO_REPLY};
+use vfio_io::user::proto::{cmd, DmaAccess, Header};
 use vfio_io::user::server::{Server, ServerConfig, SessionEnd};
 use vfio_io::user::wire::{send_msg, Receiver};
 use vfio_io::Error;
@@ -111,39 +111,15 @@ fn parse(c: &mut Cursor<'_>, mode: u8) -> Vec<Msg> {
             lies: false,
         });
     }
-    let mut id = 1u16;
-    while !c.is_empty() {
-        let command = c.u16();
-        let flags = c.u8();
-        let fds = c.u8();
-        let len = c.u16() as usize;
-        let payload = c.bytes(len);
-        let mut h = Header::command(id, command, payload.len());
-        h.flags = (flags & 3) as u32;
-        if flags & 4 != 0 {
-            h.flags |= FLAG_NO_REPLY;
-        }
-        if flags & 8 != 0 {
-            h.flags |= FLAG_ERROR;
-            h.error = 22;
-        }
-        // A size field that disagrees with the bytes sent: the receiver must
-        // resynchronise on its own (or drop the client), never trust it.
-        if flags & 0x20 != 0 {
-            h.size = h
-                .size
-                .wrapping_add(u32::from(flags >> 6) * 8)
-                .wrapping_sub(4);
-        }
+    for step in vfio_io_fuzz::read_steps(c) {
         msgs.push(Msg {
-            id,
-            bytes: vfio_io_fuzz::frame(&h, payload),
-            with_fds: flags & 0x10 != 0,
-            fds,
-            answered: flags & 0x27 == 0,
-            lies: flags & 0x20 != 0,
+            id: step.id,
+            with_fds: step.flags & 0x10 != 0,
+            fds: step.fds,
+            answered: step.flags & 0x27 == 0,
+            lies: step.flags & 0x20 != 0,
+            bytes: step.bytes,
         });
-        id = id.wrapping_add(1);
     }
     msgs
 }

@@ -13,7 +13,7 @@ use nix::fcntl::{fcntl, FcntlArg, SealFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::memfd::{memfd_create, MFdFlags};
-use vfio_io::user::proto::{self, Header, HEADER_SIZE};
+use vfio_io::user::proto::{self, Header, FLAG_ERROR, FLAG_NO_REPLY, HEADER_SIZE};
 use vfio_io::user::version::{self, VersionCaps};
 
 /// Reads structured values off the fuzz input; past the end everything is 0
@@ -235,6 +235,66 @@ pub fn server_msg(command: u16, flags: u8, fds: u8, payload: &[u8]) -> Vec<u8> {
     v.extend_from_slice(&(payload.len() as u16).to_le_bytes());
     v.extend_from_slice(payload);
     v
+}
+
+/// One step of the server targets' input, framed as a message.
+pub struct Step {
+    pub id: u16,
+    pub bytes: Vec<u8>,
+    /// The flags byte (bit 4: attach fds; bit 5: the size field lies).
+    pub flags: u8,
+    /// The fds byte: which fds to attach, and what the harness does around it.
+    pub fds: u8,
+}
+
+/// Reads the steps (command u16 LE, flags u8, fds u8, payload length u16 LE,
+/// payload) to the end of `c`, framed as messages with ids from 1 up.
+pub fn read_steps(c: &mut Cursor<'_>) -> Vec<Step> {
+    let mut steps = Vec::new();
+    let mut id = 1u16;
+    while !c.is_empty() {
+        steps.push(read_step(c, id));
+        id = id.wrapping_add(1);
+    }
+    steps
+}
+
+fn read_step(c: &mut Cursor<'_>, id: u16) -> Step {
+    let command = c.u16();
+    let flags = c.u8();
+    let fds = c.u8();
+    let len = c.u16() as usize;
+    let payload = c.bytes(len);
+    let h = step_header(id, command, flags, payload.len());
+    Step {
+        id,
+        bytes: frame(&h, payload),
+        flags,
+        fds,
+    }
+}
+
+/// The header of one step: command `command` with `payload_len` bytes, and
+/// the flags byte's bits 0-1 as the message type, bit 2 NO_REPLY, bit 3
+/// ERROR, bit 5 a size field that lies (by bits 6-7 times 8, minus 4), which
+/// the receiver must survive without trusting it.
+fn step_header(id: u16, command: u16, flags: u8, payload_len: usize) -> Header {
+    let mut h = Header::command(id, command, payload_len);
+    h.flags = u32::from(flags & 3);
+    if flags & 4 != 0 {
+        h.flags |= FLAG_NO_REPLY;
+    }
+    if flags & 8 != 0 {
+        h.flags |= FLAG_ERROR;
+        h.error = 22;
+    }
+    if flags & 0x20 != 0 {
+        h.size = h
+            .size
+            .wrapping_add(u32::from(flags >> 6) * 8)
+            .wrapping_sub(4);
+    }
+    h
 }
 
 /// Size of a header, for callers outside vfio-io's proto module.

@@ -11,8 +11,13 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
+use vfio_io::device::DeviceIo;
 use vfio_io::error::Error;
-use vfio_io::user::proto::{self, cmd, Header, RegionAccess};
+use vfio_io::user::client::{Client, ClientConfig};
+use vfio_io::user::proto::{
+    self, cmd, DmaMapMsg, Header, IrqSetMsg, RegionAccess, DMA_MAP_READ, DMA_MAP_WRITE,
+    IRQ_SET_SIZE,
+};
 use vfio_io::user::wire::{send_msg, set_timeouts, Receiver};
 
 /// How long a peer waits for the other side before it gives up (a
@@ -128,6 +133,49 @@ impl Peer {
         assert_eq!(self.errno_of(cmd::VERSION, &[&v], &[]), None);
     }
 
+    /// Raw client: a header announcing a 64 MiB message, more than any
+    /// server accepts.
+    pub fn send_oversized_header(&self) {
+        let mut h = Header::command(9, cmd::REGION_WRITE, 0);
+        h.size = 64 << 20;
+        self.bytes(&h.encode());
+    }
+
+    /// Raw client: a header whose type bits are the undefined 3.
+    pub fn send_unknown_type(&self) {
+        let mut h = Header::command(9, cmd::DEVICE_RESET, 0);
+        h.flags = 0x7;
+        self.bytes(&h.encode());
+    }
+
+    /// Raw client: the first part of a REGION_WRITE of 1024 bytes at BAR0
+    /// `offset` (its header and access, none of the data).
+    pub fn send_half_message(&self, offset: u64) {
+        let h = Header::command(9, cmd::REGION_WRITE, RegionAccess::SIZE + 1024);
+        self.bytes(&h.encode());
+        self.bytes(&region_read_msg(offset, 1024));
+    }
+
+    /// Raw client: a reply to a DMA_READ nobody sent, carrying `fd`.
+    pub fn send_stray_reply_with_fd(&self, fd: RawFd) {
+        let h = Header::reply(&Header::command(77, cmd::DMA_READ, 0), 0);
+        send_msg(self.s.as_fd(), &[&h.encode()], &[fd]).expect("send a stray reply");
+    }
+
+    /// Raw client: `n` REGION_READs of BAR0 in one send, not waiting for
+    /// replies; the server may hang up before it has all of them.
+    pub fn flood_reads(&self, n: u16) {
+        let mut flood = Vec::new();
+        for i in 0..n {
+            flood.extend_from_slice(&Header::command(500 + i, cmd::REGION_READ, 16).encode());
+            flood.extend_from_slice(&region_read_msg(0, 4));
+        }
+        match send_msg(self.s.as_fd(), &[&flood], &[]) {
+            Ok(()) | Err(Error::Disconnected) => {}
+            Err(e) => panic!("flood: {e:?}"),
+        }
+    }
+
     /// Raw client: reads 4 bytes of BAR0 at `offset`.
     pub fn read32(&mut self, offset: u64) -> u32 {
         let a = RegionAccess {
@@ -158,4 +206,71 @@ impl Peer {
     pub fn drain(&mut self) {
         while self.recv().is_ok() {}
     }
+}
+
+/// Raw client: the server drops it, with at most an error reply carrying
+/// `errno` first.
+pub fn assert_dropped(p: &mut Peer, errno: Option<i32>) {
+    let seen = p.expect_closed();
+    match errno {
+        None => assert!(seen.is_empty(), "unexpected replies {seen:?}"),
+        Some(e) => {
+            assert_eq!(seen.len(), 1, "{seen:?}");
+            assert_eq!(seen[0].error_errno(), Some(e));
+        }
+    }
+}
+
+/// The access part of a REGION_READ (or a REGION_WRITE, data appended) of
+/// `count` bytes at `offset` of BAR0.
+pub fn region_read_msg(offset: u64, count: u32) -> [u8; RegionAccess::SIZE] {
+    RegionAccess {
+        offset,
+        region: 0,
+        count,
+    }
+    .encode()
+}
+
+/// A readable and writable DMA_MAP of `size` bytes at `address`.
+pub fn dma_map_msg(address: u64, size: u64) -> [u8; DmaMapMsg::SIZE] {
+    DmaMapMsg {
+        argsz: DmaMapMsg::SIZE as u32,
+        flags: DMA_MAP_READ | DMA_MAP_WRITE,
+        offset: 0,
+        address,
+        size,
+    }
+    .encode()
+}
+
+/// A DEVICE_SET_IRQS payload attaching eventfds (sent with it) as the
+/// triggers of vectors 0..`count` of IRQ index `index`.
+pub fn irq_eventfds_msg(index: u32, count: u32) -> Vec<u8> {
+    IrqSetMsg {
+        argsz: IRQ_SET_SIZE as u32,
+        flags: 0x20 | 0x4, // ACTION_TRIGGER | DATA_EVENTFD
+        index,
+        start: 0,
+        count,
+    }
+    .encode()
+    .to_vec()
+}
+
+/// After a hostile peer: a well-behaved client (replies within `timeout`)
+/// connects to `path` and reads `id` at BAR0 offset 0. Returns the client.
+pub fn assert_serves_id(path: &Path, timeout: Duration, id: u32) -> Client {
+    let c = Client::connect(
+        path,
+        ClientConfig {
+            timeout,
+            ..ClientConfig::default()
+        },
+    )
+    .expect("a well-behaved client is served");
+    let mut b = [0u8; 4];
+    c.region_read(0, 0, &mut b).expect("read the ID");
+    assert_eq!(u32::from_ne_bytes(b), id, "the ID register");
+    c
 }

@@ -18,8 +18,8 @@ mod migration;
 mod region;
 
 pub use crate::region_info::{
-    decode_region_info, decode_region_info_request, encode_region_info, encode_region_info_request,
-    MAX_REGION_CAPS, MAX_SPARSE_AREAS, REGION_INFO_SIZE,
+    decode_region_info, decode_region_info_request, encode_region_info, encode_region_info_reply,
+    encode_region_info_request, MAX_REGION_CAPS, MAX_SPARSE_AREAS, REGION_INFO_SIZE,
 };
 pub use device::{
     decode_device_info, decode_feature, decode_version, encode_device_info, encode_feature,

@@ -161,7 +161,7 @@ impl<'a, M: DeviceModel> Session<'a, M> {
             .model
             .region_info(index)
             .ok_or(Error::InvalidArgument("region index"))?;
-        let bytes = proto::encode_region_info(&info, argsz as usize);
+        let bytes = proto::encode_region_info_reply(&info, argsz as usize);
         let full = bytes.len() > proto::REGION_INFO_SIZE || argsz as usize >= bytes.len();
         self.st.out.extend_from_slice(&bytes);
         if info.flags & VFIO_REGION_INFO_FLAG_MMAP != 0 && full {
