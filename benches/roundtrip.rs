@@ -23,7 +23,9 @@
 //! floor) across cores; server DMA of 64 KiB - 1 MiB through fd-mapped
 //! memory against memcpy, with a bench-only DMA device; and live migration
 //! between two server processes (downtime and state transfer rate) of edu
-//! and of a bench-only device with 64 MiB of state.
+//! and of a bench-only device with 64 MiB of state; and a device served
+//! through the C ABI (`vfio_io_server_*`, callbacks written here) against
+//! the same register in Rust, with its interrupts raised from a worker thread.
 
 use std::ffi::CString;
 use std::io::{BufRead, BufReader, IoSlice, IoSliceMut, Read, Write};
@@ -156,9 +158,11 @@ fn child_main(role: &str) {
         }
         "rust-vmm" => rust_vmm_serve(&path),
         "c-server" | "c-server-loop" => c_serve(&path, role == "c-server-loop"),
-        "register" => {
+        "register" | "register-handle" => {
             let mut server =
                 Server::bind(&path, RegisterDevice, ServerConfig::default()).expect("bind");
+            // A handle gives the server a mailbox, which its sessions watch.
+            let _handle = (role == "register-handle").then(|| server.handle().expect("handle"));
             ready();
             server.serve().expect("serve");
         }
@@ -2051,30 +2055,47 @@ fn c_id_read(c: &Client) -> impl FnMut() + '_ {
 /// queued trigger).
 fn c_server(t: &mut Table, n: usize) {
     pin(Some(0));
-    let (f, run, loop_, rust) = (
+    let (f, run, loop_, rust, rust_handle) = (
         spawn_server("floor", Some(0)),
         spawn_server("c-server", Some(0)),
         spawn_server("c-server-loop", Some(0)),
         spawn_server("register", Some(0)),
+        spawn_server("register-handle", Some(0)),
     );
     let mut floor = floor_client(&f.path);
-    let (cr, cl, cs) = (client(&run.path), client(&loop_.path), client(&rust.path));
+    let (cr, cl, cs, ch) = (
+        client(&run.path),
+        client(&loop_.path),
+        client(&rust.path),
+        client(&rust_handle.path),
+    );
     let mut b = [0u8; 4];
-    for c in [&cr, &cl, &cs] {
+    for c in [&cr, &cl, &cs, &ch] {
         c.region_read(0, 0, &mut b).expect("read");
         assert_eq!(u32::from_ne_bytes(b), C_ID, "the register's value");
     }
-    let (mut read_run, mut read_loop, mut read_rust) =
-        (c_id_read(&cr), c_id_read(&cl), c_id_read(&cs));
+    let (mut read_run, mut read_loop, mut read_rust, mut read_handle) = (
+        c_id_read(&cr),
+        c_id_read(&cl),
+        c_id_read(&cs),
+        c_id_read(&ch),
+    );
     let st = interleaved(
         n,
-        &mut [&mut floor, &mut read_rust, &mut read_run, &mut read_loop],
+        &mut [
+            &mut floor,
+            &mut read_rust,
+            &mut read_handle,
+            &mut read_run,
+            &mut read_loop,
+        ],
     );
     let label = "same core";
     let fl = t.floor(format!("{RT_FLOOR}, {label}"), st[0], String::new());
     let rust_p50 = st[1].p50;
     let rows = [
         "c-server: region read 4 B, Rust DeviceModel, Server::serve",
+        "c-server: region read 4 B, Rust DeviceModel with a ServerHandle (mailbox), Server::serve",
         "c-server: region read 4 B, C callbacks, vfio_io_server_run",
         "c-server: region read 4 B, C callbacks, vfio_io_server_dispatch from poll()",
     ];
