@@ -23,7 +23,9 @@
 //! floor) across cores; server DMA of 64 KiB - 1 MiB through fd-mapped
 //! memory against memcpy, with a bench-only DMA device; and live migration
 //! between two server processes (downtime and state transfer rate) of edu
-//! and of a bench-only device with 64 MiB of state.
+//! and of a bench-only device with 64 MiB of state; and a device served
+//! through the C ABI (`vfio_io_server_*`, callbacks written here) against
+//! the same register in Rust, with its interrupts raised from a worker thread.
 
 use std::ffi::CString;
 use std::io::{BufRead, BufReader, IoSlice, IoSliceMut, Read, Write};
@@ -155,6 +157,15 @@ fn child_main(role: &str) {
             server.serve().expect("serve");
         }
         "rust-vmm" => rust_vmm_serve(&path),
+        "c-server" | "c-server-loop" => c_serve(&path, role == "c-server-loop"),
+        "register" | "register-handle" => {
+            let mut server =
+                Server::bind(&path, RegisterDevice, ServerConfig::default()).expect("bind");
+            // A handle gives the server a mailbox, which its sessions watch.
+            let _handle = (role == "register-handle").then(|| server.handle().expect("handle"));
+            ready();
+            server.serve().expect("serve");
+        }
         r if r.starts_with(MANY_EDU) => {
             serve_many_edu(&path, r[MANY_EDU.len()..].parse().expect("count"))
         }
@@ -1753,13 +1764,13 @@ fn msi_eventfd(c: &Client) -> nix::sys::eventfd::EventFd {
     e
 }
 
-/// One interrupt, timed from the client's posted write of edu's IRQ_RAISE
-/// to the read of its MSI eventfd: blocking in poll() for it, or spinning
+/// One interrupt, timed from the client's posted write of 1 to BAR0 `at`
+/// (edu's IRQ_RAISE, say) to the read of its MSI eventfd: blocking in poll() for it, or spinning
 /// on non-blocking reads. The count read must be exactly this raise.
-fn raise_and_wait(c: &Client, e: &nix::sys::eventfd::EventFd, spin: bool) {
+fn raise_and_wait(c: &Client, at: u64, e: &nix::sys::eventfd::EventFd, spin: bool) {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use std::os::fd::AsFd;
-    c.region_write(0, regs::IRQ_RAISE, &1u32.to_ne_bytes(), true)
+    c.region_write(0, at, &1u32.to_ne_bytes(), true)
         .expect("posted IRQ_RAISE");
     loop {
         if !spin {
@@ -1794,10 +1805,10 @@ fn irq_latency(t: &mut Table, n: usize) {
             .expect("write")
     };
     let mut rt_cross = || round_trip(&cc);
-    let mut blocking = || raise_and_wait(&cc, &ec, false);
-    let mut polling = || raise_and_wait(&cc, &ec, true);
+    let mut blocking = || raise_and_wait(&cc, regs::IRQ_RAISE, &ec, false);
+    let mut polling = || raise_and_wait(&cc, regs::IRQ_RAISE, &ec, true);
     let mut rt_same = || round_trip(&cs);
-    let mut blocking_same = || raise_and_wait(&cs, &es, false);
+    let mut blocking_same = || raise_and_wait(&cs, regs::IRQ_RAISE, &es, false);
     let st = interleaved(
         n,
         &mut [
@@ -1834,9 +1845,294 @@ fn irq_latency(t: &mut Table, n: usize) {
     }
 }
 
+// ---------------------------------------------------------------- c-server
+
+/// What BAR0 offset 0 of the `c-server` section's devices reads.
+const C_ID: u32 = 0xc5e7_0001;
+/// A write here makes the write callback raise MSI vector 0 itself.
+const C_RAISE_IN_CALLBACK: u64 = 0x4;
+/// A write here makes the write callback wake the worker thread, which
+/// raises MSI vector 0 with `vfio_io_server_irq_trigger` (not a callback).
+const C_RAISE_ON_WORKER: u64 = 0x8;
+
+/// The state the bench's C callbacks share with the child's worker thread.
+struct CDevice {
+    srv: std::sync::atomic::AtomicPtr<vfio_io::ffi::vfio_io_server>,
+    /// Written by the write callback, read (blocking) by the worker.
+    worker: nix::sys::eventfd::EventFd,
+}
+
+/// The value a BAR0 read at `offset` returns, for both the C and the Rust device.
+fn c_register(offset: u64, data: &mut [u8]) {
+    let v = if offset == 0 { C_ID } else { 0 }.to_ne_bytes();
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = v[i % 4];
+    }
+}
+
+/// The bench's `region_read` callback (extern "C", called through the C ABI).
+unsafe extern "C" fn c_region_read(
+    _opaque: *mut std::ffi::c_void,
+    _index: u32,
+    offset: u64,
+    buf: *mut std::ffi::c_void,
+    count: u32,
+) -> libc::ssize_t {
+    // SAFETY: the library hands a buffer of `count` writable bytes, valid
+    // for the call.
+    let data = unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), count as usize) };
+    c_register(offset, data);
+    count as libc::ssize_t
+}
+
+/// The bench's `region_write` callback: the two interrupt registers.
+unsafe extern "C" fn c_region_write(
+    opaque: *mut std::ffi::c_void,
+    _index: u32,
+    offset: u64,
+    _buf: *const std::ffi::c_void,
+    count: u32,
+) -> libc::ssize_t {
+    // SAFETY: the opaque is the child's leaked `CDevice`, alive for the process.
+    let dev = unsafe { &*opaque.cast::<CDevice>() };
+    match offset {
+        C_RAISE_IN_CALLBACK => {
+            // SAFETY: the server is live while its callback runs.
+            let r = unsafe {
+                vfio_io::ffi::vfio_io_server_irq_trigger(
+                    dev.srv.load(Ordering::Acquire),
+                    pci_irq::MSI,
+                    0,
+                )
+            };
+            assert_eq!(r, 1, "irq_trigger in a callback");
+        }
+        C_RAISE_ON_WORKER => {
+            dev.worker.write(1).expect("wake the worker");
+        }
+        _ => {}
+    }
+    count as libc::ssize_t
+}
+
+/// Serves the bench's C-ABI device (BAR0 of 4 KiB through the callbacks
+/// above, one MSI vector): with `vfio_io_server_run`, or with
+/// `vfio_io_server_dispatch` from a poll() loop on its poll fd. A worker
+/// thread raises MSI when the write callback wakes it.
+fn c_serve(path: &std::path::Path, by_dispatch: bool) {
+    use std::os::unix::ffi::OsStrExt;
+    use vfio_io::ffi::{
+        vfio_io_server_create, vfio_io_server_device, vfio_io_server_dispatch,
+        vfio_io_server_irq_trigger, vfio_io_server_ops, vfio_io_server_poll_fd,
+        vfio_io_server_region, vfio_io_server_run,
+    };
+    let dev: &'static CDevice = Box::leak(Box::new(CDevice {
+        srv: std::sync::atomic::AtomicPtr::new(std::ptr::null_mut()),
+        worker: nix::sys::eventfd::EventFd::from_flags(nix::sys::eventfd::EfdFlags::EFD_CLOEXEC)
+            .expect("eventfd"),
+    }));
+    let regions = [vfio_io_server_region {
+        index: pci_region::BAR0,
+        flags: VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE,
+        size: 0x1000,
+        fd: -1,
+        fd_offset: 0,
+    }];
+    let desc = vfio_io_server_device {
+        size: std::mem::size_of::<vfio_io_server_device>() as u32,
+        vendor_id: 0x1234,
+        device_id: 0xbe4c,
+        subsystem_vendor_id: 0,
+        subsystem_id: 0,
+        class_code: 0xff_0000,
+        regions: regions.as_ptr(),
+        num_regions: regions.len() as u32,
+        irq_count: [0, 1, 0, 0, 0],
+    };
+    let ops = vfio_io_server_ops {
+        size: std::mem::size_of::<vfio_io_server_ops>() as u32,
+        region_read: Some(c_region_read),
+        region_write: Some(c_region_write),
+        ..vfio_io_server_ops::default()
+    };
+    let cpath = CString::new(path.as_os_str().as_bytes()).expect("socket path");
+    let mut srv = std::ptr::null_mut();
+    let opaque = (dev as *const CDevice).cast_mut().cast();
+    // SAFETY: every pointer is valid for the call; `dev` lives for the process.
+    let r = unsafe { vfio_io_server_create(cpath.as_ptr(), &desc, &ops, opaque, &mut srv) };
+    assert_eq!(r, 0, "vfio_io_server_create");
+    dev.srv.store(srv, Ordering::Release);
+    std::thread::spawn(move || loop {
+        dev.worker.read().expect("worker eventfd");
+        // SAFETY: the server lives for the process (never destroyed).
+        let r =
+            unsafe { vfio_io_server_irq_trigger(dev.srv.load(Ordering::Acquire), pci_irq::MSI, 0) };
+        assert_eq!(r, 1, "irq_trigger on the worker");
+    });
+    ready();
+    if !by_dispatch {
+        // SAFETY: `srv` is live; nothing else runs or dispatches it.
+        let r = unsafe { vfio_io_server_run(srv) };
+        panic!("vfio_io_server_run returned {r}");
+    }
+    // SAFETY: `srv` is live.
+    let fd = unsafe { vfio_io_server_poll_fd(srv) };
+    assert!(fd >= 0, "vfio_io_server_poll_fd");
+    loop {
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        if unsafe { libc::poll(&mut p, 1, -1) } < 0 {
+            continue;
+        }
+        // SAFETY: `srv` is live; only this thread dispatches it.
+        let r = unsafe { vfio_io_server_dispatch(srv) };
+        assert_eq!(r, 0, "vfio_io_server_dispatch");
+    }
+}
+
+/// The Rust equivalent of the C device's BAR0 register, as a `DeviceModel`.
+struct RegisterDevice;
+
+impl DeviceModel for RegisterDevice {
+    fn device_info(&self) -> DeviceInfo {
+        pci_info()
+    }
+
+    fn region_info(&self, index: u32) -> Option<RegionInfo> {
+        pci_regions(index, 0x1000)
+    }
+
+    fn irq_info(&self, index: u32) -> Option<IrqInfo> {
+        no_irq(index)
+    }
+
+    fn region_read(
+        &mut self,
+        _: &mut dyn DeviceContext,
+        _: u32,
+        offset: u64,
+        data: &mut [u8],
+    ) -> vfio_io::Result<()> {
+        c_register(offset, data);
+        Ok(())
+    }
+
+    fn region_write(
+        &mut self,
+        _: &mut dyn DeviceContext,
+        _: u32,
+        _: u64,
+        _: &[u8],
+    ) -> vfio_io::Result<()> {
+        Ok(())
+    }
+
+    fn reset(&mut self, _: &mut dyn DeviceContext) -> vfio_io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A 4-byte BAR0 read of [`C_ID`] through `c`.
+fn c_id_read(c: &Client) -> impl FnMut() + '_ {
+    let mut b = [0u8; 4];
+    move || {
+        c.region_read(0, 0, &mut b).expect("read");
+        assert_eq!(u32::from_ne_bytes(b), C_ID, "the register's value");
+    }
+}
+
+/// A device served through the C ABI (extern "C" callbacks written in this
+/// bench) by `vfio_io_server_run` and by `vfio_io_server_dispatch` from a
+/// poll() loop, against the same register in a Rust `DeviceModel` served by
+/// `Server::serve` and the round-trip floor, 4-byte reads interleaved, same
+/// core. Then MSI latency, posted write -> eventfd read: raised by
+/// `vfio_io_server_irq_trigger` inside the write callback, and by a worker
+/// thread the callback wakes (so that row adds one thread wake-up to the
+/// queued trigger).
+fn c_server(t: &mut Table, n: usize) {
+    pin(Some(0));
+    let (f, run, loop_, rust, rust_handle) = (
+        spawn_server("floor", Some(0)),
+        spawn_server("c-server", Some(0)),
+        spawn_server("c-server-loop", Some(0)),
+        spawn_server("register", Some(0)),
+        spawn_server("register-handle", Some(0)),
+    );
+    let mut floor = floor_client(&f.path);
+    let (cr, cl, cs, ch) = (
+        client(&run.path),
+        client(&loop_.path),
+        client(&rust.path),
+        client(&rust_handle.path),
+    );
+    let mut b = [0u8; 4];
+    for c in [&cr, &cl, &cs, &ch] {
+        c.region_read(0, 0, &mut b).expect("read");
+        assert_eq!(u32::from_ne_bytes(b), C_ID, "the register's value");
+    }
+    let (mut read_run, mut read_loop, mut read_rust, mut read_handle) = (
+        c_id_read(&cr),
+        c_id_read(&cl),
+        c_id_read(&cs),
+        c_id_read(&ch),
+    );
+    let st = interleaved(
+        n,
+        &mut [
+            &mut floor,
+            &mut read_rust,
+            &mut read_handle,
+            &mut read_run,
+            &mut read_loop,
+        ],
+    );
+    let label = "same core";
+    let fl = t.floor(format!("{RT_FLOOR}, {label}"), st[0], String::new());
+    let rust_p50 = st[1].p50;
+    let rows = [
+        "c-server: region read 4 B, Rust DeviceModel, Server::serve",
+        "c-server: region read 4 B, Rust DeviceModel with a ServerHandle (mailbox), Server::serve",
+        "c-server: region read 4 B, C callbacks, vfio_io_server_run",
+        "c-server: region read 4 B, C callbacks, vfio_io_server_dispatch from poll()",
+    ];
+    for (i, (s, name)) in st[1..].iter().zip(rows).enumerate() {
+        let note = match i {
+            0 => String::new(),
+            _ => format!("{:.2}x the Rust model's p50", s.p50 / rust_p50),
+        };
+        t.add(format!("{name}, {label}"), *s, Some(fl), note);
+    }
+
+    let (er, el) = (msi_eventfd(&cr), msi_eventfd(&cl));
+    let mut in_callback = || raise_and_wait(&cr, C_RAISE_IN_CALLBACK, &er, false);
+    let mut on_worker = || raise_and_wait(&cr, C_RAISE_ON_WORKER, &er, false);
+    let mut on_worker_loop = || raise_and_wait(&cl, C_RAISE_ON_WORKER, &el, false);
+    let st = interleaved(
+        n / 5,
+        &mut [&mut in_callback, &mut on_worker, &mut on_worker_loop],
+    );
+    let raised = "c-server: posted write -> MSI eventfd read, irq_trigger";
+    let rows = [
+        "in the write callback, vfio_io_server_run",
+        "on a worker thread the callback wakes, vfio_io_server_run",
+        "on a worker thread the callback wakes, vfio_io_server_dispatch from poll()",
+    ];
+    for (i, (s, name)) in st.iter().zip(rows).enumerate() {
+        let note = match i {
+            0 => "waiter blocks in poll()".to_owned(),
+            _ => format!("p50 {:.2}x the callback's", s.p50 / st[0].p50),
+        };
+        t.add(format!("{raised} {name}, {label}"), *s, None, note);
+    }
+}
+
 /// Section names, in run order: `cargo bench --bench roundtrip -- NAME...`
 /// runs only those.
-const SECTIONS: [&str; 13] = [
+const SECTIONS: [&str; 14] = [
     "roundtrip",
     "posted",
     "scaling",
@@ -1850,6 +2146,7 @@ const SECTIONS: [&str; 13] = [
     "many-devices",
     "irq-latency",
     "doorbell",
+    "c-server",
 ];
 
 fn main() {
@@ -1935,6 +2232,9 @@ fn main() {
     }
     if run("doorbell") {
         doorbell(&mut t, N_SAME);
+    }
+    if run("c-server") {
+        c_server(&mut t, N_SAME);
     }
 
     println!();

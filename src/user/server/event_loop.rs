@@ -148,6 +148,10 @@ impl<M: DeviceModel> Server<M> {
                 let mut end = None;
                 for _ in 0..MAX_COMMANDS_PER_DISPATCH {
                     match session.step(false) {
+                        // Nothing more read ahead: rather than a receive
+                        // that would find the socket empty, return; input
+                        // still coming keeps the poll fd readable.
+                        Step::Handled if !session.st.link.has_pending_input() => break,
                         Step::Handled => {}
                         Step::Idle => break,
                         Step::End(e) => {

@@ -1,12 +1,13 @@
 //! One client session: the command loop that receives a command, hands it to
 //! its handler (in `commands`) and sends the reply, and the session's state.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Instant;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 
 use super::context::Ctx;
 use super::dma::DmaSpace;
@@ -63,6 +64,9 @@ pub(super) struct SessionState {
     pub(super) doorbells: DoorbellFds,
     /// Requests of other threads, when the server hands out handles.
     pub(super) remote: Option<Arc<Mailbox>>,
+    /// The session's wait for input while no unmask eventfd is watched:
+    /// its socket, doorbells and mailbox, made on the first such wait.
+    waiter: Option<Epoll>,
 }
 
 impl SessionState {
@@ -92,6 +96,7 @@ impl SessionState {
             migration: MigrationSession::default(),
             doorbells,
             remote,
+            waiter: None,
         }
     }
 }
@@ -211,19 +216,15 @@ impl<'a, M: DeviceModel> Session<'a, M> {
             self.st.inbuf = q.payload;
             return Ok(Some((q.header, q.fds)));
         }
+        // Without unmask eventfds to serve first, a message already there
+        // is taken by one non-blocking receive, without a poll: the
+        // doorbells and the mailbox are looked at after it all the same.
+        let unmask_watched = !self.st.irqs.unmask_fds().is_empty();
         if !block {
-            if !self.st.link.rx.has_message() && !self.wait_readable(0)? {
+            if !self.st.link.rx.has_message() && unmask_watched && !self.wait_readable(0)? {
                 return Ok(None);
             }
-            return match self.st.link.rx.recv(self.st.link.sock.as_fd(), true) {
-                Ok(m) => {
-                    self.st.inbuf.clear();
-                    self.st.inbuf.extend_from_slice(m.payload);
-                    Ok(Some((m.header, m.fds)))
-                }
-                Err(Error::Timeout) => Ok(None),
-                Err(e) => Err(e),
-            };
+            return self.recv_now();
         }
         let spin_until = self
             .config
@@ -254,6 +255,55 @@ impl<'a, M: DeviceModel> Session<'a, M> {
         }
     }
 
+    /// The next message if it is already (wholly) there, without waiting.
+    fn recv_now(&mut self) -> Result<Option<(Header, Vec<OwnedFd>)>> {
+        match self.st.link.rx.recv(self.st.link.sock.as_fd(), true) {
+            Ok(m) => {
+                self.st.inbuf.clear();
+                self.st.inbuf.extend_from_slice(m.payload);
+                Ok(Some((m.header, m.fds)))
+            }
+            Err(Error::Timeout) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `wait_readable` without unmask eventfds: waits in an epoll
+    /// set of the socket, the doorbells and the mailbox, made once for the
+    /// session (those fds stay the same all along), which costs less per
+    /// wait than a poll() that registers every fd anew.
+    fn wait_in_epoll(&mut self, ms: i32) -> Result<bool> {
+        const SOCKET: u64 = 1;
+        let epoll = match &mut self.st.waiter {
+            Some(e) => e,
+            None => {
+                let e = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
+                    .map_err(|e| Error::sys("epoll_create", e))?;
+                let add = |fd: BorrowedFd<'_>, token| {
+                    e.add(fd, EpollEvent::new(EpollFlags::EPOLLIN, token))
+                        .map_err(|e| Error::sys("epoll_ctl add", e))
+                };
+                add(self.st.link.sock.as_fd(), SOCKET)?;
+                for fd in self.st.doorbells.fds() {
+                    add(fd, 0)?;
+                }
+                if let Some(m) = &self.st.remote {
+                    add(m.fd(), 0)?;
+                }
+                self.st.waiter.insert(e)
+            }
+        };
+        let mut events = [EpollEvent::empty(); 16];
+        match epoll.wait(
+            &mut events,
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+        ) {
+            Ok(n) => Ok(events[..n].iter().any(|e| e.data() == SOCKET)),
+            Err(nix::errno::Errno::EINTR) => Ok(false),
+            Err(e) => Err(Error::sys("epoll_wait", e)),
+        }
+    }
+
     /// Waits up to `ms` until the socket is readable, serving unmask
     /// eventfds meanwhile; a doorbell eventfd or the mailbox's ends the wait
     /// too (the caller serves them). Without any such eventfd, returns at
@@ -263,8 +313,12 @@ impl<'a, M: DeviceModel> Session<'a, M> {
         let sock_ready: bool;
         {
             let watched = self.st.irqs.unmask_fds();
-            if watched.is_empty() && self.st.doorbells.is_empty() && self.st.remote.is_none() {
-                return Ok(true);
+            if watched.is_empty() {
+                if self.st.doorbells.is_empty() && self.st.remote.is_none() {
+                    return Ok(true);
+                }
+                drop(watched);
+                return self.wait_in_epoll(ms);
             }
             let mut pfds = Vec::with_capacity(watched.len() + 1);
             pfds.push(PollFd::new(self.st.link.sock.as_fd(), PollFlags::POLLIN));
