@@ -24,6 +24,7 @@
 #include <vfio-io.h>
 
 #include "check.h"
+#include "served_thread.h"
 
 #define DEV_ID 0xc0de0002u
 #define BAR0_SIZE 0x1000
@@ -132,20 +133,6 @@ static int count_fds(void)
         n++;
     closedir(d);
     return n;
-}
-
-static uint32_t rd32(vfio_io_device *dev, const vfio_io_ops *ops, off_t off)
-{
-    uint32_t v = 0xffffffff;
-    int r = ops->region_read(dev, VFIO_PCI_BAR0_REGION_INDEX, off, 4, &v);
-    CHECK(r == 4, "region_read at %#lx returned %d", (long)off, r);
-    return v;
-}
-
-static void wr32(vfio_io_device *dev, const vfio_io_ops *ops, off_t off, uint32_t v)
-{
-    int r = ops->region_write(dev, VFIO_PCI_BAR0_REGION_INDEX, off, 4, &v, false);
-    CHECK(r == 4, "region_write at %#lx returned %d", (long)off, r);
 }
 
 /* Attaches a new eventfd to MSI vector 0 of `dev`; returns it (or -1). */

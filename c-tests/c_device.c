@@ -19,6 +19,7 @@
 
 #include "check.h"
 #include "sample_device.h"
+#include "served_thread.h"
 
 #define DEV_ID SAMPLE_ID
 #define BAR0_SIZE SAMPLE_BAR0_SIZE
@@ -26,36 +27,6 @@
 #define IOVA_FD 0x100000ull   /* client memory shared with a memfd */
 #define IOVA_NOFD 0x200000ull /* client memory reached by DMA messages */
 #define MEM_SIZE 0x4000
-
-static int log_errors;
-
-static void count_log(int level, const char *msg, void *opaque)
-{
-    (void)opaque;
-    if (level <= VFIO_IO_LOG_ERROR)
-        log_errors++;
-    fprintf(stderr, "log %d: %s\n", level, msg);
-}
-
-static void *serve(void *srv)
-{
-    intptr_t r = vfio_io_server_run(srv);
-    return (void *)r;
-}
-
-static uint32_t rd32(vfio_io_device *dev, const vfio_io_ops *ops, off_t off)
-{
-    uint32_t v = 0xffffffff;
-    int r = ops->region_read(dev, VFIO_PCI_BAR0_REGION_INDEX, off, 4, &v);
-    CHECK(r == 4, "region_read at %#lx returned %d", (long)off, r);
-    return v;
-}
-
-static void wr32(vfio_io_device *dev, const vfio_io_ops *ops, off_t off, uint32_t v)
-{
-    int r = ops->region_write(dev, VFIO_PCI_BAR0_REGION_INDEX, off, 4, &v, false);
-    CHECK(r == 4, "region_write at %#lx returned %d", (long)off, r);
-}
 
 static void wr64(vfio_io_device *dev, const vfio_io_ops *ops, off_t off, uint64_t v)
 {
@@ -137,7 +108,7 @@ int main(void)
         return 1;
     close(bar2); /* the library keeps its own duplicate */
     pthread_t thread;
-    CHECK(pthread_create(&thread, NULL, serve, d.srv) == 0, "server thread");
+    CHECK(pthread_create(&thread, NULL, served_run, d.srv) == 0, "server thread");
 
     /* Before a client connects there is no session for DMA and interrupts. */
     uint8_t tmp[4];

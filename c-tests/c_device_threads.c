@@ -31,11 +31,6 @@ static uint8_t pattern(int who, int round, size_t k)
     return (uint8_t)(who * 37 + round * 11 + (int)k);
 }
 
-static void *serve(void *srv)
-{
-    return (void *)(intptr_t)vfio_io_server_run(srv);
-}
-
 struct worker {
     pthread_t thread;
     vfio_io_server *srv;
@@ -108,7 +103,7 @@ int main(void)
     uint8_t tmp[4] = { 0 };
     CHECK(vfio_io_server_irq_trigger(d.srv, VFIO_PCI_MSI_IRQ_INDEX, 0) == -ENOTCONN, "irq, no run");
     pthread_t server;
-    CHECK(pthread_create(&server, NULL, serve, d.srv) == 0, "server thread");
+    CHECK(pthread_create(&server, NULL, served_run, d.srv) == 0, "server thread");
     CHECK(vfio_io_server_dma_read(d.srv, IOVA_FD, tmp, 4) == -ENOTCONN, "dma_read, no client");
     CHECK(vfio_io_server_dma_write(d.srv, IOVA_FD, tmp, 4) == -ENOTCONN, "dma_write, no client");
     CHECK(vfio_io_server_irq_trigger(d.srv, VFIO_PCI_MSI_IRQ_INDEX, 1) == -EINVAL, "vector past irq_count");

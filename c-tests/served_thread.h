@@ -59,6 +59,7 @@ static inline int served_create(struct served *s, const char *dir, const char *n
     return r;
 }
 
+/* A server thread's body: vfio_io_server_run's result as the thread's. */
 static void *served_run(void *srv)
 {
     return (void *)(intptr_t)vfio_io_server_run(srv);
@@ -92,6 +93,23 @@ static inline uint32_t region_rd32(vfio_io_device *dev, uint32_t index, off_t of
     int r = vfio_io_device_ops(dev)->region_read(dev, index, off, 4, &v);
     CHECK(r == 4, "region %u read at %#lx returned %d", index, (long)off, r);
     return v;
+}
+
+/* BAR0's 32 bits at `off` through `ops` (a failed read is a CHECK failure
+ * and gives 0xffffffff). */
+static inline uint32_t rd32(vfio_io_device *dev, const vfio_io_ops *ops, off_t off)
+{
+    uint32_t v = 0xffffffff;
+    int r = ops->region_read(dev, VFIO_PCI_BAR0_REGION_INDEX, off, 4, &v);
+    CHECK(r == 4, "region_read at %#lx returned %d", (long)off, r);
+    return v;
+}
+
+/* Writes `v` to BAR0 at `off` through `ops`; a failure is a CHECK failure. */
+static inline void wr32(vfio_io_device *dev, const vfio_io_ops *ops, off_t off, uint32_t v)
+{
+    int r = ops->region_write(dev, VFIO_PCI_BAR0_REGION_INDEX, off, 4, &v, false);
+    CHECK(r == 4, "region_write at %#lx returned %d", (long)off, r);
 }
 
 /* Writes `v` to region `index` at `off`: the ops table's result (4 or -errno). */
