@@ -1948,6 +1948,7 @@ fn c_serve(path: &std::path::Path, by_dispatch: bool) {
         regions: regions.as_ptr(),
         num_regions: regions.len() as u32,
         irq_count: [0, 1, 0, 0, 0],
+        ..vfio_io_server_device::default()
     };
     let ops = vfio_io_server_ops {
         size: std::mem::size_of::<vfio_io_server_ops>() as u32,

@@ -92,6 +92,15 @@
 // Detail for debugging.
 #define VFIO_IO_LOG_DEBUG 7
 
+// `vfio_io_server_doorbell` flag: only writes of exactly `datamatch` go
+// through the eventfd, and each reaches `region_write` as a write of that
+// value.
+#define VFIO_IO_DOORBELL_DATAMATCH (1 << 0)
+
+// `vfio_io_server_options` flag: log every command a client sends, at
+// info level (`VFIO_IO_LOG_INFO`), to the log handler.
+#define VFIO_IO_SERVER_TRACE (1 << 0)
+
 // An open device. Opaque to C: created by `vfio_io_user_connect` or
 // `vfio_io_kernel_open`, freed by `vfio_io_device_close`. One handle may be
 // used from many threads at once, except that closing it must not race
@@ -215,9 +224,41 @@ typedef struct vfio_io_server_region {
   uint64_t fd_offset;
 } vfio_io_server_region;
 
+// A doorbell of a served device: a register of a region without an fd
+// whose writes a client that takes the server's eventfds
+// (`VFIO_IO_CAP_IOEVENTFD` on its side) signals through an eventfd, with no
+// message and no reply. The library reads the eventfd and calls
+// `region_write` on the serving thread, before the next command of that
+// client, so the device sees every write once and in order with the
+// client's other accesses. A write that does not match a doorbell (another
+// width, or another value than `datamatch`) comes as a message, as ever.
+//
+// Checked by `vfio_io_server_create` (-EINVAL, with the reason logged):
+// `region` is in the device's `regions`, has no fd and is writable; the
+// register lies inside it; no two doorbells overlap.
+typedef struct vfio_io_server_doorbell {
+  // Index of the region.
+  uint32_t region;
+  // Width of the register: 1, 2, 4 or 8 bytes.
+  uint32_t size;
+  // Offset of the register in the region.
+  uint64_t offset;
+  // With `VFIO_IO_DOORBELL_DATAMATCH`: the one value (of `size` bytes)
+  // that goes through the eventfd. Without it every write of `size`
+  // bytes does, and the eventfd carries only how many there were: the
+  // device gets one `region_write` whose value is that count (an 8-byte
+  // count cut to `size` bytes, little-endian), not the values written.
+  uint64_t datamatch;
+  // `VFIO_IO_DOORBELL_DATAMATCH` or 0; other bits are refused (-EINVAL).
+  uint32_t flags;
+  // 0; room for a later field.
+  uint32_t reserved;
+} vfio_io_server_doorbell;
+
 // A served device's identity, regions and interrupts.
 typedef struct vfio_io_server_device {
-  // sizeof(struct vfio_io_server_device) as the caller was compiled.
+  // sizeof(struct vfio_io_server_device) as the caller was compiled: the
+  // whole struct, or its size up to and including `irq_count`.
   uint32_t size;
   // PCI vendor ID.
   uint16_t vendor_id;
@@ -245,6 +286,16 @@ typedef struct vfio_io_server_device {
   // trapped; callbacks never see it. Vectors fire as the client's
   // SET_IRQS on `VFIO_PCI_MSIX_IRQ_INDEX` says, as on kernel vfio-pci.
   uint32_t irq_count[5];
+  // `num_doorbells` doorbells (NULL when `num_doorbells` is 0): registers
+  // whose writes a client may deliver through an eventfd instead of a
+  // message. Read during `vfio_io_server_create` only.
+  //
+  // `doorbells` and `num_doorbells` came after `irq_count`: a program
+  // compiled before them passes the shorter `size` (up to and including
+  // `irq_count`), accepted as a device without doorbells.
+  const struct vfio_io_server_doorbell *doorbells;
+  // Number of entries in `doorbells` (at most 64).
+  uint32_t num_doorbells;
 } vfio_io_server_device;
 
 // The callbacks of a served device, called on the thread in
@@ -317,6 +368,34 @@ typedef struct vfio_io_server_ops {
   // reaches `migration_load`, and a longer saved state (EIO).
   size_t migration_max_state_len;
 } vfio_io_server_ops;
+
+// Options of `vfio_io_server_create_with`. Zero-fill it (`= {0}` or
+// memset), set `size` to `sizeof(struct vfio_io_server_options)`, then the
+// fields wanted: a zero field means its default, so fields a later version
+// adds keep today's behaviour when left zero.
+typedef struct vfio_io_server_options {
+  // sizeof(struct vfio_io_server_options) as the caller was compiled:
+  // the struct may grow. At least 20 (the five fields here) and at most
+  // 4096.
+  uint32_t size;
+  // How long a send to the client may take before the session is ended,
+  // in milliseconds. 0: the default, 5000.
+  uint32_t timeout_ms;
+  // How long a DMA by message (`vfio_io_server_dma_read`/`_write` on
+  // memory the client mapped without an fd) waits for the client's
+  // answer, and a call from another thread for the serving thread to
+  // take it up, in milliseconds; past it the call gives -ETIMEDOUT and
+  // the session goes on. 0: the default, 5000.
+  uint32_t dma_timeout_ms;
+  // Polling mode: the serving thread polls the client's socket with
+  // non-blocking receives for up to this many microseconds before it
+  // blocks for the next command (or DMA answer). It pays off when the
+  // server has a core of its own (it saves a thread wake-up per message)
+  // and costs a busy CPU while it waits. 0: block at once.
+  uint32_t spin_us;
+  // `VFIO_IO_SERVER_TRACE` or 0; other bits are refused (-EINVAL).
+  uint32_t flags;
+} vfio_io_server_options;
 
 #ifdef __cplusplus
 extern "C" {
@@ -520,22 +599,40 @@ ssize_t vfio_io_migration_read(struct vfio_io_device *dev, void *buf, size_t len
 ssize_t vfio_io_migration_write(struct vfio_io_device *dev, const void *buf, size_t len);
 
 // Describes a device and listens for vfio-user clients on the Unix socket
-// `socket_path` (NUL-terminated UTF-8; it must not exist). `dev` and `ops`
-// are read during the call only; `opaque` is handed to every callback.
-// Region fds in `dev` are borrowed: the library duplicates them, the
-// caller still closes its own. Configuration space (region 7) is emulated
-// from `dev` unless it lists region 7. On success `*out` receives a new
-// server, owned by the caller, freed with `vfio_io_server_destroy`; on
-// failure `*out` is left alone. Returns 0 or -errno: -EINVAL for a NULL
-// argument, an `ops->size` of neither version, migration callbacks given
-// in part, or an inconsistent description (what is wrong goes to the log
-// handler at error level), -EBADF for a region fd that is not open,
-// -EADDRINUSE when `socket_path` exists.
+// `socket_path` (NUL-terminated UTF-8; it must not exist), with the
+// default server options: `vfio_io_server_create_with` with NULL options.
+// `dev` and `ops` are read during the call only; `opaque` is handed to
+// every callback. Region fds in `dev` are borrowed: the library duplicates
+// them, the caller still closes its own. Configuration space (region 7) is
+// emulated from `dev` unless it lists region 7. On success `*out` receives
+// a new server, owned by the caller, freed with `vfio_io_server_destroy`;
+// on failure `*out` is left alone. Returns 0 or -errno: -EINVAL for a NULL
+// argument, a `dev->size` or `ops->size` of no version, migration
+// callbacks given in part, or an inconsistent description or doorbell
+// (what is wrong goes to the log handler at error level), -EBADF for a
+// region fd that is not open, -EADDRINUSE when `socket_path` exists.
 int vfio_io_server_create(const char *socket_path,
                           const struct vfio_io_server_device *dev,
                           const struct vfio_io_server_ops *ops,
                           void *opaque,
                           struct vfio_io_server **out);
+
+// `vfio_io_server_create` with server options `opts` (NULL: all
+// defaults): timeouts, polling and tracing of the server (see `struct
+// vfio_io_server_options`). `opts` is read during the call only.
+// `opts->size` follows the kernel's extensible structs (as `openat2`'s
+// `struct open_how`): smaller than the fields of the first version (20
+// bytes) is -EINVAL; larger than this library's struct is accepted if
+// every byte past it is zero (a newer caller leaving newer fields at their
+// defaults) and -E2BIG otherwise, or when larger than 4096. Returns 0 or
+// -errno as `vfio_io_server_create`, and besides -EINVAL for a short
+// `opts->size` or unknown `opts->flags`, -E2BIG as said.
+int vfio_io_server_create_with(const char *socket_path,
+                               const struct vfio_io_server_device *dev,
+                               const struct vfio_io_server_ops *ops,
+                               void *opaque,
+                               const struct vfio_io_server_options *opts,
+                               struct vfio_io_server **out);
 
 // Serves clients one after another on the calling thread until
 // `vfio_io_server_stop`; the callbacks run on this thread. A client that

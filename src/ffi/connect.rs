@@ -5,8 +5,9 @@
 use std::ffi::{c_char, c_int};
 use std::time::Duration;
 
+use super::extensible::{options_bytes, u32_at};
 use super::{guard, new_handle, path_arg, vfio_io_device};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::user::client::{Client, ClientConfig};
 
 /// Options of `vfio_io_user_connect_with`. Zero-fill it (`= {0}` or
@@ -33,12 +34,9 @@ pub struct vfio_io_user_options {
 
 /// The options struct of this version: what a `size` must at least cover.
 const KNOWN_SIZE: usize = std::mem::size_of::<vfio_io_user_options>();
-/// Largest `size` accepted: a page, as the kernel bounds its extensible
-/// structs, so a garbage size is refused instead of scanned.
-const MAX_SIZE: usize = 4096;
 
-/// The client settings the caller's options ask for, checked the way the
-/// kernel checks an extensible struct (`openat2`'s `struct open_how`).
+/// The client settings the caller's options ask for, checked as an
+/// extensible struct ([`options_bytes`]).
 ///
 /// # Safety
 /// `opts` must be NULL or point to a uint32_t `size` followed by readable
@@ -46,34 +44,11 @@ const MAX_SIZE: usize = 4096;
 /// out of range).
 unsafe fn client_config(opts: *const vfio_io_user_options) -> Result<ClientConfig> {
     let mut config = ClientConfig::default();
-    if opts.is_null() {
+    // SAFETY: per this function's contract.
+    let Some(bytes) = (unsafe { options_bytes(opts.cast(), KNOWN_SIZE, KNOWN_SIZE) })? else {
         return Ok(config);
-    }
-    // SAFETY: per the contract the struct starts with its 4-byte size;
-    // read unaligned, so a packed caller struct is fine too.
-    let size = unsafe { opts.cast::<u32>().read_unaligned() } as usize;
-    if size < KNOWN_SIZE {
-        return Err(Error::InvalidArgument(
-            "vfio_io_user_options size is smaller than its first fields",
-        ));
-    }
-    if size > MAX_SIZE {
-        return Err(Error::Errno {
-            op: "vfio_io_user_options size larger than a page",
-            errno: libc::E2BIG,
-        });
-    }
-    // SAFETY: per the contract `size` bytes from `opts` are readable, and
-    // `size` was just bounded.
-    let bytes = unsafe { std::slice::from_raw_parts(opts.cast::<u8>(), size) };
-    if bytes[KNOWN_SIZE..].iter().any(|&b| b != 0) {
-        return Err(Error::Errno {
-            op: "vfio_io_user_options sets fields this library does not know",
-            errno: libc::E2BIG,
-        });
-    }
-    let field = |i: usize| u32::from_ne_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
-    let (timeout_ms, spin_us) = (field(4), field(8));
+    };
+    let (timeout_ms, spin_us) = (u32_at(&bytes, 4), u32_at(&bytes, 8));
     if timeout_ms != 0 {
         config.timeout = Duration::from_millis(timeout_ms.into());
     }
@@ -126,6 +101,7 @@ pub unsafe extern "C" fn vfio_io_user_connect_with(
 
 #[cfg(test)]
 mod tests {
+    use super::super::extensible::MAX_SIZE;
     use super::*;
 
     /// The options in a buffer of `size` bytes, with `tail` past the fields.

@@ -14,10 +14,12 @@
 
 mod connect;
 mod dirty;
+mod extensible;
 mod log;
 mod migration;
 mod server;
 mod server_migration;
+mod server_options;
 
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::os::fd::IntoRawFd;
@@ -37,11 +39,13 @@ pub use self::migration::{
     vfio_io_migration_write,
 };
 pub use self::server::{
-    vfio_io_server, vfio_io_server_create, vfio_io_server_destroy, vfio_io_server_device,
-    vfio_io_server_dispatch, vfio_io_server_dma_read, vfio_io_server_dma_write,
-    vfio_io_server_irq_trigger, vfio_io_server_ops, vfio_io_server_poll_fd, vfio_io_server_region,
-    vfio_io_server_run, vfio_io_server_stop,
+    vfio_io_server, vfio_io_server_create, vfio_io_server_create_with, vfio_io_server_destroy,
+    vfio_io_server_device, vfio_io_server_dispatch, vfio_io_server_dma_read,
+    vfio_io_server_dma_write, vfio_io_server_doorbell, vfio_io_server_irq_trigger,
+    vfio_io_server_ops, vfio_io_server_poll_fd, vfio_io_server_region, vfio_io_server_run,
+    vfio_io_server_stop, VFIO_IO_DOORBELL_DATAMATCH,
 };
+pub use self::server_options::{vfio_io_server_options, VFIO_IO_SERVER_TRACE};
 use crate::caps::Capabilities;
 use crate::device::{DeviceIo, DmaMap, IrqAction, IrqData, IrqSet};
 use crate::error::{Error, Result};

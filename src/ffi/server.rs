@@ -14,15 +14,19 @@ use std::ffi::{c_char, c_int, c_void};
 use std::os::fd::AsRawFd;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::PathBuf;
+use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, TryLockError};
 
 use super::server_migration::MigrationCallbacks;
+use super::server_options::{server_config, vfio_io_server_options};
 use super::{fd_is_open, guard, path_arg, ret};
 use crate::device::pci_irq;
 use crate::error::{Error, Result};
 use crate::models::described::{DescribedDevice, DeviceDesc, RegionDesc, RegionHandler};
-use crate::user::server::{DeviceContext, Server, ServerConfig, ServerHandle, ServerStopper};
+use crate::user::server::{
+    DeviceContext, Doorbell, Server, ServerConfig, ServerHandle, ServerStopper,
+};
 
 const SERVER_MAGIC: u64 = 0x7666_696f_2d73_7276;
 
@@ -56,7 +60,8 @@ pub struct vfio_io_server_region {
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct vfio_io_server_device {
-    /// sizeof(struct vfio_io_server_device) as the caller was compiled.
+    /// sizeof(struct vfio_io_server_device) as the caller was compiled: the
+    /// whole struct, or its size up to and including `irq_count`.
     pub size: u32,
     /// PCI vendor ID.
     pub vendor_id: u16,
@@ -84,6 +89,73 @@ pub struct vfio_io_server_device {
     /// trapped; callbacks never see it. Vectors fire as the client's
     /// SET_IRQS on `VFIO_PCI_MSIX_IRQ_INDEX` says, as on kernel vfio-pci.
     pub irq_count: [u32; 5],
+    /// `num_doorbells` doorbells (NULL when `num_doorbells` is 0): registers
+    /// whose writes a client may deliver through an eventfd instead of a
+    /// message. Read during `vfio_io_server_create` only.
+    ///
+    /// `doorbells` and `num_doorbells` came after `irq_count`: a program
+    /// compiled before them passes the shorter `size` (up to and including
+    /// `irq_count`), accepted as a device without doorbells.
+    pub doorbells: *const vfio_io_server_doorbell,
+    /// Number of entries in `doorbells` (at most 64).
+    pub num_doorbells: u32,
+}
+
+impl Default for vfio_io_server_device {
+    /// The current `size`, every other field zero or NULL.
+    fn default() -> Self {
+        vfio_io_server_device {
+            size: std::mem::size_of::<Self>() as u32,
+            vendor_id: 0,
+            device_id: 0,
+            subsystem_vendor_id: 0,
+            subsystem_id: 0,
+            class_code: 0,
+            regions: std::ptr::null(),
+            num_regions: 0,
+            irq_count: [0; 5],
+            doorbells: std::ptr::null(),
+            num_doorbells: 0,
+        }
+    }
+}
+
+/// `vfio_io_server_doorbell` flag: only writes of exactly `datamatch` go
+/// through the eventfd, and each reaches `region_write` as a write of that
+/// value.
+pub const VFIO_IO_DOORBELL_DATAMATCH: u32 = 1 << 0;
+
+/// A doorbell of a served device: a register of a region without an fd
+/// whose writes a client that takes the server's eventfds
+/// (`VFIO_IO_CAP_IOEVENTFD` on its side) signals through an eventfd, with no
+/// message and no reply. The library reads the eventfd and calls
+/// `region_write` on the serving thread, before the next command of that
+/// client, so the device sees every write once and in order with the
+/// client's other accesses. A write that does not match a doorbell (another
+/// width, or another value than `datamatch`) comes as a message, as ever.
+///
+/// Checked by `vfio_io_server_create` (-EINVAL, with the reason logged):
+/// `region` is in the device's `regions`, has no fd and is writable; the
+/// register lies inside it; no two doorbells overlap.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct vfio_io_server_doorbell {
+    /// Index of the region.
+    pub region: u32,
+    /// Width of the register: 1, 2, 4 or 8 bytes.
+    pub size: u32,
+    /// Offset of the register in the region.
+    pub offset: u64,
+    /// With `VFIO_IO_DOORBELL_DATAMATCH`: the one value (of `size` bytes)
+    /// that goes through the eventfd. Without it every write of `size`
+    /// bytes does, and the eventfd carries only how many there were: the
+    /// device gets one `region_write` whose value is that count (an 8-byte
+    /// count cut to `size` bytes, little-endian), not the values written.
+    pub datamatch: u64,
+    /// `VFIO_IO_DOORBELL_DATAMATCH` or 0; other bits are refused (-EINVAL).
+    pub flags: u32,
+    /// 0; room for a later field.
+    pub reserved: u32,
 }
 
 /// The callbacks of a served device, called on the thread in
@@ -357,26 +429,25 @@ pub(super) fn refuse(detail: &str) -> Error {
 /// The description behind `dev`, with each region fd duplicated.
 ///
 /// # Safety
-/// `dev` must point to a `vfio_io_server_device` whose `regions` is NULL or
-/// holds `num_regions` entries.
+/// `dev`'s `regions` must be NULL or hold `num_regions` entries, and its
+/// `doorbells` NULL or hold `num_doorbells`.
 unsafe fn description(dev: &vfio_io_server_device) -> Result<DeviceDesc> {
-    if dev.size as usize != std::mem::size_of::<vfio_io_server_device>() {
-        return Err(refuse(
-            "device->size is not sizeof(struct vfio_io_server_device)",
-        ));
-    }
     if dev.num_regions > crate::models::described::MAX_REGIONS {
         return Err(refuse("device->num_regions is above 64"));
     }
-    if dev.regions.is_null() && dev.num_regions > 0 {
-        return Err(refuse("device->regions is NULL"));
+    if dev.num_doorbells as usize > crate::models::described::MAX_DOORBELLS {
+        return Err(refuse("device->num_doorbells is above 64"));
     }
-    let regions: &[vfio_io_server_region] = if dev.num_regions == 0 {
-        &[]
-    } else {
-        // SAFETY: per this function's contract, checked non-NULL above.
-        unsafe { std::slice::from_raw_parts(dev.regions, dev.num_regions as usize) }
-    };
+    // SAFETY: per this function's contract.
+    let regions = unsafe { c_array(dev.regions, dev.num_regions, "device->regions is NULL") }?;
+    // SAFETY: per this function's contract.
+    let doorbells = unsafe {
+        c_array(
+            dev.doorbells,
+            dev.num_doorbells,
+            "device->doorbells is NULL",
+        )
+    }?;
     let mut desc = DeviceDesc {
         vendor_id: dev.vendor_id,
         device_id: dev.device_id,
@@ -386,6 +457,21 @@ unsafe fn description(dev: &vfio_io_server_device) -> Result<DeviceDesc> {
         irq_count: dev.irq_count,
         ..DeviceDesc::default()
     };
+    for (i, b) in doorbells.iter().enumerate() {
+        if b.flags & !VFIO_IO_DOORBELL_DATAMATCH != 0 || b.reserved != 0 {
+            return Err(refuse(&format!(
+                "doorbell {i}: unknown flags {:#x} or reserved {:#x} set",
+                b.flags, b.reserved
+            )));
+        }
+        let datamatch = b.flags & VFIO_IO_DOORBELL_DATAMATCH != 0;
+        desc.doorbells.push(Doorbell {
+            region: b.region,
+            offset: b.offset,
+            size: b.size,
+            datamatch: datamatch.then_some(b.datamatch),
+        });
+    }
     for r in regions {
         desc.regions.push(RegionDesc {
             index: r.index,
@@ -396,6 +482,106 @@ unsafe fn description(dev: &vfio_io_server_device) -> Result<DeviceDesc> {
         });
     }
     Ok(desc)
+}
+
+/// The `n` entries at `p` (none for `n` 0, whatever `p`); `null` is
+/// refused when `n` > 0.
+///
+/// # Safety
+/// `p` must be NULL or point to `n` entries that outlive the slice.
+unsafe fn c_array<'a, T>(p: *const T, n: u32, null: &str) -> Result<&'a [T]> {
+    match (n, p.is_null()) {
+        (0, _) => Ok(&[]),
+        (_, true) => Err(refuse(null)),
+        // SAFETY: per this function's contract, checked non-NULL.
+        (n, false) => Ok(unsafe { std::slice::from_raw_parts(p, n as usize) }),
+    }
+}
+
+/// `struct vfio_io_server_device` as programs compiled before its doorbell
+/// fields know it: its size is the shorter `dev->size` accepted.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct DeviceBeforeDoorbells {
+    size: u32,
+    vendor_id: u16,
+    device_id: u16,
+    subsystem_vendor_id: u16,
+    subsystem_id: u16,
+    class_code: u32,
+    regions: *const vfio_io_server_region,
+    num_regions: u32,
+    irq_count: [u32; 5],
+}
+
+// The shorter struct is the current one cut before the doorbell fields.
+const _: () = assert!(
+    std::mem::size_of::<DeviceBeforeDoorbells>()
+        == std::mem::offset_of!(vfio_io_server_device, doorbells)
+);
+
+/// A caller's struct in the version its `size` says: the current `T`, or
+/// `Old`, which is `T` cut before its latest fields.
+enum Version<T, Old> {
+    Current(T),
+    Before(Old),
+}
+
+/// Reads the caller's struct at `p` in the version its `size` names;
+/// `null` and `bad_size` are the logged reasons of a refusal.
+///
+/// # Safety
+/// `p` must be NULL or point to a struct of at least `p->size` bytes whose
+/// first field is its uint32_t `size`, as in every version; `Old` must be
+/// `T`'s layout up to its own size (a `const` assert next to each checks).
+unsafe fn read_version<T, Old>(p: *const T, null: &str, bad_size: &str) -> Result<Version<T, Old>> {
+    if p.is_null() {
+        return Err(refuse(null));
+    }
+    // SAFETY: non-NULL; `size` is the first field of every version.
+    let size = unsafe { p.cast::<u32>().read() } as usize;
+    if size == std::mem::size_of::<T>() {
+        // SAFETY: the caller's struct is the current one, per its size.
+        Ok(Version::Current(unsafe { p.read() }))
+    } else if size == std::mem::size_of::<Old>() {
+        // SAFETY: the caller's struct is the shorter one, per its size.
+        Ok(Version::Before(unsafe { p.cast::<Old>().read() }))
+    } else {
+        Err(refuse(bad_size))
+    }
+}
+
+/// The caller's device, of either size; a shorter struct has no doorbells.
+///
+/// # Safety
+/// `dev` must be NULL or point to a struct of at least `dev->size` bytes
+/// (`size` comes first in every version).
+unsafe fn read_device(dev: *const vfio_io_server_device) -> Result<vfio_io_server_device> {
+    // SAFETY: per this function's contract.
+    let version = unsafe {
+        read_version(
+            dev,
+            "NULL device description",
+            "device->size is not sizeof(struct vfio_io_server_device), now or before its doorbells",
+        )
+    }?;
+    let old: DeviceBeforeDoorbells = match version {
+        Version::Current(dev) => return Ok(dev),
+        Version::Before(old) => old,
+    };
+    Ok(vfio_io_server_device {
+        size: old.size,
+        vendor_id: old.vendor_id,
+        device_id: old.device_id,
+        subsystem_vendor_id: old.subsystem_vendor_id,
+        subsystem_id: old.subsystem_id,
+        class_code: old.class_code,
+        regions: old.regions,
+        num_regions: old.num_regions,
+        irq_count: old.irq_count,
+        doorbells: std::ptr::null(),
+        num_doorbells: 0,
+    })
 }
 
 /// A duplicate of the caller's `fd`, or `None` for -1.
@@ -440,23 +626,18 @@ const _: () = assert!(
 /// `ops` must be NULL or point to a struct of at least `ops->size` bytes
 /// (the struct's `size` field comes first in every version).
 unsafe fn read_ops(ops: *const vfio_io_server_ops) -> Result<vfio_io_server_ops> {
-    if ops.is_null() {
-        return Err(refuse("NULL ops"));
-    }
-    // SAFETY: non-NULL; `size` is the first field of every version.
-    let size = unsafe { ops.cast::<u32>().read() } as usize;
-    if size == std::mem::size_of::<vfio_io_server_ops>() {
-        // SAFETY: the caller's struct is the current one, per its size.
-        return Ok(unsafe { ops.read() });
-    }
-    if size != std::mem::size_of::<OpsBeforeMigration>() {
-        return Err(refuse(
+    // SAFETY: per this function's contract.
+    let version = unsafe {
+        read_version(
+            ops,
+            "NULL ops",
             "ops->size is not sizeof(struct vfio_io_server_ops), now or before its migration fields",
-        ));
-    }
-    // SAFETY: the caller's struct is the shorter one, per its size, whose
-    // layout is the current struct's up to `reset`.
-    let old = unsafe { ops.cast::<OpsBeforeMigration>().read() };
+        )
+    }?;
+    let old: OpsBeforeMigration = match version {
+        Version::Current(ops) => return Ok(ops),
+        Version::Before(old) => old,
+    };
     Ok(vfio_io_server_ops {
         size: old.size,
         region_read: old.region_read,
@@ -477,16 +658,17 @@ unsafe fn create(
     dev: *const vfio_io_server_device,
     ops: *const vfio_io_server_ops,
     opaque: *mut c_void,
+    config: ServerConfig,
 ) -> Result<Box<vfio_io_server>> {
     // SAFETY: the caller passes NULL or a C string.
     let path =
         unsafe { path_arg(socket_path) }.map_err(|_| refuse("NULL or non-UTF-8 socket_path"))?;
-    // SAFETY: the caller passes NULL or a valid struct.
-    let dev = unsafe { dev.as_ref() }.ok_or_else(|| refuse("NULL device description"))?;
+    // SAFETY: the caller passes NULL or a valid struct of either size.
+    let dev = unsafe { read_device(dev) }?;
     // SAFETY: as above.
     let ops = unsafe { read_ops(ops) }?;
-    // SAFETY: `dev` is valid per the contract.
-    let mut desc = unsafe { description(dev) }?;
+    // SAFETY: `dev`'s arrays are valid per the contract.
+    let mut desc = unsafe { description(&dev) }?;
     for r in desc.regions.iter().filter(|r| r.fd.is_none()) {
         let reads = r.flags & crate::device::VFIO_REGION_INFO_FLAG_READ != 0;
         let writes = r.flags & crate::device::VFIO_REGION_INFO_FLAG_WRITE != 0;
@@ -511,7 +693,7 @@ unsafe fn create(
     if let Some(m) = migration {
         model = model.with_migration(Box::new(m));
     }
-    let mut server = Server::bind(path, model, ServerConfig::default())?;
+    let mut server = Server::bind(path, model, config)?;
     let handles = server
         .handle()
         .and_then(|h| Ok((h, server.poll_fd()?.as_raw_fd())));
@@ -537,17 +719,18 @@ unsafe fn create(
 }
 
 /// Describes a device and listens for vfio-user clients on the Unix socket
-/// `socket_path` (NUL-terminated UTF-8; it must not exist). `dev` and `ops`
-/// are read during the call only; `opaque` is handed to every callback.
-/// Region fds in `dev` are borrowed: the library duplicates them, the
-/// caller still closes its own. Configuration space (region 7) is emulated
-/// from `dev` unless it lists region 7. On success `*out` receives a new
-/// server, owned by the caller, freed with `vfio_io_server_destroy`; on
-/// failure `*out` is left alone. Returns 0 or -errno: -EINVAL for a NULL
-/// argument, an `ops->size` of neither version, migration callbacks given
-/// in part, or an inconsistent description (what is wrong goes to the log
-/// handler at error level), -EBADF for a region fd that is not open,
-/// -EADDRINUSE when `socket_path` exists.
+/// `socket_path` (NUL-terminated UTF-8; it must not exist), with the
+/// default server options: `vfio_io_server_create_with` with NULL options.
+/// `dev` and `ops` are read during the call only; `opaque` is handed to
+/// every callback. Region fds in `dev` are borrowed: the library duplicates
+/// them, the caller still closes its own. Configuration space (region 7) is
+/// emulated from `dev` unless it lists region 7. On success `*out` receives
+/// a new server, owned by the caller, freed with `vfio_io_server_destroy`;
+/// on failure `*out` is left alone. Returns 0 or -errno: -EINVAL for a NULL
+/// argument, a `dev->size` or `ops->size` of no version, migration
+/// callbacks given in part, or an inconsistent description or doorbell
+/// (what is wrong goes to the log handler at error level), -EBADF for a
+/// region fd that is not open, -EADDRINUSE when `socket_path` exists.
 #[no_mangle]
 pub unsafe extern "C" fn vfio_io_server_create(
     socket_path: *const c_char,
@@ -556,12 +739,43 @@ pub unsafe extern "C" fn vfio_io_server_create(
     opaque: *mut c_void,
     out: *mut *mut vfio_io_server,
 ) -> c_int {
+    // SAFETY: the same contract, with NULL options.
+    unsafe { vfio_io_server_create_with(socket_path, dev, ops, opaque, ptr::null(), out) }
+}
+
+/// `vfio_io_server_create` with server options `opts` (NULL: all
+/// defaults): timeouts, polling and tracing of the server (see `struct
+/// vfio_io_server_options`). `opts` is read during the call only.
+/// `opts->size` follows the kernel's extensible structs (as `openat2`'s
+/// `struct open_how`): smaller than the fields of the first version (20
+/// bytes) is -EINVAL; larger than this library's struct is accepted if
+/// every byte past it is zero (a newer caller leaving newer fields at their
+/// defaults) and -E2BIG otherwise, or when larger than 4096. Returns 0 or
+/// -errno as `vfio_io_server_create`, and besides -EINVAL for a short
+/// `opts->size` or unknown `opts->flags`, -E2BIG as said.
+#[no_mangle]
+pub unsafe extern "C" fn vfio_io_server_create_with(
+    socket_path: *const c_char,
+    dev: *const vfio_io_server_device,
+    ops: *const vfio_io_server_ops,
+    opaque: *mut c_void,
+    opts: *const vfio_io_server_options,
+    out: *mut *mut vfio_io_server,
+) -> c_int {
     guard(|| {
         if out.is_null() {
             return -refuse("NULL out").errno();
         }
-        // SAFETY: per this function's contract.
-        match unsafe { create(socket_path, dev, ops, opaque) } {
+        let made = (|| {
+            // SAFETY: the caller passes NULL or options of `opts->size`
+            // readable bytes.
+            let config = unsafe { server_config(opts) }.inspect_err(|e| {
+                log::error!(target: "vfio_io::server", "vfio_io_server_create_with: {e}");
+            })?;
+            // SAFETY: per this function's contract.
+            unsafe { create(socket_path, dev, ops, opaque, config) }
+        })();
+        match made {
             Ok(srv) => {
                 // SAFETY: `out` is non-NULL and writable per the contract.
                 unsafe { *out = Box::into_raw(srv) };

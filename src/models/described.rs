@@ -30,6 +30,8 @@ use crate::user::server::{DeviceContext, DeviceModel, Doorbell, Migratable};
 pub const MAX_REGIONS: u32 = 64;
 /// Most MSI-X vectors a description may declare (the PCI limit).
 pub const MAX_MSIX_VECTORS: u32 = 2048;
+/// Most doorbells a description may declare: each is an eventfd per session.
+pub const MAX_DOORBELLS: usize = 64;
 /// Bytes of a page: an fd's offset must be a multiple (mmap's rule).
 const PAGE_SIZE: u64 = 4096;
 
@@ -71,6 +73,8 @@ pub struct DeviceDesc {
     pub reset: bool,
     /// Trapped registers whose writes may arrive through an ioeventfd
     /// (see [`DeviceModel::doorbells`]); they reach the handler as writes.
+    /// Each lies inside a writable region without an fd, 1, 2, 4 or 8
+    /// bytes wide, overlapping no other; at most [`MAX_DOORBELLS`].
     pub doorbells: Vec<Doorbell>,
 }
 
@@ -270,6 +274,53 @@ fn emulated_config(desc: &DeviceDesc) -> Result<(PciConfig, Option<MsixBar>)> {
     Ok((config, Some(table)))
 }
 
+/// Checks that each doorbell is a register of a trapped, writable region
+/// (a write through its eventfd must reach the handler) and that no two
+/// overlap (a write could not tell which one it rings).
+fn check_doorbells(desc: &DeviceDesc) -> Result<()> {
+    if desc.doorbells.len() > MAX_DOORBELLS {
+        return Err(invalid(format!(
+            "{} doorbells, at most {MAX_DOORBELLS}",
+            desc.doorbells.len()
+        )));
+    }
+    for (i, b) in desc.doorbells.iter().enumerate() {
+        let at = format!("doorbell {i} (region {}, offset {:#x})", b.region, b.offset);
+        let Some(r) = desc.regions.iter().find(|r| r.index == b.region) else {
+            return Err(invalid(format!("{at}: the device has no such region")));
+        };
+        if r.fd.is_some() {
+            return Err(invalid(format!(
+                "{at}: the region has an fd; a doorbell needs a region of callbacks"
+            )));
+        }
+        if r.flags & VFIO_REGION_INFO_FLAG_WRITE == 0 {
+            return Err(invalid(format!("{at}: the region is not writable")));
+        }
+        if !matches!(b.size, 1 | 2 | 4 | 8) {
+            return Err(invalid(format!("{at}: size {}, not 1, 2, 4 or 8", b.size)));
+        }
+        if b.offset
+            .checked_add(b.size.into())
+            .is_none_or(|end| end > r.size)
+        {
+            return Err(invalid(format!(
+                "{at}: {} bytes past the region's end ({:#x})",
+                b.size, r.size
+            )));
+        }
+        let overlaps = |o: &Doorbell| {
+            o.region == b.region
+                && o.offset < b.offset + u64::from(b.size)
+                && b.offset < o.offset + u64::from(o.size)
+        };
+        if let Some(j) = desc.doorbells[..i].iter().position(overlaps) {
+            return Err(invalid(format!("{at}: overlaps doorbell {j}")));
+        }
+    }
+    Ok(())
+}
+
 /// Whether BAR index `i` is the upper half of a 64-bit BAR the description
 /// declares at `i - 1`.
 fn bar_upper_half(desc: &DeviceDesc, i: u8) -> bool {
@@ -305,6 +356,7 @@ impl<H: RegionHandler> DescribedDevice<H> {
                 return Err(invalid(format!("region {} given twice", r.index)));
             }
         }
+        check_doorbells(&desc)?;
         let (config, msix) = match desc.regions.iter().find(|r| r.index == pci_region::CONFIG) {
             Some(r) if r.size < CONFIG_SPACE_SIZE as u64 => {
                 return Err(invalid(format!(
@@ -656,6 +708,63 @@ mod tests {
                 "accepted {what}"
             );
         }
+    }
+
+    #[test]
+    fn doorbells_must_be_registers_of_a_trapped_writable_region() {
+        let bell = |region, offset, size| Doorbell {
+            region,
+            offset,
+            size,
+            datamatch: None,
+        };
+        let with = |doorbells: Vec<Doorbell>| {
+            let read_only = RegionDesc {
+                flags: VFIO_REGION_INFO_FLAG_READ,
+                ..bar(2, 0x1000)
+            };
+            let mut d = desc(vec![bar(0, 0x100), read_only], [0; 5]);
+            d.doorbells = doorbells;
+            DescribedDevice::new(d, Nothing).map(|d| d.doorbells().len())
+        };
+        assert_eq!(
+            with(vec![bell(0, 0, 4), bell(0, 4, 4), bell(0, 0xf8, 8)]).unwrap(),
+            3
+        );
+        let refused = [
+            vec![bell(1, 0, 4)],                // no such region
+            vec![bell(7, 0, 4)],                // emulated config space
+            vec![bell(2, 0, 4)],                // read-only
+            vec![bell(0, 0, 3)],                // no register width
+            vec![bell(0, 0xfc, 8)],             // past the end
+            vec![bell(0, u64::MAX - 1, 4)],     // offset overflows
+            vec![bell(0, 0, 8), bell(0, 4, 4)], // overlap
+            vec![bell(0, 0, 1); MAX_DOORBELLS + 1],
+        ];
+        for bells in refused {
+            let what = format!("{bells:?}");
+            assert!(
+                matches!(with(bells), Err(Error::InvalidArgument(_))),
+                "accepted {what}"
+            );
+        }
+        let fd = nix::sys::memfd::memfd_create(c"bar", nix::sys::memfd::MFdFlags::empty()).unwrap();
+        nix::unistd::ftruncate(&fd, 0x1000).unwrap();
+        let mut d = desc(
+            vec![RegionDesc {
+                flags: VFIO_REGION_INFO_FLAG_READ
+                    | VFIO_REGION_INFO_FLAG_WRITE
+                    | VFIO_REGION_INFO_FLAG_MMAP,
+                fd: Some(fd),
+                ..bar(0, 0x1000)
+            }],
+            [0; 5],
+        );
+        d.doorbells = vec![bell(0, 0, 4)];
+        assert!(
+            DescribedDevice::new(d, Nothing).is_err(),
+            "a region with an fd"
+        );
     }
 
     /// Migration hooks whose state is a byte vector; a stream of the wrong
