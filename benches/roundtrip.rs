@@ -46,6 +46,7 @@ use vfio_io::device::{
 };
 use vfio_io::ffi::{
     vfio_io_device, vfio_io_device_close, vfio_io_device_ops, vfio_io_user_connect,
+    vfio_io_user_connect_with, vfio_io_user_options,
 };
 use vfio_io::memory::{DmaBuffer, Mapping};
 use vfio_io::models::edu::{regs, Edu, DMA_BUF_ADDR, DMA_BUF_SIZE, DMA_CMD_START, DMA_CMD_TO_RAM};
@@ -603,6 +604,40 @@ fn spawn_server(role: &str, cpu: Option<usize>) -> Served {
     }
 }
 
+/// `vfio-io serve edu SOCKET --spin-us N`, the command-line server, with
+/// every thread of it pinned to `cpu` once it says it is serving.
+fn spawn_cli_edu_spin(spin_us: u32, cpu: usize) -> Served {
+    let dir = TempDir::new("bench");
+    let path = dir.join("s.sock");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vfio-io"))
+        .arg("serve")
+        .arg("edu")
+        .arg(&path)
+        .args(["--spin-us", &spin_us.to_string()])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn vfio-io serve");
+    let mut line = String::new();
+    BufReader::new(child.stderr.take().expect("stderr"))
+        .read_line(&mut line)
+        .expect("server ready line");
+    assert!(line.contains("serving"), "vfio-io serve failed: {line}");
+    // Session threads start later from the accepting thread and inherit its mask.
+    let mut set = CpuSet::new();
+    set.set(cpu).expect("CPU index");
+    for task in std::fs::read_dir(format!("/proc/{}/task", child.id())).expect("tasks") {
+        let tid = task.expect("task").file_name();
+        let tid: i32 = tid.to_str().and_then(|t| t.parse().ok()).expect("tid");
+        sched_setaffinity(Pid::from_raw(tid), &set).expect("pin the server");
+    }
+    Served {
+        child,
+        path,
+        _dir: dir,
+    }
+}
+
 impl Drop for Served {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -952,12 +987,20 @@ fn checked_id_read(c: &Client) -> Box<dyn FnMut() + Send + '_> {
 }
 
 /// 1, 2, 4 and 8 threads sharing one `Client`, and the round-trip floor on
-/// one thread, taking turns in slices of [`SCALE_SLICE`]. Nothing is pinned:
-/// client threads and server processes go wherever the scheduler puts them.
-fn scaling(t: &mut Table) {
-    pin(None);
-    let f = spawn_server("floor", None);
-    let srv = spawn_server("edu", None);
+/// one thread, taking turns in slices of [`SCALE_SLICE`]. `placement`: None
+/// pins nothing (client threads and server processes go wherever the
+/// scheduler puts them); `Some((client, server))` puts every client thread
+/// on CPU `client` and the server processes on CPU `server`.
+fn scaling(t: &mut Table, placement: Option<(usize, usize)>) {
+    let (client_cpu, server_cpu) = placement.unzip();
+    let label = match placement {
+        None => "unpinned".to_string(),
+        Some((c, s)) if c == s => "same core".to_string(),
+        Some((c, s)) => format!("cross core (client threads CPU {c}, server CPU {s})"),
+    };
+    pin(client_cpu);
+    let f = spawn_server("floor", server_cpu);
+    let srv = spawn_server("edu", server_cpu);
     let c = client(&srv.path);
     const THREADS: [usize; 4] = [1, 2, 4, 8];
     let mut floor = floor_client(&f.path);
@@ -997,13 +1040,13 @@ fn scaling(t: &mut Table) {
         .collect();
     let (f_ops, one_ops) = (rows[0].ops, rows[1].ops);
     let f = t.floor(
-        format!("{RT_FLOOR}, 1 thread, unpinned"),
+        format!("{RT_FLOOR}, 1 thread, {label}"),
         rows[0],
         String::new(),
     );
     for (s, n) in rows[1..].iter().zip(THREADS) {
         t.add(
-            format!("scaling: {n} thread(s), 4 B reads, one Client, unpinned"),
+            format!("scaling: {n} thread(s), 4 B reads, one Client, {label}"),
             *s,
             Some(f),
             format!(
@@ -1402,15 +1445,46 @@ fn polling(t: &mut Table, n: usize) {
     let blocking = client(&s1.path);
     let spinning = Client::connect(&s2.path, spin_config.clone()).expect("connect");
     let both = Client::connect(&s3.path, spin_config).expect("connect");
-    let (mut a, mut b, mut c) = ([0u8; 4], [0u8; 4], [0u8; 4]);
+    // The C client, polling, against the command-line server, polling.
+    let cli = spawn_cli_edu_spin(SPIN.as_micros() as u32, 1);
+    let cpath = CString::new(cli.path.to_str().expect("UTF-8 path")).expect("path");
+    let opts = vfio_io_user_options {
+        size: std::mem::size_of::<vfio_io_user_options>() as u32,
+        timeout_ms: 0,
+        spin_us: SPIN.as_micros() as u32,
+    };
+    let mut dev: *mut vfio_io_device = std::ptr::null_mut();
+    // SAFETY: a NUL-terminated path, options of `opts.size` bytes and a
+    // writable out pointer.
+    let rc = unsafe { vfio_io_user_connect_with(cpath.as_ptr(), &opts, &mut dev) };
+    assert_eq!(rc, 0, "vfio_io_user_connect_with");
+    // SAFETY: `dev` is a live handle; the ops table lives as long as it.
+    let c_read = unsafe { &*vfio_io_device_ops(dev) }
+        .region_read
+        .expect("region_read op");
+    let (mut a, mut b, mut c, mut d) = ([0u8; 4], [0u8; 4], [0u8; 4], [0u8; 4]);
     let mut blk = || blocking.region_read(0, regs::ID, &mut a).expect("read");
     let mut spn = || spinning.region_read(0, regs::ID, &mut b).expect("read");
     let mut bth = || both.region_read(0, regs::ID, &mut c).expect("read");
+    let mut via_c = || {
+        // SAFETY: live handle, and a 4-byte buffer for a 4-byte read.
+        let r = unsafe { c_read(dev, 0, 0, 4, d.as_mut_ptr().cast()) };
+        assert_eq!(r, 4);
+    };
     let st = interleaved(
         n,
-        &mut [&mut floor, &mut floor_spin, &mut blk, &mut spn, &mut bth],
+        &mut [
+            &mut floor,
+            &mut floor_spin,
+            &mut blk,
+            &mut spn,
+            &mut bth,
+            &mut via_c,
+        ],
     );
-    for got in [a, b, c] {
+    // SAFETY: closed once, after its last use.
+    unsafe { vfio_io_device_close(dev) };
+    for got in [a, b, c, d] {
         assert_eq!(u32::from_ne_bytes(got), vfio_io::models::edu::ID);
     }
     let (fl, busy) = (st[0].p50, st[1].p50);
@@ -1436,6 +1510,11 @@ fn polling(t: &mut Table, n: usize) {
             "vfio-io region read 4 B, client and server both polling, cross core",
             busy,
             "spin 50 µs each side; ratio to the busy-poll floor".into(),
+        ),
+        (
+            "C ABI region_read 4 B, vfio_io_user_connect_with spin_us 50 against `vfio-io serve edu --spin-us 50`, cross core",
+            busy,
+            "both sides polling; ratio to the busy-poll floor".into(),
         ),
     ];
     for (s, (name, floor, note)) in st.into_iter().zip(rows) {
@@ -2195,7 +2274,10 @@ fn main() {
         }
     }
     if run("scaling") {
-        scaling(&mut t);
+        scaling(&mut t, None);
+        if cross {
+            scaling(&mut t, Some((0, 1)));
+        }
     }
     if run("dma") {
         dma(&mut t, N_SAME / 5);
