@@ -32,11 +32,14 @@ mod open_fds;
 mod raw_peer;
 #[path = "support/served.rs"]
 mod served;
+#[path = "support/shared_mem_device.rs"]
+mod shared_mem_device;
 #[path = "support/watchdog.rs"]
 mod watchdog;
 use open_fds::OpenFds;
 use raw_peer::{assert_dropped, dma_map_msg, region_read_msg, Peer, PEER_TIMEOUT};
 use served::{Served, TempDir};
+use shared_mem_device::{SharedMemDevice, BAR2_SIZE};
 use watchdog::Watchdog;
 
 const EDU_ID: u32 = 0x0100_00ed;
@@ -1233,5 +1236,280 @@ fn client_speaks_another_major_version() {
         assert_dropped(&mut p, Some(libc::EPROTO));
         drop(p);
         assert_serves(&s);
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Pipelining: several requests in flight, replies batched in one write.
+// ---------------------------------------------------------------------------
+
+/// A reply to `req` carrying `payload`, as bytes to batch with others.
+fn reply_bytes(req: &Header, payload: &[u8]) -> Vec<u8> {
+    let mut b = Header::reply(req, payload.len()).encode().to_vec();
+    b.extend_from_slice(payload);
+    b
+}
+
+/// What the fake device answers to a 4-byte read at `offset` in `round`.
+fn pipelined_value(offset: u64, round: usize) -> u32 {
+    ((offset as u32) << 16) | round as u32
+}
+
+/// Runs `threads` threads on one client, each calling `op(thread, round)`
+/// for `rounds` rounds.
+fn on_threads(
+    c: &Client,
+    threads: usize,
+    rounds: usize,
+    op: impl Fn(&Client, usize, usize) + Sync,
+) {
+    std::thread::scope(|sc| {
+        for t in 0..threads {
+            let op = &op;
+            sc.spawn(move || {
+                for round in 0..rounds {
+                    op(c, t, round);
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn pipelined_replies_batched_out_of_order_reach_their_callers() {
+    const THREADS: usize = 8;
+    const ROUNDS: usize = 40;
+    hostile(LIMIT, || {
+        let f = fake(|p| {
+            handshake(p);
+            for round in 0..ROUNDS {
+                // One read of each thread in flight: all answered in one
+                // write, in an order that moves every round.
+                let mut reqs: Vec<_> = (0..THREADS).map(|_| p.expect(cmd::REGION_READ)).collect();
+                reqs.rotate_left(round % THREADS);
+                reqs.reverse();
+                let mut batch = Vec::new();
+                for m in &reqs {
+                    let a = RegionAccess::decode(&m.p).unwrap();
+                    let v = pipelined_value(a.offset, round);
+                    batch.extend(reply_bytes(
+                        &m.h,
+                        &[&a.encode()[..], &v.to_ne_bytes()].concat(),
+                    ));
+                }
+                p.bytes(&batch);
+            }
+            p.drain();
+        });
+        let c = Client::connect(&f.path, client_config()).unwrap();
+        on_threads(&c, THREADS, ROUNDS, |c, t, round| {
+            let mut b = [0u8; 4];
+            let offset = 4 * t as u64;
+            c.region_read(0, offset, &mut b).unwrap();
+            assert_eq!(u32::from_ne_bytes(b), pipelined_value(offset, round));
+        });
+        drop(c);
+        f.join();
+    });
+}
+
+#[test]
+fn pipelined_fds_in_batched_replies_stay_with_their_message() {
+    const THREADS: usize = 6;
+    const ROUNDS: usize = 20;
+    // fds each reply of a round carries, by arrival order of the requests.
+    const FDS: [usize; THREADS] = [0, 1, 0, 0, 2, 0];
+    hostile(LIMIT, || {
+        let f = fake(|p| {
+            handshake(p);
+            for round in 0..ROUNDS {
+                let reqs: Vec<_> = (0..THREADS)
+                    .map(|_| p.expect(cmd::DEVICE_GET_REGION_IO_FDS))
+                    .collect();
+                // Back to back, with no wait between them: fd-less replies
+                // batched in one write, each reply with fds in a write of its
+                // own (where the sender puts them), last first.
+                let mut batch = Vec::new();
+                for (k, m) in reqs.iter().enumerate().rev() {
+                    let marks: Vec<u64> = (0..FDS[k])
+                        .map(|j| (round * 100 + k * 10 + j + 1) as u64)
+                        .collect();
+                    let subs: Vec<_> = marks
+                        .iter()
+                        .enumerate()
+                        .map(|(j, &data)| IoFdSubRegion {
+                            data,
+                            offset: 4 * j as u64,
+                            ..doorbell_sub(j as u32)
+                        })
+                        .collect();
+                    let payload = proto::encode_io_fds(4096, 0, &subs);
+                    if marks.is_empty() {
+                        batch.extend(reply_bytes(&m.h, &payload));
+                        continue;
+                    }
+                    // Each eventfd holds its mark, for its receiver to check.
+                    let efds: Vec<OwnedFd> = marks
+                        .iter()
+                        .map(|&mark| {
+                            let e = eventfd();
+                            nix::unistd::write(&e, &mark.to_ne_bytes()).unwrap();
+                            e
+                        })
+                        .collect();
+                    if !batch.is_empty() {
+                        p.bytes(&std::mem::take(&mut batch));
+                    }
+                    let raw: Vec<RawFd> = efds.iter().map(|e| e.as_raw_fd()).collect();
+                    p.reply(&m.h, &[&payload], &raw);
+                }
+                if !batch.is_empty() {
+                    p.bytes(&batch);
+                }
+            }
+            p.drain();
+        });
+        let c = Client::connect(&f.path, client_config()).unwrap();
+        on_threads(&c, THREADS, ROUNDS, |c, _, _| {
+            let (subs, fds) = c.region_io_fds(0).unwrap();
+            assert_eq!(subs.len(), fds.len(), "a reply got fds of another");
+            for (s, fd) in subs.iter().zip(&fds) {
+                let mut b = [0u8; 8];
+                assert_eq!(nix::unistd::read(fd, &mut b).unwrap(), 8);
+                assert_eq!(u64::from_ne_bytes(b), s.data, "an fd went to another reply");
+            }
+        });
+        drop(c);
+        f.join();
+    });
+}
+
+#[test]
+fn pipelined_bad_message_after_good_replies_fails_only_the_rest() {
+    const THREADS: usize = 4;
+    hostile(LIMIT, || {
+        let f = fake(|p| {
+            handshake(p);
+            let reqs: Vec<_> = (0..THREADS).map(|_| p.expect(cmd::REGION_READ)).collect();
+            // Threads 0 and 1 are answered; a header too short to be one
+            // follows in the same write.
+            let mut batch = Vec::new();
+            let mut bad = Header::reply(&reqs[0].h, 0);
+            for m in &reqs {
+                let a = RegionAccess::decode(&m.p).unwrap();
+                if a.offset < 8 {
+                    let v = pipelined_value(a.offset, 0);
+                    batch.extend(reply_bytes(
+                        &m.h,
+                        &[&a.encode()[..], &v.to_ne_bytes()].concat(),
+                    ));
+                } else {
+                    bad = Header::reply(&m.h, 0);
+                }
+            }
+            bad.size = 3;
+            batch.extend(bad.encode());
+            p.bytes(&batch);
+            p.drain();
+        });
+        let c = Client::connect(&f.path, client_config()).unwrap();
+        on_threads(&c, THREADS, 1, |c, t, _| {
+            let mut b = [0u8; 4];
+            let offset = 4 * t as u64;
+            let r = c.region_read(0, offset, &mut b);
+            if offset < 8 {
+                r.expect("a reply that came before the bad message");
+                assert_eq!(u32::from_ne_bytes(b), pipelined_value(offset, 0));
+            } else {
+                assert_protocol(&r.unwrap_err());
+            }
+        });
+        let mut b = [0u8; 4];
+        assert_protocol(&c.region_read(0, 0, &mut b).unwrap_err());
+        drop(c);
+        f.join();
+    });
+}
+
+#[test]
+fn pipelined_commands_in_one_write_get_replies_in_order_fds_on_their_own() {
+    hostile(LIMIT, || {
+        let s = served::serve(SharedMemDevice::new(), server_config());
+        let mut p = Peer::connect(&s.path);
+        p.version();
+        let read = region_read_msg(0, 4);
+        let info = |index| proto::encode_region_info_request(4096, index);
+        // (command, payload, fds its reply carries): BAR2's info comes with
+        // its memory fd, BAR0's without.
+        let cmds: [(u16, Vec<u8>, usize); 6] = [
+            (cmd::REGION_READ, read.to_vec(), 0),
+            (cmd::DEVICE_GET_REGION_INFO, info(2).to_vec(), 1),
+            (cmd::REGION_READ, read.to_vec(), 0),
+            (cmd::DEVICE_GET_REGION_INFO, info(0).to_vec(), 0),
+            (cmd::DEVICE_GET_REGION_INFO, info(2).to_vec(), 1),
+            (cmd::REGION_READ, read.to_vec(), 0),
+        ];
+        let mut batch = Vec::new();
+        for (id, (command, payload, _)) in cmds.iter().enumerate() {
+            batch.extend(Header::command(100 + id as u16, *command, payload.len()).encode());
+            batch.extend(payload);
+        }
+        p.bytes(&batch);
+        for (id, (command, _, fds)) in cmds.iter().enumerate() {
+            let m = p.recv().unwrap();
+            assert!(m.h.is_reply());
+            assert_eq!((m.h.id, m.h.command), (100 + id as u16, *command));
+            assert_eq!(m.h.error_errno(), None);
+            assert_eq!(m.fds.len(), *fds, "reply {id} carries another's fds");
+            for fd in &m.fds {
+                let size = nix::sys::stat::fstat(fd).unwrap().st_size;
+                assert_eq!(size as u64, BAR2_SIZE, "not BAR2's memory");
+            }
+        }
+        drop(p);
+        s.finish();
+    });
+}
+
+#[test]
+fn pipelined_commands_before_a_bad_one_are_answered() {
+    against_our_server(|p, _| {
+        let mut batch = Vec::new();
+        for (id, offset) in [(1u16, 0u64), (2, EDU_LIVENESS)] {
+            batch.extend(Header::command(id, cmd::REGION_READ, RegionAccess::SIZE).encode());
+            batch.extend(region_read_msg(offset, 4));
+        }
+        let mut bad = Header::command(3, cmd::REGION_READ, 0);
+        bad.size = 3;
+        batch.extend(bad.encode());
+        p.bytes(&batch);
+        // The replies held while more was buffered go out before the
+        // server drops the client for the bad header.
+        let seen = p.expect_closed();
+        let ids: Vec<_> = seen.iter().map(|h| (h.id, h.error_errno())).collect();
+        assert_eq!(ids, [(1, None), (2, None)]);
+    });
+}
+
+#[test]
+fn pipelined_reply_before_a_command_without_reply_goes_out() {
+    against_our_server(|p, _| {
+        // A read, then a posted write to the liveness register, in one write:
+        // the read's reply is held while the write is buffered, and must
+        // not wait for a later command.
+        let mut batch = Header::command(1, cmd::REGION_READ, RegionAccess::SIZE)
+            .encode()
+            .to_vec();
+        batch.extend(region_read_msg(0, 4));
+        let mut posted = Header::command(2, cmd::REGION_WRITE, RegionAccess::SIZE + 4);
+        posted.flags |= FLAG_NO_REPLY;
+        batch.extend(posted.encode());
+        batch.extend(region_read_msg(EDU_LIVENESS, 4));
+        batch.extend(7u32.to_ne_bytes());
+        p.bytes(&batch);
+        let m = p.recv().expect("the read's reply");
+        assert_eq!((m.h.id, m.h.error_errno()), (1, None));
+        assert_eq!(m.p[RegionAccess::SIZE..], EDU_ID.to_ne_bytes());
+        assert_eq!(p.read32(EDU_LIVENESS), !7);
     });
 }

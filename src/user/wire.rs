@@ -94,6 +94,66 @@ pub fn send_msg(sock: BorrowedFd<'_>, parts: &[&[u8]], fds: &[RawFd]) -> Result<
     Ok(())
 }
 
+/// Messages held back so that several go out in one `sendmsg`: a server that
+/// has more commands already buffered answers them all with one system call
+/// (and the client's reader finds them all in one read).
+///
+/// A message with fds is never held: it goes out alone, after anything held,
+/// because a receiver attributes fds to the message a read ends in and the
+/// kernel ends a read after the segment that carried them.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    buf: Vec<u8>,
+    held: usize,
+}
+
+impl Outbox {
+    /// Most messages held at once.
+    pub const MAX_HELD: usize = 16;
+    /// Messages larger than this go out at once from their own parts.
+    const MAX_COPIED: usize = 4096;
+    /// Held bytes past which the outbox sends.
+    const MAX_BYTES: usize = 64 * 1024;
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.held == 0
+    }
+
+    /// Holds the message made of `parts`, or sends it (after anything held)
+    /// when it carries fds or is large. Sends everything when the limits
+    /// are reached.
+    pub fn push(&mut self, sock: BorrowedFd<'_>, parts: &[&[u8]], fds: &[RawFd]) -> Result<()> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if !fds.is_empty() || len > Self::MAX_COPIED {
+            self.flush(sock)?;
+            return send_msg(sock, parts, fds);
+        }
+        for p in parts {
+            self.buf.extend_from_slice(p);
+        }
+        self.held += 1;
+        if self.held >= Self::MAX_HELD || self.buf.len() >= Self::MAX_BYTES {
+            self.flush(sock)?;
+        }
+        Ok(())
+    }
+
+    /// Sends every held message, in order, in one `sendmsg` (more only on a
+    /// partial write).
+    pub fn flush(&mut self, sock: BorrowedFd<'_>) -> Result<()> {
+        if self.held == 0 {
+            return Ok(());
+        }
+        // Emptied first: after a failed send the stream is unusable anyway,
+        // and nothing is sent twice.
+        self.held = 0;
+        let r = send_msg(sock, &[&self.buf], &[]);
+        self.buf.clear();
+        r
+    }
+}
+
 /// Sets how long a blocking send or receive on `sock` may wait.
 pub fn set_timeouts(
     sock: BorrowedFd<'_>,
@@ -329,6 +389,44 @@ mod tests {
         assert!(m1.fds.is_empty(), "the fd-less message got fds");
         let m2 = r.recv(b.as_fd(), false).unwrap();
         assert_eq!((m2.header.id, m2.fds.len()), (2, 2));
+    }
+
+    #[test]
+    fn outbox_holds_messages_until_flushed_and_sends_fds_alone() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (x, _y) = UnixStream::pair().unwrap();
+        let mut out = Outbox::default();
+        let mut r = Receiver::new(4096);
+        out.push(a.as_fd(), &[&msg(1, &[1])], &[]).unwrap();
+        out.push(a.as_fd(), &[&msg(2, &[2])], &[]).unwrap();
+        assert!(matches!(r.recv(b.as_fd(), true), Err(Error::Timeout)));
+        // A message with fds sends what is held, then goes alone.
+        out.push(a.as_fd(), &[&msg(3, &[3])], &[x.as_raw_fd()])
+            .unwrap();
+        assert!(out.is_empty());
+        out.push(a.as_fd(), &[&msg(4, &[4])], &[]).unwrap();
+        out.flush(a.as_fd()).unwrap();
+        for (id, fds) in [(1, 0), (2, 0), (3, 1), (4, 0)] {
+            let m = r.recv(b.as_fd(), false).unwrap();
+            assert_eq!(
+                (m.header.id, m.payload, m.fds.len()),
+                (id, &[id as u8][..], fds)
+            );
+        }
+    }
+
+    #[test]
+    fn outbox_sends_when_full() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut out = Outbox::default();
+        for id in 0..Outbox::MAX_HELD as u16 {
+            out.push(a.as_fd(), &[&msg(id, &[0; 8])], &[]).unwrap();
+        }
+        assert!(out.is_empty(), "the limit did not send");
+        let mut r = Receiver::new(4096);
+        for id in 0..Outbox::MAX_HELD as u16 {
+            assert_eq!(r.recv(b.as_fd(), true).unwrap().header.id, id);
+        }
     }
 
     #[test]

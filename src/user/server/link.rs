@@ -4,7 +4,7 @@
 //! late reply never answers a newer one.
 
 use std::collections::VecDeque;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ use super::ServerConfig;
 use crate::error::{Error, Result};
 use crate::user::proto::{cmd, DmaAccess, Header};
 use crate::user::version;
-use crate::user::wire::{send_msg, Receiver};
+use crate::user::wire::{send_msg, Outbox, Receiver};
 
 /// A client command held back while the server waited for a DMA reply.
 pub(super) struct Queued {
@@ -50,6 +50,8 @@ pub(super) struct Link {
     /// or lost stream). The model may swallow the error it gets, as edu does
     /// for a failed DMA, so the session checks this after each command.
     pub(super) broken: Option<String>,
+    /// Replies held back while more client input is already buffered.
+    outbox: Outbox,
 }
 
 /// Most abandoned DMA request ids remembered at once.
@@ -89,6 +91,7 @@ impl Link {
             abandoned: VecDeque::new(),
             peer_max_xfer: version::DEFAULT_MAX_DATA_XFER as usize,
             broken: None,
+            outbox: Outbox::default(),
         }
     }
 
@@ -105,6 +108,18 @@ impl Link {
         self.twin_rx = Receiver::new(max_msg);
     }
 
+    /// Sends a reply on the main socket, or holds it to go out with the
+    /// replies to commands already buffered behind it, in one `sendmsg`
+    /// (see [`Link::flush_replies`]).
+    pub(super) fn reply(&mut self, parts: &[&[u8]], fds: &[RawFd]) -> Result<()> {
+        self.outbox.push(self.sock.as_fd(), parts, fds)
+    }
+
+    /// Sends every held reply.
+    pub(super) fn flush_replies(&mut self) -> Result<()> {
+        self.outbox.flush(self.sock.as_fd())
+    }
+
     /// Sends a server-to-client command and waits up to the DMA timeout for
     /// its reply, queueing client commands that arrive meanwhile on a shared
     /// socket. A client that does not answer in time costs this request only
@@ -116,11 +131,13 @@ impl Link {
         let mut all: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
         all.push(&hdr);
         all.extend_from_slice(parts);
+        // Held replies first: their callers must not wait out this request.
+        let sent = self.flush_replies();
         let sock = match &self.twin_sock {
             Some(s) => s.as_fd(),
             None => self.sock.as_fd(),
         };
-        if let Err(e) = send_msg(sock, &all, &[]) {
+        if let Err(e) = sent.and_then(|()| send_msg(sock, &all, &[])) {
             // A send cut short, even by a timeout, leaves part of a message
             // in the stream: the link is gone.
             self.broken.get_or_insert_with(|| e.to_string());
@@ -252,5 +269,15 @@ impl Link {
             }
         }
         Ok(())
+    }
+}
+
+impl Drop for Link {
+    /// Replies held when the session ends (a command after them broke the
+    /// protocol, or the stream) still go out: their commands were handled.
+    fn drop(&mut self) {
+        if let Err(e) = self.outbox.flush(self.sock.as_fd()) {
+            log::debug!(target: "vfio_io::server", "held replies not sent: {e}");
+        }
     }
 }

@@ -22,7 +22,7 @@ use crate::device::RegionInfo;
 use crate::error::{Error, Result};
 use crate::user::proto::{cmd, Header};
 use crate::user::version::VersionCaps;
-use crate::user::wire::{send_msg, set_timeouts};
+use crate::user::wire::set_timeouts;
 
 /// fds that go with a reply.
 pub(super) enum ReplyFd {
@@ -180,6 +180,13 @@ impl<'a, M: DeviceModel> Session<'a, M> {
                 }
                 if let Some(why) = self.st.link.broken.take() {
                     return Step::End(SessionEnd::Dropped(Error::Protocol(why)));
+                }
+                // Replies held while more input was buffered go out once
+                // none is left, in one sendmsg.
+                if !self.st.link.has_pending_input() {
+                    if let Err(e) = self.st.link.flush_replies() {
+                        return Step::End(SessionEnd::Dropped(e));
+                    }
                 }
                 self.serve_remote();
                 Step::Handled
@@ -440,16 +447,17 @@ impl<'a, M: DeviceModel> Session<'a, M> {
 
     /// Sends the reply to `req`: the payload in `out` with its fd, or the
     /// error's errno alone.
-    fn send_reply(&self, req: &Header, result: &Result<ReplyFd>) -> Result<()> {
+    fn send_reply(&mut self, req: &Header, result: &Result<ReplyFd>) -> Result<()> {
+        let st = &mut *self.st;
         match result {
             Ok(fd) => {
                 let raw = fd.raw();
-                let h = Header::reply(req, self.st.out.len()).encode();
-                send_msg(self.st.link.sock.as_fd(), &[&h, &self.st.out], &raw)
+                let h = Header::reply(req, st.out.len()).encode();
+                st.link.reply(&[&h, &st.out], &raw)
             }
             Err(e) => {
                 let h = Header::error_reply(req, e.errno()).encode();
-                send_msg(self.st.link.sock.as_fd(), &[&h], &[])
+                st.link.reply(&[&h], &[])
             }
         }
     }
