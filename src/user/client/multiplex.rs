@@ -6,6 +6,11 @@
 //! the socket unowned becomes its reader: it files replies into their slots,
 //! wakes their owners, and answers the server's DMA requests, so a lone caller
 //! reads its own reply with no thread hand-off.
+//!
+//! With several requests in flight the server may answer them in one write:
+//! the reader files every reply already received before it gives up the
+//! role, and wakes only the owners of those replies (each waits on its
+//! slot's own condvar), plus one waiter still without its reply to read next.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::AtomicBool;
@@ -31,6 +36,10 @@ struct Slot {
     gen: u16,
     busy: bool,
     done: bool,
+    /// Its owner sleeps on the slot's condvar (and has not been woken yet).
+    sleeping: bool,
+    /// Its owner was woken to take the reader role.
+    handed: bool,
     header: Header,
     payload: Vec<u8>,
     fds: Vec<OwnedFd>,
@@ -40,9 +49,12 @@ pub(super) struct State {
     slots: Vec<Slot>,
     free: Vec<usize>,
     reader_busy: bool,
+    /// A sleeper was woken to take the reader role and has not yet run: no
+    /// second one is woken for it.
+    reader_handed: bool,
     /// Why the link is down; None while it is up.
     down: Option<LinkDown>,
-    /// Threads blocked on the condvar: notifying none would still cost a
+    /// Threads waiting for a free slot: notifying none would still cost a
     /// futex call per request, so wake-ups are skipped when this is 0.
     sleepers: usize,
 }
@@ -71,7 +83,10 @@ pub(super) struct Inner {
     pub(super) sock: OwnedFd,
     pub(super) send_lock: Mutex<()>,
     state: Mutex<State>,
+    /// Where threads wait for a free slot.
     cond: Condvar,
+    /// Where each slot's owner waits for its reply or the reader role.
+    slot_conds: Vec<Condvar>,
     reader: Mutex<Receiver>,
     pub(super) dma: RwLock<Vec<DmaEntry>>,
     timeout: Duration,
@@ -96,10 +111,12 @@ impl Inner {
                 slots: (0..MAX_OUTSTANDING).map(|_| Slot::default()).collect(),
                 free: (0..MAX_OUTSTANDING).rev().collect(),
                 reader_busy: false,
+                reader_handed: false,
                 down: None,
                 sleepers: 0,
             }),
             cond: Condvar::new(),
+            slot_conds: (0..MAX_OUTSTANDING).map(|_| Condvar::new()).collect(),
             reader: Mutex::new(Receiver::new(max_msg)),
             dma: RwLock::new(Vec::new()),
             timeout: config.timeout,
@@ -130,6 +147,50 @@ impl Inner {
         }
     }
 
+    /// Sleeps on `slot`'s condvar until its reply is filed, the reader role
+    /// is handed to it, the link goes down, or `left` passes.
+    fn sleep_on_slot<'a>(
+        &self,
+        mut st: MutexGuard<'a, State>,
+        slot: usize,
+        left: Duration,
+    ) -> MutexGuard<'a, State> {
+        st.slots[slot].sleeping = true;
+        let mut st = self.slot_conds[slot]
+            .wait_timeout(st, left)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+        let s = &mut st.slots[slot];
+        s.sleeping = false;
+        if std::mem::take(&mut s.handed) {
+            st.reader_handed = false;
+        }
+        st
+    }
+
+    /// Wakes the owner of `slot` if it sleeps, once.
+    fn wake_slot(&self, st: &mut State, slot: usize) {
+        if std::mem::take(&mut st.slots[slot].sleeping) {
+            self.slot_conds[slot].notify_one();
+        }
+    }
+
+    /// With the socket unowned, wakes one sleeper whose reply has not come
+    /// to read it: the others stay asleep until their replies are filed.
+    fn hand_off_reader(&self, st: &mut State) {
+        if st.reader_busy || st.reader_handed {
+            return;
+        }
+        if let Some(i) = (0..st.slots.len()).find(|&i| {
+            let s = &st.slots[i];
+            s.sleeping && s.busy && !s.done
+        }) {
+            st.slots[i].handed = true;
+            st.reader_handed = true;
+            self.wake_slot(st, i);
+        }
+    }
+
     /// Marks the link down (the first reason sticks) and wakes every waiter,
     /// so each request in flight fails at once instead of at its deadline.
     pub(super) fn kill(&self, st: &mut State, why: LinkDown) {
@@ -139,6 +200,9 @@ impl Inner {
                 nix::sys::socket::shutdown(self.sock.as_raw_fd(), nix::sys::socket::Shutdown::Both);
         }
         self.cond.notify_all();
+        for i in 0..st.slots.len() {
+            self.wake_slot(st, i);
+        }
     }
 
     pub(super) fn send(&self, parts: &[&[u8]], fds: &[RawFd]) -> Result<()> {
@@ -213,6 +277,9 @@ impl Inner {
         s.fds.clear();
         st.free.push(slot);
         self.wake(&st);
+        // A caller leaving (its reply in, or its deadline passed) may leave
+        // the socket unowned while others still wait.
+        self.hand_off_reader(&mut st);
     }
 
     /// Waits for the reply in `slot`: reads the socket itself while no other
@@ -248,7 +315,7 @@ impl Inner {
                 st = self.read_as_reader(st);
                 continue;
             }
-            st = self.sleep(st, left);
+            st = self.sleep_on_slot(st, slot, left);
         }
     }
 
@@ -274,16 +341,21 @@ impl Inner {
         }
     }
 
-    /// Becomes the socket's reader for one message, with the state unlocked
-    /// meanwhile, then hands the role back and wakes the others. A receive
-    /// timeout only ends the turn; any other failure takes the link down.
+    /// Becomes the socket's reader for one wait, with the state unlocked
+    /// meanwhile: files every reply received by then, hands the role back and
+    /// wakes the owners of those replies. A receive timeout only ends the
+    /// turn; any other failure takes the link down.
     fn read_as_reader<'a>(&'a self, mut st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
         st.reader_busy = true;
         drop(st);
-        let r = self.read_one();
-        let mut st = self.lock();
+        let mut filed = 0u64;
+        let (mut st, r) = self.read_batch(&mut filed);
         st.reader_busy = false;
-        self.wake(&st);
+        for i in 0..MAX_OUTSTANDING {
+            if filed & (1 << i) != 0 {
+                self.wake_slot(&mut st, i);
+            }
+        }
         if let Err(e) = r {
             match e {
                 Error::Timeout => {}
@@ -294,35 +366,66 @@ impl Inner {
         st
     }
 
-    /// Reads one message as the socket's reader and files or answers it.
-    fn read_one(&self) -> Result<()> {
+    /// Waits for a message, then takes every further one already buffered
+    /// (no system call for those): replies are filed under one lock of the
+    /// state, with their slots' bits set in `filed`; the server's requests
+    /// are answered. Returns with the state locked.
+    fn read_batch(&self, filed: &mut u64) -> (MutexGuard<'_, State>, Result<()>) {
         let mut rx = self.reader.lock().unwrap_or_else(|p| p.into_inner());
         // Polling mode: non-blocking receives until a whole message is there
         // or the spin budget is spent, then an ordinary blocking receive. A
         // partial message stays buffered in the Receiver between attempts.
         let spin_until = self.spin.map(|d| Instant::now() + d);
-        let m = loop {
-            let nonblock = spin_until.is_some_and(|t| Instant::now() < t);
-            match rx.recv(self.sock.as_fd(), nonblock) {
-                Err(Error::Timeout) if nonblock => std::hint::spin_loop(),
-                r => break r?,
+        let mut st: Option<MutexGuard<'_, State>> = None;
+        let mut first = true;
+        loop {
+            let m = if first {
+                first = false;
+                loop {
+                    let nonblock = spin_until.is_some_and(|t| Instant::now() < t);
+                    match rx.recv(self.sock.as_fd(), nonblock) {
+                        Err(Error::Timeout) if nonblock => std::hint::spin_loop(),
+                        r => break r,
+                    }
+                }
+            } else if rx.has_message() {
+                rx.recv(self.sock.as_fd(), true)
+            } else {
+                break;
+            };
+            let m = match m {
+                Ok(m) => m,
+                Err(e) => return (st.unwrap_or_else(|| self.lock()), Err(e)),
+            };
+            if m.header.is_reply() {
+                let st = st.get_or_insert_with(|| self.lock());
+                if let Some(slot) = Self::file_reply(st, m.header, m.payload, m.fds) {
+                    *filed |= 1 << slot;
+                }
+                continue;
             }
-        };
-        if m.header.is_reply() {
-            self.file_reply(m.header, m.payload, m.fds);
-            return Ok(());
+            // The state is not held while a DMA request is served: its
+            // reply is a send, which takes the link down (locking the
+            // state) if it fails.
+            st = None;
+            let (h, payload) = (m.header, m.payload.to_vec());
+            if let Err(e) = self.serve_dma(self.sock.as_fd(), &h, &payload) {
+                return (self.lock(), Err(e));
+            }
         }
-        let (h, payload) = (m.header, m.payload.to_vec());
-        drop(rx);
-        self.serve_dma(self.sock.as_fd(), &h, &payload)
+        (st.unwrap_or_else(|| self.lock()), Ok(()))
     }
 
     /// Files a reply into the slot its id names, if that slot still waits
-    /// for it.
-    fn file_reply(&self, header: Header, payload: &[u8], fds: Vec<OwnedFd>) {
+    /// for it; returns that slot.
+    fn file_reply(
+        st: &mut State,
+        header: Header,
+        payload: &[u8],
+        fds: Vec<OwnedFd>,
+    ) -> Option<usize> {
         let slot = (header.id & ((1 << SLOT_BITS) - 1)) as usize;
         let gen = header.id >> SLOT_BITS;
-        let mut st = self.lock();
         match st.slots.get_mut(slot) {
             Some(s) if s.busy && !s.done && s.gen == gen => {
                 s.header = header;
@@ -330,9 +433,13 @@ impl Inner {
                 s.payload.extend_from_slice(payload);
                 s.fds = fds;
                 s.done = true;
+                Some(slot)
             }
             // Unknown, duplicate or late: nobody waits for it. Its fds close here.
-            _ => log::debug!(target: "vfio_io::client", "dropped reply id {}", header.id),
+            _ => {
+                log::debug!(target: "vfio_io::client", "dropped reply id {}", header.id);
+                None
+            }
         }
     }
 }
