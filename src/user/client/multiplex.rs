@@ -177,8 +177,11 @@ impl Inner {
 
     /// With the socket unowned, wakes one sleeper whose reply has not come
     /// to read it: the others stay asleep until their replies are filed.
+    /// While a filed reply is still to be taken, its owner calls this again
+    /// on its way out, and is often back with a new request first, taking
+    /// the role itself: a sleeper woken now would find it taken.
     fn hand_off_reader(&self, st: &mut State) {
-        if st.reader_busy || st.reader_handed {
+        if st.reader_busy || st.reader_handed || st.slots.iter().any(|s| s.busy && s.done) {
             return;
         }
         if let Some(i) = (0..st.slots.len()).find(|&i| {
