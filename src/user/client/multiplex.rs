@@ -175,23 +175,52 @@ impl Inner {
         }
     }
 
+    /// Wakes the owners of the slots in `mask` (bit i: slot i) that
+    /// [`Inner::take_sleepers`] found asleep. Called with the state unlocked:
+    /// a woken owner that ran at once would otherwise block on the lock its
+    /// waker still holds, costing two more switches.
+    fn notify_slots(&self, mask: u64) {
+        let mut m = mask;
+        while m != 0 {
+            let i = m.trailing_zeros() as usize;
+            self.slot_conds[i].notify_one();
+            m &= m - 1;
+        }
+    }
+
+    /// The slots of `mask` whose owners sleep, each marked woken.
+    fn take_sleepers(st: &mut State, mask: u64) -> u64 {
+        let mut asleep = 0;
+        let mut m = mask;
+        while m != 0 {
+            let i = m.trailing_zeros() as usize;
+            if std::mem::take(&mut st.slots[i].sleeping) {
+                asleep |= 1 << i;
+            }
+            m &= m - 1;
+        }
+        asleep
+    }
+
     /// With the socket unowned, wakes one sleeper whose reply has not come
     /// to read it: the others stay asleep until their replies are filed.
     /// While a filed reply is still to be taken, its owner calls this again
     /// on its way out, and is often back with a new request first, taking
     /// the role itself: a sleeper woken now would find it taken.
-    fn hand_off_reader(&self, st: &mut State) {
+    /// Returns the slot (as a mask for [`Inner::notify_slots`]) to wake.
+    fn hand_off_reader(st: &mut State) -> u64 {
         if st.reader_busy || st.reader_handed || st.slots.iter().any(|s| s.busy && s.done) {
-            return;
+            return 0;
         }
-        if let Some(i) = (0..st.slots.len()).find(|&i| {
+        let Some(i) = (0..st.slots.len()).find(|&i| {
             let s = &st.slots[i];
             s.sleeping && s.busy && !s.done
-        }) {
-            st.slots[i].handed = true;
-            st.reader_handed = true;
-            self.wake_slot(st, i);
-        }
+        }) else {
+            return 0;
+        };
+        st.slots[i].handed = true;
+        st.reader_handed = true;
+        Self::take_sleepers(st, 1 << i)
     }
 
     /// Marks the link down (the first reason sticks) and wakes every waiter,
@@ -282,7 +311,9 @@ impl Inner {
         self.wake(&st);
         // A caller leaving (its reply in, or its deadline passed) may leave
         // the socket unowned while others still wait.
-        self.hand_off_reader(&mut st);
+        let next = Self::hand_off_reader(&mut st);
+        drop(st);
+        self.notify_slots(next);
     }
 
     /// Waits for the reply in `slot`: reads the socket itself while no other
@@ -354,11 +385,7 @@ impl Inner {
         let mut filed = 0u64;
         let (mut st, r) = self.read_batch(&mut filed);
         st.reader_busy = false;
-        for i in 0..MAX_OUTSTANDING {
-            if filed & (1 << i) != 0 {
-                self.wake_slot(&mut st, i);
-            }
-        }
+        let owners = Self::take_sleepers(&mut st, filed);
         if let Err(e) = r {
             match e {
                 Error::Timeout => {}
@@ -366,7 +393,12 @@ impl Inner {
                 _ => self.kill(&mut st, LinkDown::Closed),
             }
         }
-        st
+        if owners == 0 {
+            return st;
+        }
+        drop(st);
+        self.notify_slots(owners);
+        self.lock()
     }
 
     /// Waits for a message, then takes every further one already buffered
