@@ -1513,3 +1513,44 @@ fn pipelined_reply_before_a_command_without_reply_goes_out() {
         assert_eq!(p.read32(EDU_LIVENESS), !7);
     });
 }
+
+#[test]
+fn pipelined_replies_one_write_each_reach_waiters_after_the_reader_left() {
+    const THREADS: usize = 4;
+    const ROUNDS: usize = 10;
+    hostile(LIMIT, || {
+        let f = fake(|p| {
+            handshake(p);
+            for round in 0..ROUNDS {
+                // Each reply in a write of its own, apart, in the order the
+                // requests came: the thread reading the socket (most often
+                // the first to ask) leaves with its own reply and asks no
+                // more, so another waiter must take over to read the rest
+                // before its deadline.
+                let reqs: Vec<_> = (0..THREADS).map(|_| p.expect(cmd::REGION_READ)).collect();
+                for m in &reqs {
+                    let a = RegionAccess::decode(&m.p).unwrap();
+                    let v = pipelined_value(a.offset, round);
+                    p.bytes(&reply_bytes(
+                        &m.h,
+                        &[&a.encode()[..], &v.to_ne_bytes()].concat(),
+                    ));
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+            p.drain();
+        });
+        let c = Client::connect(&f.path, client_config()).unwrap();
+        for round in 0..ROUNDS {
+            // One request per thread, and the threads end.
+            on_threads(&c, THREADS, 1, |c, t, _| {
+                let mut b = [0u8; 4];
+                let offset = 4 * t as u64;
+                c.region_read(0, offset, &mut b).unwrap();
+                assert_eq!(u32::from_ne_bytes(b), pipelined_value(offset, round));
+            });
+        }
+        drop(c);
+        f.join();
+    });
+}
