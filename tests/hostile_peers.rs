@@ -1255,6 +1255,22 @@ fn pipelined_value(offset: u64, round: usize) -> u32 {
     ((offset as u32) << 16) | round as u32
 }
 
+/// The fake device's reply to the read `m` in `round`, as bytes to batch.
+fn read_reply_bytes(m: &raw_peer::Msg, round: usize) -> Vec<u8> {
+    let a = RegionAccess::decode(&m.p).unwrap();
+    let v = pipelined_value(a.offset, round);
+    reply_bytes(&m.h, &[&a.encode()[..], &v.to_ne_bytes()].concat())
+}
+
+/// Thread `t`'s read in `round`, checked against what the fake device answers.
+fn pipelined_read(c: &Client, t: usize, round: usize) -> Result<(), Error> {
+    let mut b = [0u8; 4];
+    let offset = 4 * t as u64;
+    c.region_read(0, offset, &mut b)?;
+    assert_eq!(u32::from_ne_bytes(b), pipelined_value(offset, round));
+    Ok(())
+}
+
 /// Runs `threads` threads on one client, each calling `op(thread, round)`
 /// for `rounds` rounds.
 fn on_threads(
@@ -1290,12 +1306,7 @@ fn pipelined_replies_batched_out_of_order_reach_their_callers() {
                 reqs.reverse();
                 let mut batch = Vec::new();
                 for m in &reqs {
-                    let a = RegionAccess::decode(&m.p).unwrap();
-                    let v = pipelined_value(a.offset, round);
-                    batch.extend(reply_bytes(
-                        &m.h,
-                        &[&a.encode()[..], &v.to_ne_bytes()].concat(),
-                    ));
+                    batch.extend(read_reply_bytes(m, round));
                 }
                 p.bytes(&batch);
             }
@@ -1303,10 +1314,7 @@ fn pipelined_replies_batched_out_of_order_reach_their_callers() {
         });
         let c = Client::connect(&f.path, client_config()).unwrap();
         on_threads(&c, THREADS, ROUNDS, |c, t, round| {
-            let mut b = [0u8; 4];
-            let offset = 4 * t as u64;
-            c.region_read(0, offset, &mut b).unwrap();
-            assert_eq!(u32::from_ne_bytes(b), pipelined_value(offset, round));
+            pipelined_read(c, t, round).unwrap()
         });
         drop(c);
         f.join();
@@ -1396,13 +1404,8 @@ fn pipelined_bad_message_after_good_replies_fails_only_the_rest() {
             let mut batch = Vec::new();
             let mut bad = Header::reply(&reqs[0].h, 0);
             for m in &reqs {
-                let a = RegionAccess::decode(&m.p).unwrap();
-                if a.offset < 8 {
-                    let v = pipelined_value(a.offset, 0);
-                    batch.extend(reply_bytes(
-                        &m.h,
-                        &[&a.encode()[..], &v.to_ne_bytes()].concat(),
-                    ));
+                if RegionAccess::decode(&m.p).unwrap().offset < 8 {
+                    batch.extend(read_reply_bytes(m, 0));
                 } else {
                     bad = Header::reply(&m.h, 0);
                 }
@@ -1414,12 +1417,9 @@ fn pipelined_bad_message_after_good_replies_fails_only_the_rest() {
         });
         let c = Client::connect(&f.path, client_config()).unwrap();
         on_threads(&c, THREADS, 1, |c, t, _| {
-            let mut b = [0u8; 4];
-            let offset = 4 * t as u64;
-            let r = c.region_read(0, offset, &mut b);
-            if offset < 8 {
+            let r = pipelined_read(c, t, 0);
+            if t < 2 {
                 r.expect("a reply that came before the bad message");
-                assert_eq!(u32::from_ne_bytes(b), pipelined_value(offset, 0));
             } else {
                 assert_protocol(&r.unwrap_err());
             }
@@ -1529,12 +1529,7 @@ fn pipelined_replies_one_write_each_reach_waiters_after_the_reader_left() {
                 // before its deadline.
                 let reqs: Vec<_> = (0..THREADS).map(|_| p.expect(cmd::REGION_READ)).collect();
                 for m in &reqs {
-                    let a = RegionAccess::decode(&m.p).unwrap();
-                    let v = pipelined_value(a.offset, round);
-                    p.bytes(&reply_bytes(
-                        &m.h,
-                        &[&a.encode()[..], &v.to_ne_bytes()].concat(),
-                    ));
+                    p.bytes(&read_reply_bytes(m, round));
                     std::thread::sleep(Duration::from_millis(5));
                 }
             }
@@ -1544,10 +1539,7 @@ fn pipelined_replies_one_write_each_reach_waiters_after_the_reader_left() {
         for round in 0..ROUNDS {
             // One request per thread, and the threads end.
             on_threads(&c, THREADS, 1, |c, t, _| {
-                let mut b = [0u8; 4];
-                let offset = 4 * t as u64;
-                c.region_read(0, offset, &mut b).unwrap();
-                assert_eq!(u32::from_ne_bytes(b), pipelined_value(offset, round));
+                pipelined_read(c, t, round).unwrap()
             });
         }
         drop(c);
