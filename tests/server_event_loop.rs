@@ -144,3 +144,37 @@ fn our_client_is_served_from_a_poll_loop_one_client_after_another() {
     });
     assert_eq!(reads, 2 * 200);
 }
+
+#[test]
+fn a_reply_held_behind_a_posted_write_leaves_with_the_dispatch() {
+    let _dog = watchdog::Watchdog::for_this_test(Duration::from_secs(60));
+    let dir = served::TempDir::new("event-loop-held");
+    let path = dir.join("s.sock");
+    let mut server = Server::bind(&path, Edu::new(), ServerConfig::default()).unwrap();
+    let mut peer = Peer::connect(&path);
+    dispatch_when_ready(&mut server); // accepts
+    let v = proto::encode_version(0, 0, r#"{"capabilities":{"max_msg_fds":8}}"#);
+    peer.send_cmd(cmd::VERSION, &[&v], &[]);
+    dispatch_when_ready(&mut server);
+    assert!(peer.recv().unwrap().h.error_errno().is_none());
+    // A read, then a posted write (no reply) in the same write: the read's
+    // reply is held while the write is buffered, and must leave before the
+    // dispatch returns to the caller's loop.
+    let mut batch = read_id_msg(2);
+    let a = RegionAccess {
+        offset: regs::LIVENESS,
+        region: pci_region::BAR0,
+        count: 4,
+    }
+    .encode();
+    let mut posted = Header::command(3, cmd::REGION_WRITE, a.len() + 4);
+    posted.flags |= proto::FLAG_NO_REPLY;
+    batch.extend_from_slice(&posted.encode());
+    batch.extend_from_slice(&a);
+    batch.extend_from_slice(&5u32.to_ne_bytes());
+    peer.bytes(&batch);
+    dispatch_when_ready(&mut server);
+    let m = peer.recv().unwrap();
+    assert_eq!((m.h.id, m.h.error_errno()), (2, None));
+    assert_eq!(&m.p[RegionAccess::SIZE..], &ID.to_ne_bytes());
+}
