@@ -46,7 +46,8 @@ pub struct ServerConfig {
     /// Accept REGION_WRITE_MULTI.
     pub write_multiple: bool,
     /// How long a send to the client may take (longer ends the session), and
-    /// how long the session waits for the next command before it looks again.
+    /// how long the session waits for the next command before it looks at
+    /// its eventfds and mailbox again (with none, it waits for the command).
     pub timeout: Duration,
     /// How long the server waits for the client's reply to one DMA_READ or
     /// DMA_WRITE it sent. Past it the model's DMA fails with `ETIMEDOUT`, the

@@ -157,8 +157,9 @@ impl<'a, M: DeviceModel> Session<'a, M> {
 
     /// Prepares a new session's socket and opens the mailbox to it.
     pub(super) fn start(&mut self) -> Result<()> {
-        let t = Some(self.config.timeout);
-        set_timeouts(self.st.link.sock.as_fd(), t, t)?;
+        // Receives wait without a socket timeout (see `next_command`); a
+        // client that stops reading still cannot stall a send for longer.
+        set_timeouts(self.st.link.sock.as_fd(), None, Some(self.config.timeout))?;
         if let Some(m) = &self.st.remote {
             m.open();
         }
@@ -238,19 +239,28 @@ impl<'a, M: DeviceModel> Session<'a, M> {
             .spin
             .filter(|d| !d.is_zero())
             .map(|d| Instant::now() + d);
+        // With nothing but the socket to wait on, the receive itself blocks,
+        // with no timeout: a timed socket wait arms a kernel timer on every
+        // command, and there is nothing else to look at meanwhile (a stop
+        // shuts the socket down, which ends the wait). With eventfds or the
+        // mailbox watched, the bounded wait is theirs, and the receive takes
+        // only what is there, so a partial message cannot hold them up.
+        let socket_only =
+            !unmask_watched && self.st.doorbells.is_empty() && self.st.remote.is_none();
         loop {
-            let nonblock = spin_until.is_some_and(|t| Instant::now() < t);
+            let spinning = spin_until.is_some_and(|t| Instant::now() < t);
             let ms = self.config.timeout.as_millis().min(i32::MAX as u128) as i32;
-            if !nonblock && !self.st.link.rx.has_message() && !self.wait_readable(ms)? {
+            if !spinning && !self.st.link.rx.has_message() && !self.wait_readable(ms)? {
                 return Ok(None);
             }
+            let nonblock = spinning || !socket_only;
             match self.st.link.rx.recv(self.st.link.sock.as_fd(), nonblock) {
                 Ok(m) => {
                     self.st.inbuf.clear();
                     self.st.inbuf.extend_from_slice(m.payload);
                     return Ok(Some((m.header, m.fds)));
                 }
-                Err(Error::Timeout) if nonblock => {
+                Err(Error::Timeout) if spinning => {
                     if self.st.remote.as_ref().is_some_and(|m| m.pending()) {
                         return Ok(None);
                     }
