@@ -302,11 +302,14 @@ typedef struct vfio_io_server_device {
 // `vfio_io_server_run`, one at a time, with the `opaque` given to
 // `vfio_io_server_create`.
 //
-// The migration fields came after `reset`: a program compiled before them
-// passes the shorter `size`, which is accepted as if they were NULL and 0.
+// The migration fields came after `reset`, and `client_connected` and
+// `client_disconnected` after them: a program compiled before either
+// passes a shorter `size`, which is accepted as if the fields it lacks
+// were NULL and 0.
 typedef struct vfio_io_server_ops {
   // sizeof(struct vfio_io_server_ops) as the caller was compiled: the
-  // whole struct, or its size up to and including `reset`.
+  // whole struct, its size up to and including `migration_max_state_len`,
+  // or up to and including `reset`.
   uint32_t size;
   // Reads `count` bytes at `offset` of region `index` into `buf` (range
   // and READ flag already checked). Returns `count`, or -errno, which
@@ -367,6 +370,23 @@ typedef struct vfio_io_server_ops {
   // are given. The library refuses a longer incoming stream before it
   // reaches `migration_load`, and a longer saved state (EIO).
   size_t migration_max_state_len;
+  // A client was accepted: called on the serving thread (the one in
+  // `vfio_io_server_run`, or in the `vfio_io_server_dispatch` that
+  // accepts it) before the library reads the client's first command.
+  // The client has mapped no memory and attached no interrupt yet:
+  // interrupts and DMA from here are -ENOTCONN. NULL: not called.
+  void (*client_connected)(void *opaque);
+  // The client's session is over: the client left, was dropped for
+  // breaking the protocol, or the server was stopped. Called once per
+  // `client_connected`, on the serving thread (for a session
+  // `vfio_io_server_dispatch` served that is still open at
+  // `vfio_io_server_destroy`: the thread in destroy), after the library
+  // returned a stopped device to RUNNING (through `migration_resume`)
+  // and unmapped the client's memory, and before the next client is
+  // accepted. Interrupts and DMA from here are -ENOTCONN; the place to
+  // drop what the device kept for this client, such as DMA work that
+  // would touch its memory. NULL: not called.
+  void (*client_disconnected)(void *opaque);
 } vfio_io_server_ops;
 
 // Options of `vfio_io_server_create_with`. Zero-fill it (`= {0}` or

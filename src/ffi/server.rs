@@ -162,13 +162,16 @@ pub struct vfio_io_server_doorbell {
 /// `vfio_io_server_run`, one at a time, with the `opaque` given to
 /// `vfio_io_server_create`.
 ///
-/// The migration fields came after `reset`: a program compiled before them
-/// passes the shorter `size`, which is accepted as if they were NULL and 0.
+/// The migration fields came after `reset`, and `client_connected` and
+/// `client_disconnected` after them: a program compiled before either
+/// passes a shorter `size`, which is accepted as if the fields it lacks
+/// were NULL and 0.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct vfio_io_server_ops {
     /// sizeof(struct vfio_io_server_ops) as the caller was compiled: the
-    /// whole struct, or its size up to and including `reset`.
+    /// whole struct, its size up to and including `migration_max_state_len`,
+    /// or up to and including `reset`.
     pub size: u32,
     /// Reads `count` bytes at `offset` of region `index` into `buf` (range
     /// and READ flag already checked). Returns `count`, or -errno, which
@@ -244,6 +247,23 @@ pub struct vfio_io_server_ops {
     /// are given. The library refuses a longer incoming stream before it
     /// reaches `migration_load`, and a longer saved state (EIO).
     pub migration_max_state_len: usize,
+    /// A client was accepted: called on the serving thread (the one in
+    /// `vfio_io_server_run`, or in the `vfio_io_server_dispatch` that
+    /// accepts it) before the library reads the client's first command.
+    /// The client has mapped no memory and attached no interrupt yet:
+    /// interrupts and DMA from here are -ENOTCONN. NULL: not called.
+    pub client_connected: Option<unsafe extern "C" fn(opaque: *mut c_void)>,
+    /// The client's session is over: the client left, was dropped for
+    /// breaking the protocol, or the server was stopped. Called once per
+    /// `client_connected`, on the serving thread (for a session
+    /// `vfio_io_server_dispatch` served that is still open at
+    /// `vfio_io_server_destroy`: the thread in destroy), after the library
+    /// returned a stopped device to RUNNING (through `migration_resume`)
+    /// and unmapped the client's memory, and before the next client is
+    /// accepted. Interrupts and DMA from here are -ENOTCONN; the place to
+    /// drop what the device kept for this client, such as DMA work that
+    /// would touch its memory. NULL: not called.
+    pub client_disconnected: Option<unsafe extern "C" fn(opaque: *mut c_void)>,
 }
 
 /// A served device. Opaque to C: made by `vfio_io_server_create`, freed by
@@ -274,9 +294,13 @@ struct Callbacks {
     id: u64,
 }
 
-/// A server's id and the context lent with its running callback: `None`
-/// for a callback that runs without one (migration save and load).
-type LentContext = (u64, Option<*mut (dyn DeviceContext + 'static)>);
+/// A server's id and the context lent with its running callback, or for a
+/// callback that runs without one (migration save and load, client
+/// events) the errno that interrupts and DMA from it get.
+type LentContext = (
+    u64,
+    std::result::Result<*mut (dyn DeviceContext + 'static), c_int>,
+);
 
 thread_local! {
     /// The callback running on this thread: its server's id and context.
@@ -300,15 +324,15 @@ pub(super) fn lend_context<R>(id: u64, ctx: &mut dyn DeviceContext, f: impl FnOn
     // leaves CURRENT when `_restore` drops, before this function returns and
     // so while `ctx`'s borrow is still live; it is never used after.
     let p: *mut (dyn DeviceContext + 'static) = unsafe { std::mem::transmute(p) };
-    let _restore = Restore(CURRENT.with(|c| c.replace(Some((id, Some(p))))));
+    let _restore = Restore(CURRENT.with(|c| c.replace(Some((id, Ok(p))))));
     f()
 }
 
 /// Runs `f` (a C callback that gets no context) marked as a callback of
-/// server `id`: interrupts and DMA from it are -EBUSY at once rather than
-/// queued for the session this very thread is running.
-pub(super) fn in_callback_without_context<R>(id: u64, f: impl FnOnce() -> R) -> R {
-    let _restore = Restore(CURRENT.with(|c| c.replace(Some((id, None)))));
+/// server `id`: interrupts and DMA from it fail at once with `errno`
+/// rather than wait, queued for the session this very thread is running.
+pub(super) fn in_callback_without_context<R>(id: u64, errno: c_int, f: impl FnOnce() -> R) -> R {
+    let _restore = Restore(CURRENT.with(|c| c.replace(Some((id, Err(errno))))));
     f()
 }
 
@@ -321,11 +345,14 @@ fn with_lent_context<R>(
 ) -> Option<Result<R>> {
     let lent = CURRENT.with(|c| c.get());
     let (owner, p) = lent.filter(|(owner, _)| *owner == id)?;
-    let Some(p) = p else {
-        return Some(Err(Error::Errno {
-            op: "interrupt or DMA from a migration save or load callback",
-            errno: libc::EBUSY,
-        }));
+    let p = match p {
+        Ok(p) => p,
+        Err(errno) => {
+            return Some(Err(Error::Errno {
+                op: "interrupt or DMA from a callback without the session's context",
+                errno,
+            }))
+        }
     };
     // Taken out while in use, so that no second reference to it can exist.
     let _restore = Restore(CURRENT.with(|c| c.replace(None)));
@@ -418,6 +445,27 @@ impl RegionHandler for Callbacks {
             (f(opaque) as libc::ssize_t).min(0)
         })
     }
+
+    fn client_connected(&mut self) {
+        self.client_event(self.ops.client_connected);
+    }
+
+    fn client_disconnected(&mut self) {
+        self.client_event(self.ops.client_disconnected);
+    }
+}
+
+impl Callbacks {
+    /// Calls `client_connected` or `client_disconnected`, if given: no
+    /// session context is lent, there is no client memory to reach.
+    fn client_event(&self, f: Option<unsafe extern "C" fn(*mut c_void)>) {
+        if let Some(f) = f {
+            let opaque = self.opaque as *mut c_void;
+            // SAFETY: the caller of vfio_io_server_create promised the
+            // callback may be called with its opaque.
+            in_callback_without_context(self.id, libc::ENOTCONN, || unsafe { f(opaque) });
+        }
+    }
 }
 
 /// Logs why `vfio_io_server_create` refuses its arguments.
@@ -498,57 +546,36 @@ unsafe fn c_array<'a, T>(p: *const T, n: u32, null: &str) -> Result<&'a [T]> {
     }
 }
 
-/// `struct vfio_io_server_device` as programs compiled before its doorbell
-/// fields know it: its size is the shorter `dev->size` accepted.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct DeviceBeforeDoorbells {
-    size: u32,
-    vendor_id: u16,
-    device_id: u16,
-    subsystem_vendor_id: u16,
-    subsystem_id: u16,
-    class_code: u32,
-    regions: *const vfio_io_server_region,
-    num_regions: u32,
-    irq_count: [u32; 5],
-}
-
-// The shorter struct is the current one cut before the doorbell fields.
-const _: () = assert!(
-    std::mem::size_of::<DeviceBeforeDoorbells>()
-        == std::mem::offset_of!(vfio_io_server_device, doorbells)
-);
-
-/// A caller's struct in the version its `size` says: the current `T`, or
-/// `Old`, which is `T` cut before its latest fields.
-enum Version<T, Old> {
-    Current(T),
-    Before(Old),
-}
-
-/// Reads the caller's struct at `p` in the version its `size` names;
-/// `null` and `bad_size` are the logged reasons of a refusal.
+/// Reads the caller's struct at `p` into a `T`: the current one, or an
+/// older version whose `size` is one of `older` (each the offset of the
+/// first field that version lacks), the fields past it left at their
+/// defaults. `null` and `bad_size` are the logged reasons of a refusal.
 ///
 /// # Safety
 /// `p` must be NULL or point to a struct of at least `p->size` bytes whose
-/// first field is its uint32_t `size`, as in every version; `Old` must be
-/// `T`'s layout up to its own size (a `const` assert next to each checks).
-unsafe fn read_version<T, Old>(p: *const T, null: &str, bad_size: &str) -> Result<Version<T, Old>> {
+/// first field is its uint32_t `size`, laid out as `T` up to that size.
+unsafe fn read_version<T: Default>(
+    p: *const T,
+    older: &[usize],
+    null: &str,
+    bad_size: &str,
+) -> Result<T> {
     if p.is_null() {
         return Err(refuse(null));
     }
     // SAFETY: non-NULL; `size` is the first field of every version.
-    let size = unsafe { p.cast::<u32>().read() } as usize;
-    if size == std::mem::size_of::<T>() {
-        // SAFETY: the caller's struct is the current one, per its size.
-        Ok(Version::Current(unsafe { p.read() }))
-    } else if size == std::mem::size_of::<Old>() {
-        // SAFETY: the caller's struct is the shorter one, per its size.
-        Ok(Version::Before(unsafe { p.cast::<Old>().read() }))
-    } else {
-        Err(refuse(bad_size))
+    let size = unsafe { p.cast::<u32>().read_unaligned() } as usize;
+    let current = std::mem::size_of::<T>();
+    if size != current && !older.iter().any(|&o| o == size && o < current) {
+        return Err(refuse(bad_size));
     }
+    let mut out = T::default();
+    // SAFETY: `size` bytes of the caller's struct are readable and end at a
+    // field boundary of `T` (a version's end), so the bytes copied make
+    // whole fields of `T`, each valid as the caller wrote it; `size` is
+    // at most `size_of::<T>()`.
+    unsafe { ptr::copy_nonoverlapping(p.cast::<u8>(), ptr::addr_of_mut!(out).cast::<u8>(), size) };
+    Ok(out)
 }
 
 /// The caller's device, of either size; a shorter struct has no doorbells.
@@ -557,31 +584,16 @@ unsafe fn read_version<T, Old>(p: *const T, null: &str, bad_size: &str) -> Resul
 /// `dev` must be NULL or point to a struct of at least `dev->size` bytes
 /// (`size` comes first in every version).
 unsafe fn read_device(dev: *const vfio_io_server_device) -> Result<vfio_io_server_device> {
-    // SAFETY: per this function's contract.
-    let version = unsafe {
+    // SAFETY: per this function's contract; a program compiled before the
+    // doorbell fields has the struct up to `doorbells`.
+    unsafe {
         read_version(
             dev,
+            &[std::mem::offset_of!(vfio_io_server_device, doorbells)],
             "NULL device description",
             "device->size is not sizeof(struct vfio_io_server_device), now or before its doorbells",
         )
-    }?;
-    let old: DeviceBeforeDoorbells = match version {
-        Version::Current(dev) => return Ok(dev),
-        Version::Before(old) => old,
-    };
-    Ok(vfio_io_server_device {
-        size: old.size,
-        vendor_id: old.vendor_id,
-        device_id: old.device_id,
-        subsystem_vendor_id: old.subsystem_vendor_id,
-        subsystem_id: old.subsystem_id,
-        class_code: old.class_code,
-        regions: old.regions,
-        num_regions: old.num_regions,
-        irq_count: old.irq_count,
-        doorbells: std::ptr::null(),
-        num_doorbells: 0,
-    })
+    }
 }
 
 /// A duplicate of the caller's `fd`, or `None` for -1.
@@ -600,55 +612,28 @@ fn dup_fd(fd: c_int) -> Result<Option<OwnedFd>> {
         .map_err(|e| Error::io("dup region fd", e))
 }
 
-/// `struct vfio_io_server_ops` as programs compiled before the migration
-/// fields know it: its size is the shorter `ops->size` accepted.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct OpsBeforeMigration {
-    size: u32,
-    region_read:
-        Option<unsafe extern "C" fn(*mut c_void, u32, u64, *mut c_void, u32) -> libc::ssize_t>,
-    region_write:
-        Option<unsafe extern "C" fn(*mut c_void, u32, u64, *const c_void, u32) -> libc::ssize_t>,
-    reset: Option<unsafe extern "C" fn(*mut c_void) -> c_int>,
-}
-
-// The shorter struct is the current one cut before the migration fields.
-const _: () = assert!(
-    std::mem::size_of::<OpsBeforeMigration>()
-        == std::mem::offset_of!(vfio_io_server_ops, migration_stop)
-);
-
-/// The caller's ops, of either size; the fields a shorter struct lacks
-/// are NULL and 0.
+/// The caller's ops, of any of its sizes; the fields a shorter struct
+/// lacks are NULL and 0.
 ///
 /// # Safety
 /// `ops` must be NULL or point to a struct of at least `ops->size` bytes
 /// (the struct's `size` field comes first in every version).
 unsafe fn read_ops(ops: *const vfio_io_server_ops) -> Result<vfio_io_server_ops> {
-    // SAFETY: per this function's contract.
-    let version = unsafe {
+    use std::mem::offset_of;
+    // SAFETY: per this function's contract; programs compiled before the
+    // migration fields, or before the client events, have the struct up
+    // to the first field they lack.
+    unsafe {
         read_version(
             ops,
+            &[
+                offset_of!(vfio_io_server_ops, migration_stop),
+                offset_of!(vfio_io_server_ops, client_connected),
+            ],
             "NULL ops",
-            "ops->size is not sizeof(struct vfio_io_server_ops), now or before its migration fields",
+            "ops->size is not sizeof(struct vfio_io_server_ops), now or before its migration fields or client events",
         )
-    }?;
-    let old: OpsBeforeMigration = match version {
-        Version::Current(ops) => return Ok(ops),
-        Version::Before(old) => old,
-    };
-    Ok(vfio_io_server_ops {
-        size: old.size,
-        region_read: old.region_read,
-        region_write: old.region_write,
-        reset: old.reset,
-        migration_stop: None,
-        migration_resume: None,
-        migration_save: None,
-        migration_load: None,
-        migration_max_state_len: 0,
-    })
+    }
 }
 
 /// # Safety

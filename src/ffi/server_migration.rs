@@ -96,7 +96,7 @@ impl MigrationCallbacks {
     fn save_into(&self, buf: &mut [u8]) -> Result<usize> {
         let what = "device migration_save callback";
         // SAFETY: as in `step`; `buf` is valid for `buf.len()` bytes.
-        let r = in_callback_without_context(self.id, || unsafe {
+        let r = in_callback_without_context(self.id, libc::EBUSY, || unsafe {
             (self.save)(
                 self.opaque as *mut c_void,
                 buf.as_mut_ptr().cast(),
@@ -147,7 +147,7 @@ impl Migratable for MigrationCallbacks {
 
     fn load(&mut self, stream: &[u8]) -> Result<()> {
         // SAFETY: as in `step`; `stream` is valid for its length and only read.
-        let r = in_callback_without_context(self.id, || unsafe {
+        let r = in_callback_without_context(self.id, libc::EBUSY, || unsafe {
             (self.load)(
                 self.opaque as *mut c_void,
                 stream.as_ptr().cast(),

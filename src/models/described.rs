@@ -104,6 +104,12 @@ pub trait RegionHandler: Send {
 
     /// Resets the device; called only when the description says it can.
     fn reset(&mut self, ctx: &mut dyn DeviceContext) -> Result<()>;
+
+    /// A client was accepted (see [`DeviceModel::client_connected`]).
+    fn client_connected(&mut self) {}
+
+    /// The client's session is over (see [`DeviceModel::client_disconnected`]).
+    fn client_disconnected(&mut self) {}
 }
 
 struct Region {
@@ -542,6 +548,14 @@ impl<H: RegionHandler> DeviceModel for DescribedDevice<H> {
 
     fn doorbells(&self) -> Vec<Doorbell> {
         self.doorbells.clone()
+    }
+
+    fn client_connected(&mut self) {
+        self.handler.client_connected();
+    }
+
+    fn client_disconnected(&mut self) {
+        self.handler.client_disconnected();
     }
 
     fn migration(&mut self) -> Option<&mut dyn Migratable> {

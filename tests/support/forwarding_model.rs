@@ -123,6 +123,9 @@ impl<M: DeviceModel, H: Hooks<M>> DeviceModel for Wrapped<M, H> {
     fn device_feature(&mut self, flags: u32, data: &[u8]) -> Result<Vec<u8>> {
         self.hooks.device_feature(&mut self.inner, flags, data)
     }
+    fn client_connected(&mut self) {
+        self.inner.client_connected()
+    }
     fn client_disconnected(&mut self) {
         self.inner.client_disconnected()
     }

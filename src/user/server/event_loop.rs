@@ -213,6 +213,7 @@ impl<M: DeviceModel> Server<M> {
             p.watch_session(&self.listener, &st)?;
         }
         self.set_active(Some(sock));
+        self.model.client_connected();
         self.live = Some(st);
         Ok(())
     }

@@ -251,6 +251,7 @@ impl<M: DeviceModel> Server<M> {
         }
         let remote = self.remote.clone();
         let mut state = session::SessionState::new(sock.clone(), &self.model, &self.config, remote);
+        self.model.client_connected();
         let end = session::Session::new(&mut state, &mut self.model, &self.config).run();
         self.set_active(None);
         self.model.client_disconnected();

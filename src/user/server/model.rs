@@ -71,7 +71,12 @@ pub trait DeviceModel: Send {
         Err(crate::error::Error::Unsupported("device feature"))
     }
 
-    /// Called when the client disconnects; the model keeps its state.
+    /// Called when a client has been accepted, before its first command.
+    fn client_connected(&mut self) {}
+
+    /// Called when the client disconnects, once the session is over (the
+    /// device is RUNNING again and the client's memory is unmapped); the
+    /// model keeps its state.
     fn client_disconnected(&mut self) {}
 
     /// The model's migration hooks. `None` (the default): the device does
