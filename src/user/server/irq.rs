@@ -224,6 +224,13 @@ impl IrqState {
         Ok(())
     }
 
+    /// Whether any vector has an unmask eventfd (no list built: asked per command).
+    pub fn has_unmask_fds(&self) -> bool {
+        self.indices
+            .iter()
+            .any(|idx| idx.vectors.iter().any(|v| v.unmask_fd.is_some()))
+    }
+
     /// Unmask eventfds to watch: (index, vector, fd).
     pub fn unmask_fds(&self) -> Vec<(u32, u32, BorrowedFd<'_>)> {
         let mut v = Vec::new();

@@ -112,6 +112,10 @@ impl Link {
     /// replies to commands already buffered behind it, in one `sendmsg`
     /// (see [`Link::flush_replies`]).
     pub(super) fn reply(&mut self, parts: &[&[u8]], fds: &[RawFd]) -> Result<()> {
+        // The one-request case goes straight out, not copied into the outbox.
+        if self.outbox.is_empty() && !self.has_pending_input() {
+            return send_msg(self.sock.as_fd(), parts, fds);
+        }
         self.outbox.push(self.sock.as_fd(), parts, fds)
     }
 

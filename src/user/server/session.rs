@@ -227,7 +227,7 @@ impl<'a, M: DeviceModel> Session<'a, M> {
         // Without unmask eventfds to serve first, a message already there
         // is taken by one non-blocking receive, without a poll: the
         // doorbells and the mailbox are looked at after it all the same.
-        let unmask_watched = !self.st.irqs.unmask_fds().is_empty();
+        let unmask_watched = self.st.irqs.has_unmask_fds();
         if !block {
             if !self.st.link.rx.has_message() && unmask_watched && !self.wait_readable(0)? {
                 return Ok(None);
